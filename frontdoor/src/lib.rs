@@ -1,0 +1,1 @@
+//! frontdoor: the stateless webmail and JSON API server; filled by the webmail issue.

@@ -1,0 +1,1 @@
+//! hcu-sizing: the HCU capacity model; filled by the hcu-sizing issue.

@@ -1,0 +1,1 @@
+//! mailctl: the operator command line and the local HCU supervisor; filled by the mailctl issue.

@@ -1,0 +1,242 @@
+//! TOML configuration: the sections every role embeds (`log`, `admin`, `faults`), loading and validation.
+//!
+//! A role config is one serde struct with `#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]`
+//! whose fields include `log: LogConfig`, `admin: AdminConfig` and `faults: FaultsConfig`. [`load`] reads,
+//! parses and validates it before anything binds a port.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{anyhow, Context as _};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::EnvFilter;
+
+use crate::faults::FaultSpec;
+
+/// A config section that can check itself after parsing.
+pub trait Validate {
+    /// `Err` holds a human-readable reason (several reasons are joined with `"; "`).
+    fn validate(&self) -> Result<(), String>;
+}
+
+/// A whole role config: the common sections plus the role's own settings.
+pub trait RoleConfig: DeserializeOwned + Default + Validate {
+    /// The `[log]` section, used to set up logging before the role starts.
+    fn log(&self) -> &LogConfig;
+}
+
+/// Read a TOML file (`None` gives `T::default()`), parse it and validate it.
+///
+/// Errors name the file; parse errors also give the line, column and offending key.
+pub fn load<T: DeserializeOwned + Default + Validate>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        let cfg = T::default();
+        cfg.validate()
+            .map_err(|reason| anyhow!("invalid default config: {reason}"))?;
+        return Ok(cfg);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let cfg: T =
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+    cfg.validate()
+        .map_err(|reason| anyhow!("invalid config file {}: {reason}", path.display()))?;
+    Ok(cfg)
+}
+
+/// Parse a TOML string and validate it.
+pub fn parse<T: DeserializeOwned + Validate>(text: &str) -> anyhow::Result<T> {
+    let cfg: T = toml::from_str(text).context("parsing config")?;
+    cfg.validate()
+        .map_err(|reason| anyhow!("invalid config: {reason}"))?;
+    Ok(cfg)
+}
+
+/// Validate several named sections, prefixing each failure with its section name.
+///
+/// Meant for a role's own `Validate` impl:
+/// `validate_sections(&[("log", &self.log), ("admin", &self.admin), ("faults", &self.faults)])`.
+pub fn validate_sections(sections: &[(&str, &dyn Validate)]) -> Result<(), String> {
+    let reasons: Vec<String> = sections
+        .iter()
+        .filter_map(|(name, section)| section.validate().err().map(|r| format!("{name}: {r}")))
+        .collect();
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(reasons.join("; "))
+    }
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LogConfig {
+    /// An `EnvFilter` directive list such as `"info"` or `"info,ustore=debug"`; `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Plain,
+        }
+    }
+}
+
+impl Validate for LogConfig {
+    fn validate(&self) -> Result<(), String> {
+        validate_level(&self.level)
+    }
+}
+
+/// Check a log level directive list.
+///
+/// Stricter than `EnvFilter` alone: a bare word must be a level, because `EnvFilter` would read a typo
+/// such as `"inf"` as a target name and quietly log almost nothing.
+fn validate_level(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err("level is empty (try \"info\")".to_owned());
+    }
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains('=') && !directive.contains('[');
+        if bare && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "level: `{directive}` is not a level (trace, debug, info, warn, error, off) \
+                 nor a `target=level` directive"
+            ));
+        }
+    }
+    EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("level `{level}`: {e}"))
+}
+
+/// The `[admin]` section: where `/healthz`, `/metrics` and `/faults` are served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        }
+    }
+}
+
+impl Validate for AdminConfig {
+    fn validate(&self) -> Result<(), String> {
+        // Any address parses; binding is where a bad one shows up.
+        Ok(())
+    }
+}
+
+/// Fault point name → spec, e.g.
+/// ```toml
+/// [faults."ustore.deliver"]
+/// delay-ms = 50
+/// fail-rate = 0.1
+/// ```
+pub type FaultsConfig = BTreeMap<String, FaultSpec>;
+
+impl Validate for FaultsConfig {
+    fn validate(&self) -> Result<(), String> {
+        let reasons: Vec<String> = self
+            .iter()
+            .filter_map(|(point, spec)| {
+                if point.trim().is_empty() {
+                    Some("empty fault point name".to_owned())
+                } else {
+                    spec.validate().err().map(|r| format!("\"{point}\": {r}"))
+                }
+            })
+            .collect();
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("; "))
+        }
+    }
+}
+
+/// A config with only the common sections, for processes with no settings of their own
+/// (and the shape of `runtime/example.toml`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CommonConfig {
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub faults: FaultsConfig,
+}
+
+impl Validate for CommonConfig {
+    fn validate(&self) -> Result<(), String> {
+        validate_sections(&[
+            ("log", &self.log),
+            ("admin", &self.admin),
+            ("faults", &self.faults),
+        ])
+    }
+}
+
+impl RoleConfig for CommonConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "warn,ustore=debug",
+            "ustore::xfs=trace",
+            "off",
+        ] {
+            assert_eq!(validate_level(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "  ", "inf", "info,verbose", "ustore=loud"] {
+            assert!(validate_level(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sections_prefix_their_reasons() {
+        let mut cfg = CommonConfig::default();
+        cfg.log.level = "loud".to_owned();
+        cfg.faults.insert(
+            "a.b".to_owned(),
+            FaultSpec {
+                delay_ms: 0,
+                fail_rate: 2.0,
+            },
+        );
+        let err = cfg.validate().unwrap_err();
+        assert!(err.starts_with("log: level: `loud`"), "{err}");
+        assert!(err.contains("; faults: \"a.b\": fail-rate"), "{err}");
+    }
+}

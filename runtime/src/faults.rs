@@ -1,0 +1,357 @@
+//! Named fault-injection points: a delay and a failure rate per point, set by config, environment or
+//! the admin endpoint, and always compiled in.
+//!
+//! Code under test calls `faults.inject("ustore.deliver").await?` where a fault makes sense. With no
+//! point configured that costs one atomic load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, RwLock};
+use std::time::Duration;
+
+use prometheus::IntCounterVec;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{FaultsConfig, Validate};
+
+/// Environment variable read by [`Faults::from_config`]: `point=delay_ms:fail_rate,point2=0:0.5`.
+pub const ENV_VAR: &str = "MEGAMAIL_FAULTS";
+
+static INJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    crate::metrics::counter_vec(
+        "faults_injected_total",
+        "Failures injected at a fault point.",
+        &["point"],
+    )
+});
+
+/// What happens at one point: a delay first, then a failure with probability `fail_rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FaultSpec {
+    pub delay_ms: u64,
+    /// Probability in `[0, 1]`.
+    pub fail_rate: f64,
+}
+
+impl Validate for FaultSpec {
+    fn validate(&self) -> Result<(), String> {
+        if (0.0..=1.0).contains(&self.fail_rate) {
+            Ok(())
+        } else {
+            Err(format!(
+                "fail-rate must be between 0 and 1, got {}",
+                self.fail_rate
+            ))
+        }
+    }
+}
+
+/// The error an injected failure returns; callers map it to their own failure path.
+#[derive(Debug, thiserror::Error)]
+#[error("injected fault at {point}")]
+pub struct InjectedFault {
+    pub point: String,
+}
+
+/// The fault points of a process, shared as `Arc<Faults>`.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// True while `points` is not empty: the fast path reads only this.
+    any: AtomicBool,
+    points: RwLock<HashMap<String, FaultSpec>>,
+}
+
+impl Faults {
+    /// No fault anywhere.
+    pub fn new() -> Self {
+        Faults::default()
+    }
+
+    /// The points of the `[faults]` config section, overridden point by point by `MEGAMAIL_FAULTS`.
+    /// A malformed environment value is logged and ignored as a whole.
+    pub fn from_config(cfg: &FaultsConfig) -> Self {
+        Faults::from_sources(cfg, std::env::var(ENV_VAR).ok().as_deref())
+    }
+
+    /// [`Faults::from_config`] with the environment value given rather than read.
+    pub fn from_sources(cfg: &FaultsConfig, env_value: Option<&str>) -> Self {
+        let faults = Faults::new();
+        for (point, spec) in cfg {
+            faults.set(point, *spec);
+        }
+        if let Some(value) = env_value {
+            match parse_env(value) {
+                Ok(points) => {
+                    for (point, spec) in points {
+                        faults.set(&point, spec);
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(var = ENV_VAR, value, %reason, "ignoring malformed fault settings");
+                }
+            }
+        }
+        faults
+    }
+
+    /// Set (or replace) the spec of a point. A `fail_rate` outside `[0, 1]` is clamped (NaN becomes 0).
+    pub fn set(&self, point: &str, spec: FaultSpec) {
+        let fail_rate = if spec.fail_rate.is_nan() {
+            0.0
+        } else {
+            spec.fail_rate.clamp(0.0, 1.0)
+        };
+        let spec = FaultSpec { fail_rate, ..spec };
+        let mut points = self.write();
+        points.insert(point.to_owned(), spec);
+        self.any.store(true, Ordering::Release);
+        tracing::info!(
+            point,
+            delay_ms = spec.delay_ms,
+            fail_rate,
+            "fault point set"
+        );
+    }
+
+    /// Remove a point; unknown points are ignored.
+    pub fn clear(&self, point: &str) {
+        let mut points = self.write();
+        if points.remove(point).is_some() {
+            tracing::info!(point, "fault point cleared");
+        }
+        self.any.store(!points.is_empty(), Ordering::Release);
+    }
+
+    /// Every configured point, sorted by name.
+    pub fn list(&self) -> Vec<(String, FaultSpec)> {
+        let points = self.points.read().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<_> = points.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    /// Apply the point's fault: sleep its delay (tokio), then fail with its probability.
+    pub async fn inject(&self, point: &str) -> Result<(), InjectedFault> {
+        let Some(spec) = self.spec(point) else {
+            return Ok(());
+        };
+        if spec.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(spec.delay_ms)).await;
+        }
+        roll(point, spec.fail_rate)
+    }
+
+    /// [`Faults::inject`] for code on blocking threads: the delay is a `std::thread::sleep`.
+    pub fn inject_blocking(&self, point: &str) -> Result<(), InjectedFault> {
+        let Some(spec) = self.spec(point) else {
+            return Ok(());
+        };
+        if spec.delay_ms > 0 {
+            std::thread::sleep(Duration::from_millis(spec.delay_ms));
+        }
+        roll(point, spec.fail_rate)
+    }
+
+    fn spec(&self, point: &str) -> Option<FaultSpec> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let points = self.points.read().unwrap_or_else(|e| e.into_inner());
+        points.get(point).copied()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, FaultSpec>> {
+        // The map is always consistent, so a panic elsewhere while holding the lock does not matter.
+        self.points.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn roll(point: &str, fail_rate: f64) -> Result<(), InjectedFault> {
+    // random() is in [0, 1): a rate of 1 always fails, 0 never does.
+    if fail_rate > 0.0 && rand::rng().random::<f64>() < fail_rate {
+        INJECTED.with_label_values(&[point]).inc();
+        tracing::debug!(point, "injecting failure");
+        return Err(InjectedFault {
+            point: point.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Parse `point=delay_ms:fail_rate,point2=0:0.5` (blanks around items and empty items are allowed).
+pub fn parse_env(value: &str) -> Result<Vec<(String, FaultSpec)>, String> {
+    let mut points = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (point, spec) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}`: expected point=delay_ms:fail_rate"))?;
+        let point = point.trim();
+        if point.is_empty() {
+            return Err(format!("`{item}`: empty point name"));
+        }
+        let (delay, rate) = spec
+            .split_once(':')
+            .ok_or_else(|| format!("`{item}`: expected point=delay_ms:fail_rate"))?;
+        let delay_ms = delay
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| format!("`{item}`: delay_ms: {e}"))?;
+        let fail_rate = rate
+            .trim()
+            .parse::<f64>()
+            .map_err(|e| format!("`{item}`: fail_rate: {e}"))?;
+        let spec = FaultSpec {
+            delay_ms,
+            fail_rate,
+        };
+        spec.validate().map_err(|r| format!("`{item}`: {r}"))?;
+        points.push((point.to_owned(), spec));
+    }
+    Ok(points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(delay_ms: u64, fail_rate: f64) -> FaultSpec {
+        FaultSpec {
+            delay_ms,
+            fail_rate,
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_one_always_fails_and_zero_never() {
+        let faults = Faults::new();
+        faults.set("t.always", spec(0, 1.0));
+        faults.set("t.never", spec(0, 0.0));
+        for _ in 0..1000 {
+            let err = faults.inject("t.always").await.unwrap_err();
+            assert_eq!(err.point, "t.always");
+            assert!(faults.inject("t.never").await.is_ok());
+            assert!(faults.inject("t.unset").await.is_ok());
+            assert!(faults.inject_blocking("t.always").is_err());
+            assert!(faults.inject_blocking("t.never").is_ok());
+        }
+        assert_eq!(INJECTED.with_label_values(&["t.always"]).get(), 2000);
+        assert_eq!(INJECTED.with_label_values(&["t.never"]).get(), 0);
+        assert_eq!(
+            faults.inject("t.always").await.unwrap_err().to_string(),
+            "injected fault at t.always"
+        );
+    }
+
+    #[tokio::test]
+    async fn half_rate_fails_about_half_the_time() {
+        let faults = Faults::new();
+        faults.set("t.half", spec(0, 0.5));
+        let mut failed = 0;
+        for _ in 0..4000 {
+            if faults.inject("t.half").await.is_err() {
+                failed += 1;
+            }
+        }
+        // Mean 2000, standard deviation ~32: this range is over 15 deviations wide.
+        assert!((1500..2500).contains(&failed), "{failed}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_is_applied_before_the_outcome() {
+        let faults = Faults::new();
+        faults.set("t.slow", spec(250, 0.0));
+        let start = tokio::time::Instant::now();
+        faults.inject("t.slow").await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        let start = tokio::time::Instant::now();
+        faults.inject("t.other").await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn set_clear_list() {
+        let faults = Faults::new();
+        assert!(!faults.any.load(Ordering::Relaxed));
+        faults.set("b", spec(1, 0.25));
+        faults.set("a", spec(0, 7.0));
+        faults.set("c", spec(0, f64::NAN));
+        assert!(faults.any.load(Ordering::Relaxed));
+        assert_eq!(
+            faults.list(),
+            vec![
+                ("a".to_owned(), spec(0, 1.0)),
+                ("b".to_owned(), spec(1, 0.25)),
+                ("c".to_owned(), spec(0, 0.0)),
+            ]
+        );
+        faults.clear("a");
+        faults.clear("b");
+        faults.clear("nope");
+        assert!(faults.any.load(Ordering::Relaxed));
+        faults.clear("c");
+        assert!(faults.list().is_empty());
+        assert!(!faults.any.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn env_parsing() {
+        assert_eq!(
+            parse_env("ustore.deliver=50:0.1, mserv.lookup = 0 : 1 ,").unwrap(),
+            vec![
+                ("ustore.deliver".to_owned(), spec(50, 0.1)),
+                ("mserv.lookup".to_owned(), spec(0, 1.0)),
+            ]
+        );
+        assert_eq!(parse_env("").unwrap(), vec![]);
+        for bad in [
+            "x",
+            "x=1",
+            "=1:0",
+            "x=a:0",
+            "x=1:b",
+            "x=-1:0",
+            "x=1:1.5",
+            "x=0:NaN",
+            "ok=1:0,bad",
+        ] {
+            assert!(parse_env(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn env_overrides_config_and_malformed_env_is_ignored() {
+        let mut cfg = FaultsConfig::new();
+        cfg.insert("a.b".to_owned(), spec(10, 0.0));
+        cfg.insert("c.d".to_owned(), spec(0, 0.5));
+
+        let faults = Faults::from_sources(&cfg, Some("a.b=0:1,e.f=5:0"));
+        assert_eq!(
+            faults.list(),
+            vec![
+                ("a.b".to_owned(), spec(0, 1.0)),
+                ("c.d".to_owned(), spec(0, 0.5)),
+                ("e.f".to_owned(), spec(5, 0.0)),
+            ]
+        );
+
+        let faults = Faults::from_sources(&cfg, Some("a.b=0:1,e.f=oops"));
+        assert_eq!(
+            faults.list(),
+            vec![
+                ("a.b".to_owned(), spec(10, 0.0)),
+                ("c.d".to_owned(), spec(0, 0.5)),
+            ]
+        );
+    }
+
+    #[test]
+    fn spec_validation() {
+        assert!(spec(0, 0.0).validate().is_ok());
+        assert!(spec(0, 1.0).validate().is_ok());
+        assert!(spec(0, -0.1).validate().is_err());
+        assert!(spec(0, 1.01).validate().is_err());
+        assert!(spec(0, f64::NAN).validate().is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! The end-to-end test harness: builds the role binaries, starts them as real processes on free
+//! loopback ports with temporary data directories, waits for their health checks, and stops them
+//! (gracefully, or with kill -9, and restarts them on the same ports and data).
+//!
+//! Every process started here is killed when its handle drops, so a failing test leaves nothing
+//! running.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The workspace root (this crate lives in `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The directory holding the binaries of the profile this test was built with.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Build every role binary once per test process (a no-op when they are fresh).
+pub fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = bin_dir().file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--workspace", "--bins", "--quiet"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building the role binaries failed");
+    });
+}
+
+/// The path of a role binary, built if needed.
+pub fn bin(name: &str) -> PathBuf {
+    ensure_built();
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "no binary at {}", p.display());
+    p
+}
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free loopback port")
+}
+
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// One GET over plain HTTP/1.1; returns the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(addr, "GET", path).await
+}
+
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A role process: its binary, its config file, its admin address and its log.
+pub struct Proc {
+    pub name: String,
+    bin: PathBuf,
+    config: PathBuf,
+    pub admin: SocketAddr,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Write `config` into `dir/<name>.toml` and start `role` with it.
+    pub fn start(
+        role: &str,
+        name: &str,
+        dir: &Path,
+        config: &str,
+        admin: SocketAddr,
+    ) -> anyhow::Result<Proc> {
+        std::fs::create_dir_all(dir)?;
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config)?;
+        let mut p = Proc {
+            name: name.to_string(),
+            bin: bin(role),
+            config: config_path,
+            admin,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or("info".into()),
+            )
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The tail of the process's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Wait until `/healthz` answers 200, or fail with the log's tail.
+    pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((200, _)) = http_get(self.admin, "/healthz").await {
+                return Ok(());
+            }
+            if !self.is_running() {
+                bail!("{} exited while starting:\n{}", self.name, self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not healthy after {timeout:?}:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on a child we spawned and have not reaped yet.
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    }
+
+    /// kill -9 and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit (kill -9 after that).
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().context("not running")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not exit within {timeout:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start again with the same config (same ports, same data).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()?;
+        self.wait_healthy(Duration::from_secs(60)).await
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Options for a test store.
+#[derive(Debug, Clone)]
+pub struct UstoreOpts {
+    pub name: String,
+    pub segments: u32,
+    pub max_in_flight: usize,
+    /// Extra TOML appended to the config (e.g. a `[faults."..."]` table).
+    pub extra: String,
+}
+
+impl Default for UstoreOpts {
+    fn default() -> Self {
+        UstoreOpts {
+            name: "store-1".into(),
+            segments: 2,
+            max_in_flight: 512,
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running ustore process on a temporary directory.
+pub struct Ustore {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Ustore {
+    /// Start a store on a fresh temporary directory and wait until it is healthy.
+    pub async fn start(opts: UstoreOpts) -> anyhow::Result<Ustore> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let mut s = Ustore::start_in(&dir, opts).await?;
+        s._tmp = Some(tmp);
+        Ok(s)
+    }
+
+    /// Start a store whose data lives under `dir` (kept after the store stops).
+    pub async fn start_in(dir: &Path, opts: UstoreOpts) -> anyhow::Result<Ustore> {
+        let addr = free_addr();
+        let admin = free_addr();
+        let mut cfg = format!(
+            "name = \"{}\"\nlisten = \"{addr}\"\nmax-in-flight = {}\n\n[admin]\nlisten = \"{admin}\"\n\n",
+            opts.name, opts.max_in_flight
+        );
+        for i in 0..opts.segments {
+            let p = Ustore::segment_dir_of(dir, i);
+            cfg.push_str(&format!(
+                "[[segments]]\nid = {i}\npath = \"{}\"\n\n",
+                p.display()
+            ));
+        }
+        cfg.push_str(&opts.extra);
+        let mut proc = Proc::start("ustore", &opts.name, dir, &cfg, admin)?;
+        proc.wait_healthy(Duration::from_secs(60)).await?;
+        Ok(Ustore {
+            proc,
+            addr,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+        })
+    }
+
+    fn segment_dir_of(dir: &Path, id: u32) -> PathBuf {
+        dir.join(format!("seg-{id}"))
+    }
+
+    pub fn segment_dir(&self, id: u32) -> PathBuf {
+        Ustore::segment_dir_of(&self.dir, id)
+    }
+
+    /// A fresh client pool for this store.
+    pub fn pool(&self) -> xfs::StorePool {
+        xfs::StorePool::new(
+            self.addr.to_string(),
+            std::sync::Arc::new(xfs::ClientConfig {
+                name: "test".into(),
+                backoff_base: Duration::from_millis(20),
+                backoff_cap: Duration::from_millis(500),
+                ..Default::default()
+            }),
+        )
+    }
+}

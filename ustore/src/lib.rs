@@ -1,0 +1,107 @@
+//! ustore: the user data store. A partition server owning whole mailboxes, one RocksDB per
+//! segment, serving the XFS protocol. It never calls the member index: it is the authority on
+//! which mailboxes it holds, and fences stale callers with `Moved`.
+
+pub mod config;
+pub mod keys;
+pub mod metrics;
+pub mod segment;
+pub mod server;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use runtime::admission::Admission;
+use runtime::faults::Faults;
+use runtime::health::Health;
+use runtime::shutdown::Shutdown;
+use tokio::net::TcpListener;
+
+pub use config::UstoreConfig;
+pub use segment::{Segment, SegmentOptions};
+pub use store::Store;
+
+/// Bind the configured addresses and serve until `shutdown` triggers.
+pub async fn run(cfg: UstoreConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding XFS on {}", cfg.listen))?;
+    let admin = TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("binding the admin port on {}", cfg.admin.listen))?;
+    run_with(cfg, listener, admin, shutdown).await
+}
+
+/// Serve on listeners already bound (what tests call).
+pub async fn run_with(
+    cfg: UstoreConfig,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let faults = Arc::new(Faults::from_config(&cfg.faults));
+    let admission = Admission::new(cfg.max_in_flight);
+    let health = Health::new("ustore");
+    health.set_admission(admission.clone());
+    health.set_info("store", cfg.name.clone().into());
+    let admin_addr = admin.local_addr()?;
+    let admin_task = tokio::spawn(runtime::admin::serve(
+        admin,
+        health.clone(),
+        faults.clone(),
+        shutdown.clone(),
+    ));
+
+    let so = SegmentOptions {
+        block_cache_bytes: cfg.block_cache_mb << 20,
+        dedupe_retention: Duration::from_secs(cfg.dedupe_retention_secs),
+    };
+    let segs: Vec<(u32, std::path::PathBuf)> = cfg
+        .segments
+        .iter()
+        .map(|s| (s.id, s.path.clone()))
+        .collect();
+    let (name, open_adm, open_faults) = (cfg.name.clone(), admission.clone(), faults.clone());
+    let store = tokio::task::spawn_blocking(move || {
+        let refs: Vec<(u32, &Path)> = segs.iter().map(|(i, p)| (*i, p.as_path())).collect();
+        Store::open(&name, &refs, &so, open_adm, open_faults)
+    })
+    .await
+    .context("opening the segments")??;
+    let store = Arc::new(store);
+
+    let xfs_addr = listener.local_addr()?;
+    health.set_ready();
+    tracing::info!(store = %cfg.name, xfs = %xfs_addr, admin = %admin_addr,
+        segments = ?store.segment_ids(), "ustore ready");
+
+    let ctx = Arc::new(server::Ctx {
+        store: store.clone(),
+        admission,
+        faults,
+        max_frame: cfg.max_frame_bytes,
+    });
+    let conns = shutdown.child();
+    server::serve(listener, ctx, cfg.max_connections, conns.clone()).await;
+
+    health.set_draining();
+    tracing::info!("draining");
+    let drain = Duration::from_secs(cfg.drain_timeout_secs);
+    if tokio::time::timeout(drain, conns.wait_tasks())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?drain, "requests still in flight after the drain timeout");
+    }
+    let flushing = store.clone();
+    tokio::task::spawn_blocking(move || flushing.flush())
+        .await
+        .ok();
+    drop(store);
+    admin_task.await.context("admin task")??;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! The XFS server: accepts connections, checks the hello, reads pipelined requests, runs each one
+//! under admission control on a blocking thread, and writes responses as they complete.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runtime::admission::Admission;
+use runtime::faults::Faults;
+use runtime::shutdown::Shutdown;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use xfs::frame::{self, FrameError};
+use xfs::{ClientFrame, Reply, Request, Response, ServerFrame, ServerHello, XfsError};
+
+use crate::metrics;
+use crate::store::Store;
+
+/// How long a new connection has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a shed caller is told to wait.
+const BUSY_RETRY_MS: u32 = 20;
+
+pub struct Ctx {
+    pub store: Arc<Store>,
+    pub admission: Arc<Admission>,
+    pub faults: Arc<Faults>,
+    pub max_frame: usize,
+}
+
+/// Accept connections until `shutdown` triggers. Connections are tracked by `shutdown`, so
+/// `shutdown.wait_tasks()` afterwards waits for the requests in flight.
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutdown: Shutdown) {
+    let slots = Arc::new(Semaphore::new(max_conns));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.triggered() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics::CONNECTIONS.with_label_values(&["refused"]).inc();
+            tracing::warn!(%peer, "connection limit reached, closing new connection");
+            continue;
+        };
+        metrics::CONNECTIONS.with_label_values(&["accepted"]).inc();
+        let ctx = ctx.clone();
+        let sd = shutdown.clone();
+        shutdown.spawn(async move {
+            let _permit = permit;
+            handle_conn(stream, peer, ctx, sd).await;
+        });
+    }
+}
+
+fn frame_error(peer: SocketAddr, e: &FrameError) {
+    metrics::FRAME_ERRORS.with_label_values(&[e.kind()]).inc();
+    tracing::warn!(%peer, error = %e, "closing XFS connection after a bad frame");
+}
+
+async fn handle_conn(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, shutdown: Shutdown) {
+    stream.set_nodelay(true).ok();
+    let (mut rd, wr) = stream.into_split();
+    let mut wr = BufWriter::new(wr);
+    let hello = tokio::time::timeout(
+        HELLO_TIMEOUT,
+        frame::read_msg::<_, ClientFrame>(&mut rd, ctx.max_frame),
+    )
+    .await;
+    let client = match hello {
+        Ok(Ok(Some(ClientFrame::Hello(h)))) => h,
+        Ok(Err(e)) => return frame_error(peer, &e),
+        Ok(Ok(Some(ClientFrame::Request(_)))) => {
+            metrics::FRAME_ERRORS.with_label_values(&["no_hello"]).inc();
+            tracing::warn!(%peer, "request before hello, closing");
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "no hello in time, closing");
+            return;
+        }
+    };
+    let reply = if client.version == xfs::PROTOCOL_VERSION {
+        ServerFrame::Hello(ServerHello {
+            version: xfs::PROTOCOL_VERSION,
+            store: ctx.store.name().to_string(),
+            segments: ctx.store.segment_ids(),
+        })
+    } else {
+        ServerFrame::Refused {
+            reason: format!(
+                "protocol version {} not supported; this store speaks {}",
+                client.version,
+                xfs::PROTOCOL_VERSION
+            ),
+        }
+    };
+    let refused = matches!(reply, ServerFrame::Refused { .. });
+    if frame::write_msg(&mut wr, &reply).await.is_err() || wr.flush().await.is_err() || refused {
+        return;
+    }
+    tracing::debug!(%peer, client = %client.client, "XFS connection open");
+
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+    let writer = tokio::spawn(async move {
+        while let Some(buf) = rx.recv().await {
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+            while let Ok(more) = rx.try_recv() {
+                if wr.write_all(&more).await.is_err() {
+                    return;
+                }
+            }
+            if wr.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.triggered() => break,
+            r = frame::read_msg::<_, ClientFrame>(&mut rd, ctx.max_frame) => r,
+        };
+        match msg {
+            Ok(Some(ClientFrame::Request(req))) => {
+                let ctx = ctx.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let resp = process(&ctx, req).await;
+                    match frame::encode(&ServerFrame::Response(resp)) {
+                        Ok(buf) => {
+                            let _ = tx.send(buf).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot encode a response"),
+                    }
+                });
+            }
+            Ok(Some(ClientFrame::Hello(_))) => {
+                metrics::FRAME_ERRORS
+                    .with_label_values(&["second_hello"])
+                    .inc();
+                tracing::warn!(%peer, "second hello, closing");
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                frame_error(peer, &e);
+                break;
+            }
+        }
+    }
+    // The writer ends once every request in flight has sent its response.
+    drop(tx);
+    let _ = writer.await;
+}
+
+async fn process(ctx: &Ctx, req: Request) -> Response {
+    let started = Instant::now();
+    let op = req.op.name();
+    let user = req.op.target().map(|t| t.user.clone()).unwrap_or_default();
+    let result = run_op(ctx, req.op, started, req.deadline_ms).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.kind(),
+    };
+    metrics::REQUESTS.with_label_values(&[op, outcome]).inc();
+    metrics::LATENCY
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Err(e @ (XfsError::Corrupt { .. } | XfsError::Unavailable { .. })) => {
+            tracing::warn!(trace = %req.trace, op, %user, error = %e, "request failed")
+        }
+        _ => tracing::debug!(trace = %req.trace, op, %user, outcome, "request"),
+    }
+    Response { id: req.id, result }
+}
+
+async fn run_op(
+    ctx: &Ctx,
+    op: xfs::Op,
+    received: Instant,
+    deadline_ms: u32,
+) -> Result<Reply, XfsError> {
+    // Admission control: refuse at once rather than queue without bound.
+    let Some(permit) = ctx.admission.try_acquire() else {
+        return Err(XfsError::Busy {
+            retry_after_ms: BUSY_RETRY_MS,
+        });
+    };
+    ctx.faults
+        .inject(&format!("ustore.op.{}", op.name()))
+        .await
+        .map_err(|e| XfsError::Unavailable { why: e.to_string() })?;
+    // 0 means the caller set no deadline.
+    let deadline = (deadline_ms > 0).then(|| received + Duration::from_millis(deadline_ms.into()));
+    let store = ctx.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(XfsError::DeadlineExceeded);
+        }
+        store.execute(op)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "operation panicked");
+        Err(XfsError::Unavailable {
+            why: "the operation failed inside the store".into(),
+        })
+    })
+}

@@ -1,0 +1,103 @@
+//! A store: the segments it serves, and the dispatch of one XFS operation to the right one.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::statistics::Ticker;
+use runtime::admission::Admission;
+use runtime::faults::Faults;
+use xfs::{Op, Reply, StoreStats, XfsError};
+
+use crate::segment::{Segment, SegmentOptions};
+
+pub struct Store {
+    name: String,
+    segments: BTreeMap<u32, Arc<Segment>>,
+    admission: Arc<Admission>,
+}
+
+impl Store {
+    /// Open every configured segment.
+    pub fn open(
+        name: &str,
+        segments: &[(u32, &Path)],
+        so: &SegmentOptions,
+        admission: Arc<Admission>,
+        faults: Arc<Faults>,
+    ) -> anyhow::Result<Store> {
+        let mut map = BTreeMap::new();
+        for (id, path) in segments {
+            std::fs::create_dir_all(path)
+                .map_err(|e| anyhow::anyhow!("creating segment {id} at {}: {e}", path.display()))?;
+            let seg = Segment::open(*id, path, so, faults.clone())
+                .map_err(|e| anyhow::anyhow!("opening segment {id} at {}: {e}", path.display()))?;
+            map.insert(*id, Arc::new(seg));
+        }
+        Ok(Store {
+            name: name.to_string(),
+            segments: map,
+            admission,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn segment_ids(&self) -> Vec<u32> {
+        self.segments.keys().copied().collect()
+    }
+
+    pub fn segment(&self, id: u32) -> Result<&Arc<Segment>, XfsError> {
+        self.segments.get(&id).ok_or_else(|| XfsError::BadRequest {
+            why: format!("segment {id} is not served by store {}", self.name),
+        })
+    }
+
+    /// Run one operation. Blocking: call from a blocking thread.
+    pub fn execute(&self, op: Op) -> Result<Reply, XfsError> {
+        match op {
+            Op::Ping => Ok(Reply::Pong),
+            Op::StoreStats => Ok(Reply::StoreStats(self.stats())),
+            Op::Checkpoint { segment, dir } => {
+                self.segment(segment)?.checkpoint(Path::new(&dir))?;
+                Ok(Reply::Done)
+            }
+            op => {
+                let Some(t) = op.target() else {
+                    return Err(XfsError::BadRequest {
+                        why: format!("{} names no mailbox", op.name()),
+                    });
+                };
+                let seg = self.segment(t.segment)?;
+                seg.execute(op)
+            }
+        }
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let sum = |t: Ticker| self.segments.values().map(|s| s.ticker(t)).sum::<u64>();
+        StoreStats {
+            store: self.name.clone(),
+            segments: self.segments.values().map(|s| s.stats()).collect(),
+            in_flight: self.admission.in_flight() as u64,
+            max_in_flight: self.admission.max_in_flight() as u64,
+            shed_total: self.admission.shed_total(),
+            sync_writes: crate::metrics::SYNC_WRITES.get(),
+            wal_syncs: sum(Ticker::WalFileSynced),
+            bytes_written: sum(Ticker::BytesWritten),
+            block_cache_hits: sum(Ticker::BlockCacheHit),
+            block_cache_misses: sum(Ticker::BlockCacheMiss),
+        }
+    }
+
+    /// Flush every segment's memtables (a clean shutdown leaves a short WAL to replay).
+    pub fn flush(&self) {
+        for s in self.segments.values() {
+            if let Err(e) = s.flush() {
+                tracing::warn!(segment = s.id(), error = %e, "flush on shutdown failed");
+            }
+        }
+    }
+}

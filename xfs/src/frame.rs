@@ -1,0 +1,241 @@
+//! Framing: `u32 length | u32 crc32 of payload | payload`, both integers big-endian, payload bincode 2.
+//!
+//! A frame whose checksum fails, or whose length is over the limit, is an error that closes the
+//! connection: after it, the byte stream cannot be trusted.
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The default bound on one frame's payload (a message body plus its summary fits well inside).
+pub const MAX_FRAME_DEFAULT: usize = 64 * 1024 * 1024;
+
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {len} bytes is over the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame checksum mismatch: header says {expected:#010x}, payload has {actual:#010x}")]
+    BadChecksum { expected: u32, actual: u32 },
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+    #[error("unencodable message: {0}")]
+    Encode(String),
+    #[error("peer closed the connection inside a frame")]
+    Truncated,
+}
+
+impl FrameError {
+    /// A short name, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FrameError::Io(_) => "io",
+            FrameError::TooLarge { .. } => "too_large",
+            FrameError::BadChecksum { .. } => "bad_crc",
+            FrameError::Decode(_) => "decode",
+            FrameError::Encode(_) => "encode",
+            FrameError::Truncated => "truncated",
+        }
+    }
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encode a message as one complete frame (header and payload).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut buf = vec![0u8; HEADER_LEN];
+    bincode::serde::encode_into_std_write(msg, &mut buf, config())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len = buf.len() - HEADER_LEN;
+    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+        len,
+        max: u32::MAX as usize,
+    })?;
+    let crc = crc32fast::hash(&buf[HEADER_LEN..]);
+    buf[0..4].copy_from_slice(&len32.to_be_bytes());
+    buf[4..8].copy_from_slice(&crc.to_be_bytes());
+    Ok(buf)
+}
+
+/// Decode a payload (checksum already verified by [`read_frame`]).
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    let (msg, used) = bincode::serde::decode_from_slice(payload, config())
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != payload.len() {
+        return Err(FrameError::Decode(format!(
+            "{} trailing bytes after the message",
+            payload.len() - used
+        )));
+    }
+    Ok(msg)
+}
+
+/// Read one frame's payload, verifying length and checksum. `Ok(None)` is a clean end of stream
+/// between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = r.read(&mut header[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let expected = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    let actual = crc32fast::hash(&payload);
+    if actual != expected {
+        return Err(FrameError::BadChecksum { expected, actual });
+    }
+    Ok(Some(payload))
+}
+
+/// Read and decode one message; a clean end of stream is `Ok(None)`.
+pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<T>, FrameError> {
+    match read_frame(r, max).await? {
+        Some(payload) => decode(&payload).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Encode and write one message.
+pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), FrameError> {
+    let buf = encode(msg)?;
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::*;
+
+    fn sample() -> ClientFrame {
+        ClientFrame::Request(Request {
+            id: 7,
+            deadline_ms: 1000,
+            trace: "r-1".into(),
+            op: Op::Deliver {
+                target: Target::new("alice@example.test", 1, 3),
+                delivery: Delivery {
+                    id: [9; 32],
+                    folder: None,
+                    internal_date_ms: 5,
+                    flags: Flags::SEEN,
+                    summary: Summary {
+                        subject: "hi".into(),
+                        ..Default::default()
+                    },
+                    body: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
+                },
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn round_trip() {
+        let buf = encode(&sample()).unwrap();
+        let mut r = &buf[..];
+        let back: ClientFrame = read_msg(&mut r, MAX_FRAME_DEFAULT).await.unwrap().unwrap();
+        match back {
+            ClientFrame::Request(req) => {
+                assert_eq!(req.id, 7);
+                assert_eq!(req.op.name(), "deliver");
+            }
+            other => panic!("decoded {other:?}"),
+        }
+        let end: Option<ClientFrame> = read_msg(&mut r, MAX_FRAME_DEFAULT).await.unwrap();
+        assert!(end.is_none());
+    }
+
+    #[tokio::test]
+    async fn flipped_bit_is_a_checksum_error() {
+        let mut buf = encode(&sample()).unwrap();
+        let last = buf.len() - 3;
+        buf[last] ^= 0x40;
+        let err = read_frame(&mut &buf[..], MAX_FRAME_DEFAULT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::BadChecksum { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn oversize_length_is_refused_before_reading() {
+        let mut buf = vec![0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 0];
+        buf.extend_from_slice(b"short");
+        let err = read_frame(&mut &buf[..], 1024).await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_error_not_eof() {
+        let buf = encode(&sample()).unwrap();
+        let err = read_frame(&mut &buf[..buf.len() - 1], MAX_FRAME_DEFAULT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::Truncated), "{err}");
+        let err = read_frame(&mut &buf[..3], MAX_FRAME_DEFAULT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::Truncated), "{err}");
+    }
+
+    #[test]
+    fn garbage_payload_with_good_crc_is_a_decode_error() {
+        let err = decode::<ClientFrame>(&[0xfe, 0xff, 0x01]).unwrap_err();
+        assert!(matches!(err, FrameError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn errors_round_trip() {
+        let resp = ServerFrame::Response(Response {
+            id: 1,
+            result: Err(XfsError::Moved {
+                to: "store2".into(),
+                epoch: 4,
+            }),
+        });
+        let buf = encode(&resp).unwrap();
+        let back: ServerFrame = decode(&buf[HEADER_LEN..]).unwrap();
+        match back {
+            ServerFrame::Response(r) => assert_eq!(
+                r.result,
+                Err(XfsError::Moved {
+                    to: "store2".into(),
+                    epoch: 4
+                })
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}

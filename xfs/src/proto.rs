@@ -1,0 +1,557 @@
+//! The XFS message types: hello, requests with ids and deadlines, replies, and the typed errors.
+//!
+//! Everything here crosses the wire as bincode 2 (serde). Changing a type changes the wire: bump
+//! [`PROTOCOL_VERSION`] and keep a decoder for the previous version.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version carried in both hellos. A peer with another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The folders every mailbox has; they cannot be renamed or deleted.
+pub const SYSTEM_FOLDERS: [&str; 5] = ["Inbox", "Sent", "Drafts", "Junk", "Trash"];
+/// The folder a delivery lands in unless it names another.
+pub const INBOX: &str = "Inbox";
+
+/// A message id, unique and stable within one mailbox (it survives moves between folders).
+pub type MsgId = u64;
+
+/// What a client sends: one hello, then requests.
+// Frames live only between the socket and the handler; boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientFrame {
+    Hello(ClientHello),
+    Request(Request),
+}
+
+/// What a server sends: one hello (or a refusal), then responses.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ServerFrame {
+    Hello(ServerHello),
+    Refused { reason: String },
+    Response(Response),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    pub version: u16,
+    /// Who is calling (role and process), for the store's logs.
+    pub client: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHello {
+    pub version: u16,
+    pub store: String,
+    pub segments: Vec<u32>,
+}
+
+/// One request. Requests may be pipelined; the response carries the same id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    /// Milliseconds the caller will still wait when it sends the request (a relative deadline, so
+    /// clocks need not agree). A store drops work whose deadline passed before it started.
+    pub deadline_ms: u32,
+    /// Request id carried across tiers (front door or smtp-in → store) for the logs.
+    pub trace: String,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub id: u64,
+    pub result: Result<Reply, XfsError>,
+}
+
+/// Which mailbox an operation is about, and the placement the caller holds for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub user: String,
+    pub segment: u32,
+    pub epoch: u64,
+}
+
+impl Target {
+    pub fn new(user: impl Into<String>, segment: u32, epoch: u64) -> Self {
+        Target {
+            user: user.into(),
+            segment,
+            epoch,
+        }
+    }
+}
+
+/// Message flags, a bit set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize, Deserialize)]
+pub struct Flags(pub u32);
+
+impl Flags {
+    pub const NONE: Flags = Flags(0);
+    pub const SEEN: Flags = Flags(1);
+    pub const FLAGGED: Flags = Flags(2);
+    pub const ANSWERED: Flags = Flags(4);
+    pub const DRAFT: Flags = Flags(8);
+
+    pub fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+    pub fn union(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+    pub fn minus(self, other: Flags) -> Flags {
+        Flags(self.0 & !other.0)
+    }
+}
+
+/// The index summary of a message, extracted by the caller (smtp-in parses the mail once).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub from: String,
+    pub to: String,
+    pub subject: String,
+    /// The Date header as written by the sender.
+    pub date: String,
+    pub preview: String,
+    pub attachments: Vec<String>,
+}
+
+/// One message to store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Idempotency key (a hash of envelope, recipient and body): a repeat returns the first result.
+    pub id: [u8; 32],
+    /// Target folder; `None` means Inbox.
+    pub folder: Option<String>,
+    pub internal_date_ms: u64,
+    pub flags: Flags,
+    pub summary: Summary,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewAccount {
+    pub password_hash: String,
+    pub display_name: String,
+    /// 0 means no quota.
+    pub quota_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountState {
+    Active,
+    /// The last instant of a migration: writes answer `Frozen`, reads are served.
+    Frozen,
+    /// The mailbox lives elsewhere now; callers are redirected.
+    MovedOut {
+        to: String,
+        epoch: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountInfo {
+    pub user: String,
+    pub display_name: String,
+    pub created_ms: u64,
+    pub last_login_ms: u64,
+    pub quota_bytes: u64,
+    pub used_bytes: u64,
+    pub messages: u64,
+    pub state: AccountState,
+    /// Bumped by a password change; sessions issued under an older generation are invalid.
+    pub session_gen: u64,
+    pub epoch: u64,
+    /// The mailbox's change-log position.
+    pub modseq: u64,
+}
+
+/// What login needs to check a password (the hashing CPU stays on login servers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthRecord {
+    pub password_hash: String,
+    pub display_name: String,
+    pub session_gen: u64,
+    pub state: AccountState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderInfo {
+    pub name: String,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub total: u32,
+    pub unread: u32,
+    pub bytes: u64,
+}
+
+/// One index entry: everything a folder page shows, no body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub msg: MsgId,
+    pub folder: String,
+    pub uid: u32,
+    pub size: u64,
+    pub internal_date_ms: u64,
+    pub flags: Flags,
+    pub summary: Summary,
+    /// crc32 of the stored body.
+    pub body_crc: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderPage {
+    pub folder: FolderInfo,
+    /// Newest first.
+    pub entries: Vec<IndexEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub entry: IndexEntry,
+    /// The stored bytes, exactly as received (with the trace header the receiver prepended).
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SearchQuery {
+    /// Case-insensitive substring.
+    pub text: String,
+    pub in_from: bool,
+    pub in_subject: bool,
+    /// Reads bodies: costs a body read per candidate.
+    pub in_body: bool,
+    /// Only this folder; `None` searches every folder.
+    pub folder: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxStats {
+    pub account: AccountInfo,
+    pub folders: Vec<FolderInfo>,
+}
+
+/// One entry of a mailbox's change log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub modseq: u64,
+    pub at_ms: u64,
+    pub kind: ChangeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    AccountCreated,
+    AccountUpdated,
+    Added {
+        msg: MsgId,
+        folder: String,
+        uid: u32,
+    },
+    Flags {
+        msg: MsgId,
+        flags: Flags,
+    },
+    Moved {
+        msg: MsgId,
+        from: String,
+        to: String,
+        uid: u32,
+    },
+    Expunged {
+        msg: MsgId,
+        folder: String,
+    },
+    FolderCreated {
+        name: String,
+    },
+    FolderRenamed {
+        from: String,
+        to: String,
+    },
+    FolderDeleted {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangePage {
+    pub changes: Vec<Change>,
+    /// The mailbox's current position; `changes` is complete up to it when shorter than the limit.
+    pub modseq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentStats {
+    pub id: u32,
+    pub accounts: u64,
+    /// Bytes of the segment's files on disk (SST, blob, WAL).
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub store: String,
+    pub segments: Vec<SegmentStats>,
+    pub in_flight: u64,
+    pub max_in_flight: u64,
+    pub shed_total: u64,
+    /// Synced write batches asked for, and WAL fsyncs done: their ratio shows group commit.
+    pub sync_writes: u64,
+    pub wal_syncs: u64,
+    pub bytes_written: u64,
+    pub block_cache_hits: u64,
+    pub block_cache_misses: u64,
+}
+
+/// The operations a store serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Op {
+    Ping,
+    CreateAccount {
+        target: Target,
+        account: NewAccount,
+    },
+    DeleteAccount {
+        target: Target,
+    },
+    GetAccount {
+        target: Target,
+    },
+    GetAuth {
+        target: Target,
+    },
+    RecordLogin {
+        target: Target,
+        at_ms: u64,
+    },
+    /// Change any of the given fields; a new password hash bumps the session generation.
+    UpdateAccount {
+        target: Target,
+        display_name: Option<String>,
+        password_hash: Option<String>,
+        quota_bytes: Option<u64>,
+    },
+    Deliver {
+        target: Target,
+        delivery: Delivery,
+    },
+    ListFolders {
+        target: Target,
+    },
+    /// A page of a folder, newest first: skip `offset` entries below `before_uid` (or from the top).
+    ListFolder {
+        target: Target,
+        folder: String,
+        offset: u32,
+        limit: u32,
+        before_uid: Option<u32>,
+    },
+    Fetch {
+        target: Target,
+        msg: MsgId,
+        mark_seen: bool,
+    },
+    SetFlags {
+        target: Target,
+        msgs: Vec<MsgId>,
+        add: Flags,
+        remove: Flags,
+    },
+    Move {
+        target: Target,
+        msgs: Vec<MsgId>,
+        to_folder: String,
+    },
+    /// Expunge for good (moving to Trash is a `Move`).
+    Delete {
+        target: Target,
+        msgs: Vec<MsgId>,
+    },
+    /// Expunge every message of a folder (empty Trash).
+    EmptyFolder {
+        target: Target,
+        folder: String,
+    },
+    CreateFolder {
+        target: Target,
+        name: String,
+    },
+    RenameFolder {
+        target: Target,
+        from: String,
+        to: String,
+    },
+    /// Deletes the folder and expunges its messages. System folders refuse.
+    DeleteFolder {
+        target: Target,
+        name: String,
+    },
+    Search {
+        target: Target,
+        query: SearchQuery,
+    },
+    MailboxStats {
+        target: Target,
+    },
+    /// The change log after `since`, at most `limit` entries.
+    Changes {
+        target: Target,
+        since: u64,
+        limit: u32,
+    },
+    StoreStats,
+    /// An online RocksDB checkpoint of one segment into `dir` (a path on the store's machine that
+    /// must not exist yet).
+    Checkpoint {
+        segment: u32,
+        dir: String,
+    },
+}
+
+impl Op {
+    /// A short name, for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Ping => "ping",
+            Op::CreateAccount { .. } => "create_account",
+            Op::DeleteAccount { .. } => "delete_account",
+            Op::GetAccount { .. } => "get_account",
+            Op::GetAuth { .. } => "get_auth",
+            Op::RecordLogin { .. } => "record_login",
+            Op::UpdateAccount { .. } => "update_account",
+            Op::Deliver { .. } => "deliver",
+            Op::ListFolders { .. } => "list_folders",
+            Op::ListFolder { .. } => "list_folder",
+            Op::Fetch { .. } => "fetch",
+            Op::SetFlags { .. } => "set_flags",
+            Op::Move { .. } => "move",
+            Op::Delete { .. } => "delete",
+            Op::EmptyFolder { .. } => "empty_folder",
+            Op::CreateFolder { .. } => "create_folder",
+            Op::RenameFolder { .. } => "rename_folder",
+            Op::DeleteFolder { .. } => "delete_folder",
+            Op::Search { .. } => "search",
+            Op::MailboxStats { .. } => "mailbox_stats",
+            Op::Changes { .. } => "changes",
+            Op::StoreStats => "store_stats",
+            Op::Checkpoint { .. } => "checkpoint",
+        }
+    }
+
+    /// The mailbox this operation is about, if any.
+    pub fn target(&self) -> Option<&Target> {
+        match self {
+            Op::Ping | Op::StoreStats | Op::Checkpoint { .. } => None,
+            Op::CreateAccount { target, .. }
+            | Op::DeleteAccount { target }
+            | Op::GetAccount { target }
+            | Op::GetAuth { target }
+            | Op::RecordLogin { target, .. }
+            | Op::UpdateAccount { target, .. }
+            | Op::Deliver { target, .. }
+            | Op::ListFolders { target }
+            | Op::ListFolder { target, .. }
+            | Op::Fetch { target, .. }
+            | Op::SetFlags { target, .. }
+            | Op::Move { target, .. }
+            | Op::Delete { target, .. }
+            | Op::EmptyFolder { target, .. }
+            | Op::CreateFolder { target, .. }
+            | Op::RenameFolder { target, .. }
+            | Op::DeleteFolder { target, .. }
+            | Op::Search { target, .. }
+            | Op::MailboxStats { target }
+            | Op::Changes { target, .. } => Some(target),
+        }
+    }
+}
+
+/// Successful replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Pong,
+    Done,
+    Account(AccountInfo),
+    Auth(AuthRecord),
+    Delivered {
+        msg: MsgId,
+        folder: String,
+        uid: u32,
+        /// True when this delivery id was seen before: nothing new was stored.
+        duplicate: bool,
+    },
+    Folders(Vec<FolderInfo>),
+    Page(FolderPage),
+    Message(Message),
+    /// For moves: each message's new uid in the target folder.
+    Moved(Vec<(MsgId, u32)>),
+    Count(u64),
+    Hits(Vec<IndexEntry>),
+    Stats(MailboxStats),
+    Changes(ChangePage),
+    StoreStats(StoreStats),
+}
+
+/// The errors a caller must handle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum XfsError {
+    #[error("no such user")]
+    NoSuchUser,
+    #[error("mailbox moved to {to} at epoch {epoch}")]
+    Moved { to: String, epoch: u64 },
+    #[error("mailbox frozen, retry after {retry_after_ms} ms")]
+    Frozen { retry_after_ms: u32 },
+    #[error("store busy, retry after {retry_after_ms} ms")]
+    Busy { retry_after_ms: u32 },
+    #[error("quota exceeded: {used} of {quota} bytes used")]
+    QuotaExceeded { used: u64, quota: u64 },
+    #[error("corrupt data: {what}")]
+    Corrupt { what: String },
+    #[error("bad request: {why}")]
+    BadRequest { why: String },
+    #[error("no such folder: {name}")]
+    NoSuchFolder { name: String },
+    #[error("no such message: {msg}")]
+    NoSuchMessage { msg: MsgId },
+    #[error("already exists: {what}")]
+    AlreadyExists { what: String },
+    #[error("deadline passed before the store started the work")]
+    DeadlineExceeded,
+    #[error("store unavailable: {why}")]
+    Unavailable { why: String },
+}
+
+impl XfsError {
+    /// A short name, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            XfsError::NoSuchUser => "no_such_user",
+            XfsError::Moved { .. } => "moved",
+            XfsError::Frozen { .. } => "frozen",
+            XfsError::Busy { .. } => "busy",
+            XfsError::QuotaExceeded { .. } => "quota_exceeded",
+            XfsError::Corrupt { .. } => "corrupt",
+            XfsError::BadRequest { .. } => "bad_request",
+            XfsError::NoSuchFolder { .. } => "no_such_folder",
+            XfsError::NoSuchMessage { .. } => "no_such_message",
+            XfsError::AlreadyExists { .. } => "already_exists",
+            XfsError::DeadlineExceeded => "deadline_exceeded",
+            XfsError::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    /// Whether the same request may succeed later unchanged (the route or the load changes).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            XfsError::Frozen { .. }
+                | XfsError::Busy { .. }
+                | XfsError::DeadlineExceeded
+                | XfsError::Unavailable { .. }
+        )
+    }
+}
