@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/megamail/target}"
-cargo build --release --quiet -p ustore --bins
+cargo build --release --quiet --workspace --bins
 bin="$CARGO_TARGET_DIR/release"
 
 dir="$(mktemp -d)"

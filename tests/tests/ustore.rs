@@ -625,7 +625,8 @@ async fn kill9_during_deliveries_loses_nothing_acknowledged() {
     }
     let tgt = |i: usize| Target::new(users[i % users.len()].clone(), (i % 2) as u32, 1);
     // (user index, seed) → (msg, body) for every delivery that got a success reply.
-    let acked: Arc<Mutex<BTreeMap<(usize, String), (MsgId, Vec<u8>)>>> = Default::default();
+    type Acked = BTreeMap<(usize, String), (MsgId, Vec<u8>)>;
+    let acked: Arc<Mutex<Acked>> = Default::default();
     let mut total_acked = 0;
     for cycle in 0..5 {
         let stop = Arc::new(AtomicBool::new(false));

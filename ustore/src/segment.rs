@@ -109,6 +109,9 @@ struct DedupeRec {
     at_ms: u64,
 }
 
+/// A key and its value, as a RocksDB iterator yields them.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -313,7 +316,7 @@ impl Segment {
         from: Vec<u8>,
         to: Vec<u8>,
         reverse: bool,
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), XfsError>> + '_ {
+    ) -> impl Iterator<Item = Result<KeyValue, XfsError>> + '_ {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(from);
         ro.set_iterate_upper_bound(to);
@@ -766,7 +769,7 @@ impl Segment {
                 hits.push(to_entry(e, &folder_name_of(&folders, fid), uid));
             }
         }
-        hits.sort_by(|a, b| b.internal_date_ms.cmp(&a.internal_date_ms));
+        hits.sort_by_key(|e| std::cmp::Reverse(e.internal_date_ms));
         hits.truncate(limit);
         Ok(Reply::Hits(hits))
     }

@@ -21,6 +21,9 @@ use crate::store::Store;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a shed caller is told to wait.
 const BUSY_RETRY_MS: u32 = 20;
+/// Requests one connection may have in flight; past it the server stops reading that connection
+/// until replies drain (a client that never reads its replies cannot grow the server's memory).
+const MAX_PIPELINE: usize = 1024;
 
 pub struct Ctx {
     pub store: Arc<Store>,
@@ -110,7 +113,8 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, shutdow
     }
     tracing::debug!(%peer, client = %client.client, "XFS connection open");
 
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_PIPELINE);
+    let pipeline = Arc::new(Semaphore::new(MAX_PIPELINE));
     let writer = tokio::spawn(async move {
         while let Some(buf) = rx.recv().await {
             if wr.write_all(&buf).await.is_err() {
@@ -133,9 +137,17 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, shutdow
         };
         match msg {
             Ok(Some(ClientFrame::Request(req))) => {
+                let slot = tokio::select! {
+                    _ = shutdown.triggered() => break,
+                    p = pipeline.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
                 let ctx = ctx.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let resp = process(&ctx, req).await;
                     match frame::encode(&ServerFrame::Response(resp)) {
                         Ok(buf) => {
