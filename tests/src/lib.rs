@@ -5,6 +5,8 @@
 //! Every process started here is killed when its handle drops, so a failing test leaves nothing
 //! running.
 
+pub mod mserv;
+
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -33,7 +35,9 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Build every role binary once per test process (a no-op when they are fresh).
+/// Build every role binary once per test process (a no-op when they are fresh). It builds all
+/// targets, as the test command does, so the binaries share the test build's feature resolution
+/// instead of being rebuilt without dev-dependency features.
 pub fn ensure_built() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -41,7 +45,7 @@ pub fn ensure_built() {
         let release = bin_dir().file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace_root())
-            .args(["build", "--workspace", "--bins", "--quiet"]);
+            .args(["build", "--workspace", "--all-targets", "--quiet"]);
         if release {
             cmd.arg("--release");
         }
