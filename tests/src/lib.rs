@@ -44,8 +44,12 @@ pub fn ensure_built() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = bin_dir().file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--workspace", "--all-targets", "--quiet"]);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+        ]);
         if release {
             cmd.arg("--release");
         }

@@ -135,6 +135,11 @@ async fn fetch(pool: &StorePool, user: &str, msg: MsgId) -> Result<Message, Call
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_round_trips() {
     let store = Ustore::start(UstoreOpts::default()).await.unwrap();
+    // Every metric is listed from the start, before its first event.
+    let (_, metrics) = http_get(store.proc.admin, "/metrics").await.unwrap();
+    for name in ["ustore_sync_writes_total", "ustore_bytes_written_total"] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
     let pool = store.pool();
     let u = "alice@example.test";
     let t = || target(u);

@@ -42,6 +42,7 @@ pub async fn run_with(
     admin: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    metrics::register();
     let faults = Arc::new(Faults::from_config(&cfg.faults));
     let admission = Admission::new(cfg.max_in_flight);
     let health = Health::new("ustore");

@@ -58,3 +58,14 @@ pub static CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["outcome"],
     )
 });
+
+/// Register every metric now, so `/metrics` lists them before their first event.
+pub fn register() {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&LATENCY);
+    LazyLock::force(&FRAME_ERRORS);
+    LazyLock::force(&CORRUPT);
+    LazyLock::force(&SYNC_WRITES);
+    LazyLock::force(&BYTES_WRITTEN);
+    LazyLock::force(&CONNECTIONS);
+}
