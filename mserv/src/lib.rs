@@ -1,1 +1,117 @@
-//! mserv: the replicated member index (user → store, segment, epoch) and its caching client; filled by the mserv issue.
+//! mserv: the member index. Where each user's mailbox lives (user → store, segment, epoch), the
+//! registry of stores and of clusters with their front doors, replicated over 3 (or 1, or 5)
+//! replicas with openraft, log and state machine in RocksDB; and [`Client`], the caching client
+//! every other role uses.
+//!
+//! Only mserv decides placement, and only through a compare-and-set on the placement epoch. It
+//! never calls a store: a caller holding a stale placement is fenced by the store (`Moved`),
+//! drops its cached entry and looks the user up again.
+
+pub mod client;
+pub mod config;
+pub mod conn;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod proto;
+pub mod server;
+pub mod state;
+pub mod storage;
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use runtime::admission::Admission;
+use runtime::faults::Faults;
+use runtime::health::Health;
+use runtime::shutdown::Shutdown;
+use tokio::net::TcpListener;
+
+pub use client::{Client, ClientConfig, Membership};
+pub use config::{MservConfig, PeerConfig};
+pub use proto::{
+    normalize_user, ClusterInfo, MservError, Placement, Policy, RaftStatus, ReplicaId, Stats,
+    StoreInfo, StoreLoad, StoreState, UserPage,
+};
+
+openraft::declare_raft_types!(
+    /// The Raft types of the member index: commands in, their outcomes out.
+    pub TypeConfig:
+        D = proto::Command,
+        R = Result<proto::Applied, proto::MservError>,
+        NodeId = proto::ReplicaId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Bind the configured addresses and serve until `shutdown` triggers.
+pub async fn run(cfg: MservConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let admin = TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("binding the admin port on {}", cfg.admin.listen))?;
+    run_with(cfg, listener, admin, shutdown).await
+}
+
+/// Serve on listeners already bound (what tests call).
+pub async fn run_with(
+    cfg: MservConfig,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let faults = Arc::new(Faults::from_config(&cfg.faults));
+    let admission = Admission::new(cfg.max_in_flight);
+    let health = Health::new("mserv");
+    health.set_admission(admission.clone());
+    health.set_info("replica", cfg.id.into());
+    let admin_addr = admin.local_addr()?;
+    let admin_task = tokio::spawn(runtime::admin::serve(
+        admin,
+        health.clone(),
+        faults.clone(),
+        shutdown.clone(),
+    ));
+
+    let dir = cfg.data_dir.clone();
+    let (log, sm) = tokio::task::spawn_blocking(move || storage::open(&dir))
+        .await
+        .context("opening storage")??;
+    let node = Arc::new(node::Node::start(&cfg, log, sm, faults.clone()).await?);
+    node.watch(health.clone(), &shutdown);
+    node.bootstrap(&cfg).await?;
+
+    let addr = listener.local_addr()?;
+    health.set_ready();
+    tracing::info!(id = cfg.id, %addr, admin = %admin_addr, data = %cfg.data_dir.display(),
+        "mserv ready");
+
+    let ctx = Arc::new(server::Ctx {
+        node: node.clone(),
+        admission,
+        faults,
+        max_frame: cfg.max_frame_bytes,
+    });
+    let conns = shutdown.child();
+    server::serve(listener, ctx, cfg.max_connections, conns.clone()).await;
+
+    health.set_draining();
+    tracing::info!("draining");
+    let drain = Duration::from_secs(cfg.drain_timeout_secs);
+    if tokio::time::timeout(drain, conns.wait_tasks())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?drain, "requests still in flight after the drain timeout");
+    }
+    node.shutdown().await;
+    admin_task.await.context("admin task")??;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! The member index's metrics, registered once in the process-wide registry.
+
+use std::sync::LazyLock;
+
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
+use runtime::metrics::{counter_vec, histogram_vec, int_counter, int_gauge};
+
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mserv_requests_total",
+        "requests served by this replica, by operation and outcome",
+        &["op", "outcome"],
+    )
+});
+
+pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "mserv_request_seconds",
+        "request latency by operation, from receipt to reply",
+        &["op"],
+    )
+});
+
+pub static FORWARDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mserv_forwarded_total",
+        "writes a follower passed on to the leader, by outcome",
+        &["outcome"],
+    )
+});
+
+pub static APPLIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mserv_applied_total",
+        "commands applied to the state machine, by command and outcome",
+        &["command", "outcome"],
+    )
+});
+
+pub static FRAME_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mserv_frame_errors_total",
+        "connections closed for a bad frame, by kind",
+        &["kind"],
+    )
+});
+
+pub static CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mserv_connections_total",
+        "connections by outcome",
+        &["outcome"],
+    )
+});
+
+pub static CORRUPT: LazyLock<IntCounter> = LazyLock::new(|| {
+    int_counter(
+        "mserv_corrupt_records_total",
+        "records whose checksum failed on read",
+    )
+});
+
+pub static WAL_SYNCS: LazyLock<IntCounter> =
+    LazyLock::new(|| int_counter("mserv_wal_syncs_total", "WAL syncs made for log appends"));
+
+pub static WAL_SYNC_APPENDS: LazyLock<IntCounter> = LazyLock::new(|| {
+    int_counter(
+        "mserv_wal_sync_appends_total",
+        "log appends made durable (several share one WAL sync)",
+    )
+});
+
+pub static SNAPSHOTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mserv_snapshots_total",
+        "snapshots built here or installed from a leader",
+        &["event"],
+    )
+});
+
+pub static TERM: LazyLock<IntGauge> =
+    LazyLock::new(|| int_gauge("mserv_raft_term", "the current Raft term"));
+
+pub static LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
+    int_gauge(
+        "mserv_raft_leader",
+        "the id of the replica this one follows (-1: none known)",
+    )
+});
+
+pub static IS_LEADER: LazyLock<IntGauge> =
+    LazyLock::new(|| int_gauge("mserv_raft_is_leader", "1 while this replica is the leader"));
+
+pub static APPLIED_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
+    int_gauge(
+        "mserv_raft_applied_index",
+        "the last log index applied to the state machine",
+    )
+});
+
+pub static PURGED_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
+    int_gauge(
+        "mserv_raft_purged_index",
+        "the last log index removed from the log",
+    )
+});
+
+pub static CLIENT_FAILOVERS: LazyLock<IntCounter> = LazyLock::new(|| {
+    int_counter(
+        "mserv_client_failovers_total",
+        "times a client moved to another replica after an error",
+    )
+});
+
+pub static CLIENT_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mserv_client_cache_total",
+        "client lookups by cache result",
+        &["result"],
+    )
+});
+
+// Handles for the hottest series, so a lookup does not hash its labels.
+
+pub static CLIENT_CACHE_HIT: LazyLock<IntCounter> =
+    LazyLock::new(|| CLIENT_CACHE.with_label_values(&["hit"]));
+
+pub static CLIENT_CACHE_MISS: LazyLock<IntCounter> =
+    LazyLock::new(|| CLIENT_CACHE.with_label_values(&["miss"]));
+
+pub static LOOKUPS_OK: LazyLock<IntCounter> =
+    LazyLock::new(|| REQUESTS.with_label_values(&["lookup", "ok"]));
+
+pub static LOOKUP_LATENCY: LazyLock<Histogram> =
+    LazyLock::new(|| LATENCY.with_label_values(&["lookup"]));
