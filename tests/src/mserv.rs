@@ -286,9 +286,13 @@ impl Drop for Mserv {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for r in self.replicas.values() {
-                eprintln!("--- replica {} ({}) log tail:\n{}", r.id, r.addr, r.proc.log_tail());
+                eprintln!(
+                    "--- replica {} ({}) log tail:\n{}",
+                    r.id,
+                    r.addr,
+                    r.proc.log_tail()
+                );
             }
-            let _ = std::process::Command::new("cp").args(["-r", &self.dir.display().to_string(), "/tmp/mserv-fail"]).status();
         }
     }
 }
