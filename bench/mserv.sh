@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-5}"
 users="${2:-100000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/megamail/target}"
-cargo build --release --quiet -p mserv --bins
+cargo build --release --quiet --workspace --bins
 bin="$CARGO_TARGET_DIR/release"
 
 dir="$(mktemp -d)"
