@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proto;
+pub mod route;
 pub mod server;
 pub mod state;
 pub mod storage;
@@ -35,6 +36,7 @@ pub use proto::{
     normalize_user, ClusterInfo, MservError, Placement, Policy, RaftStatus, ReplicaId, Stats,
     StoreInfo, StoreLoad, StoreState, UserPage,
 };
+pub use route::{Route, RouteError, Router};
 
 openraft::declare_raft_types!(
     /// The Raft types of the member index: commands in, their outcomes out.

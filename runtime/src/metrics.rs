@@ -48,6 +48,14 @@ pub fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     register(name, metric)
 }
 
+/// A histogram with [`LATENCY_BUCKETS`]. Panics on an invalid or already registered name.
+pub fn histogram(name: &str, help: &str) -> prometheus::Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let metric =
+        prometheus::Histogram::with_opts(opts).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(name, metric)
+}
+
 /// A gauge. Panics on an invalid or already registered name.
 pub fn int_gauge(name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));

@@ -1,1 +1,251 @@
-//! smtp-in: SMTP ingress that writes accepted mail straight into the recipient's store; filled by the smtp-in issue.
+//! smtp-in: the SMTP ingress. Accepts mail from remote servers for the configured domains only,
+//! looks each recipient up in the member index, and writes every copy straight into the
+//! recipient's store, answering `250` only once all copies are durable. It keeps no state: kill
+//! it at any moment and nothing acknowledged is lost (a message not yet answered is retried by
+//! its sender, and delivery ids make the retry store nothing twice).
+
+pub mod config;
+pub mod deliver;
+pub mod io;
+pub mod message;
+pub mod metrics;
+pub mod session;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use runtime::faults::Faults;
+use runtime::health::Health;
+use runtime::shutdown::Shutdown;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+pub use config::SmtpInConfig;
+
+/// What every session shares.
+pub struct Ctx {
+    pub cfg: SmtpInConfig,
+    pub router: mserv::Router,
+    pub xfs: xfs::Client,
+    pub tls: Option<TlsAcceptor>,
+    pub faults: Arc<Faults>,
+    pub deliver_timeout: Duration,
+    /// Retry pauses for unreachable stores: full jitter between these.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+/// Sessions open, in total and per client address.
+struct Slots {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    max_total: usize,
+    max_per_client: usize,
+}
+
+/// A session's place; given back on drop.
+struct Slot {
+    slots: Arc<Slots>,
+    ip: IpAddr,
+}
+
+enum Refused {
+    Total,
+    Client,
+}
+
+impl Slots {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 >= self.max_total {
+            return Err(Refused::Total);
+        }
+        let n = open.1.entry(ip).or_insert(0);
+        if *n >= self.max_per_client {
+            return Err(Refused::Client);
+        }
+        *n += 1;
+        open.0 += 1;
+        metrics::SESSIONS_OPEN.set(open.0 as i64);
+        Ok(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+        metrics::SESSIONS_OPEN.set(open.0 as i64);
+    }
+}
+
+/// Let this process hold as many descriptors as its hard limit allows: every session is one.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Bind the configured addresses and serve until `shutdown` triggers.
+pub async fn run(cfg: SmtpInConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding SMTP on {}", cfg.listen))?;
+    let admin = TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("binding the admin port on {}", cfg.admin.listen))?;
+    run_with(cfg, listener, admin, shutdown).await
+}
+
+/// Serve on listeners already bound.
+pub async fn run_with(
+    cfg: SmtpInConfig,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    metrics::register();
+    raise_fd_limit();
+    let faults = Arc::new(Faults::from_config(&cfg.faults));
+    let health = Health::new("smtp-in");
+    let admin_addr = admin.local_addr()?;
+    let admin_task = tokio::spawn(runtime::admin::serve(
+        admin,
+        health.clone(),
+        faults.clone(),
+        shutdown.clone(),
+    ));
+    let tls = match &cfg.tls {
+        Some(t) => Some(tls::acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
+    let mserv_client = mserv::Client::new(
+        cfg.mserv.clone(),
+        mserv::ClientConfig {
+            name: format!("smtp-in {}", cfg.hostname),
+            cache_ttl: Duration::from_secs(cfg.route_cache_secs),
+            request_timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
+    );
+    let router = mserv::Router::new(
+        Arc::new(mserv_client),
+        Duration::from_secs(cfg.store_refresh_secs),
+    );
+    let xfs = xfs::Client::new(xfs::ClientConfig {
+        name: format!("smtp-in {}", cfg.hostname),
+        conns_per_store: 4,
+        connect_timeout: Duration::from_secs(1),
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(500),
+        ..Default::default()
+    });
+    let slots = Arc::new(Slots {
+        open: Mutex::new((0, HashMap::new())),
+        max_total: cfg.max_sessions,
+        max_per_client: cfg.max_sessions_per_client,
+    });
+    let drain = Duration::from_secs(cfg.drain_timeout_secs);
+    let ctx = Arc::new(Ctx {
+        deliver_timeout: Duration::from_secs(cfg.deliver_timeout_secs),
+        backoff_base: Duration::from_millis(25),
+        backoff_cap: Duration::from_secs(1),
+        router,
+        xfs,
+        tls,
+        faults,
+        cfg,
+    });
+
+    let smtp_addr = listener.local_addr()?;
+    health.set_info("hostname", ctx.cfg.hostname.clone().into());
+    health.set_ready();
+    tracing::info!(smtp = %smtp_addr, admin = %admin_addr, domains = ?ctx.cfg.domains,
+        tls = ctx.tls.is_some(), "smtp-in ready");
+
+    let sessions = shutdown.child();
+    accept_loop(listener, ctx.clone(), slots, sessions.clone()).await;
+
+    health.set_draining();
+    tracing::info!("draining");
+    if tokio::time::timeout(drain, sessions.wait_tasks())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?drain, "sessions still open after the drain timeout");
+    }
+    admin_task.await.context("admin task")??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, slots: Arc<Slots>, shutdown: Shutdown) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.triggered() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        stream.set_nodelay(true).ok();
+        let slot = match slots.take(peer.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                let (label, text) = match why {
+                    Refused::Total => ("refused_total", "too many connections"),
+                    Refused::Client => ("refused_client", "too many connections from your address"),
+                };
+                metrics::SESSIONS.with_label_values(&[label]).inc();
+                let line = format!(
+                    "421 4.7.0 {} Error: {text}, try again later\r\n",
+                    ctx.cfg.hostname
+                );
+                tokio::spawn(refuse(stream, line));
+                continue;
+            }
+        };
+        metrics::SESSIONS.with_label_values(&["accepted"]).inc();
+        let ctx = ctx.clone();
+        let sd = shutdown.clone();
+        shutdown.spawn(async move {
+            let _slot = slot;
+            session::serve(ctx, Box::new(stream), peer, sd).await;
+        });
+    }
+}
+
+/// Tell a client past the session limits why, and close.
+async fn refuse(mut stream: TcpStream, line: String) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(line.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}

@@ -1,0 +1,185 @@
+//! smtp-in's configuration file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use runtime::config::{
+    validate_sections, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
+};
+use serde::{Deserialize, Serialize};
+
+/// A certificate and its key, both PEM; with them STARTTLS is offered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SmtpInConfig {
+    /// The name this server gives in its greeting, its EHLO reply and its `Received:` lines.
+    pub hostname: String,
+    /// Where SMTP is served.
+    pub listen: SocketAddr,
+    /// The domains mail is accepted for (lowercase). Anything else is refused: never a relay.
+    pub domains: Vec<String>,
+    /// Member index replicas (any order).
+    pub mserv: Vec<String>,
+    /// Largest message accepted (advertised with SIZE).
+    pub max_message_bytes: usize,
+    /// Recipients one message may have; the ones past it get `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Longest command or text line, CRLF included.
+    pub max_line_bytes: usize,
+    /// How long the server waits for a command.
+    pub command_timeout_secs: u64,
+    /// How long the server waits for the next piece of a message's data.
+    pub data_timeout_secs: u64,
+    /// Sessions open at once, in total and from one client address; past them `421`.
+    pub max_sessions: usize,
+    pub max_sessions_per_client: usize,
+    /// Longest the copies of one message may take to become durable (retries of a busy, frozen
+    /// or restarting store included) before the sender is told `451` to retry later.
+    pub deliver_timeout_secs: u64,
+    /// How long a cached placement is trusted (a store's `Moved` drops it at once).
+    pub route_cache_secs: u64,
+    /// How often the store registry is fetched again.
+    pub store_refresh_secs: u64,
+    /// Longest a SIGTERM drain waits for sessions to finish their current message.
+    pub drain_timeout_secs: u64,
+    /// STARTTLS is offered only with a certificate.
+    pub tls: Option<TlsConfig>,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub faults: FaultsConfig,
+}
+
+impl Default for SmtpInConfig {
+    fn default() -> Self {
+        SmtpInConfig {
+            hostname: "mx.megamail.test".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            domains: vec!["megamail.test".into()],
+            mserv: vec!["127.0.0.1:7201".into()],
+            max_message_bytes: 25 << 20,
+            max_recipients: 100,
+            max_line_bytes: 4096,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            max_sessions: 2000,
+            max_sessions_per_client: 50,
+            deliver_timeout_secs: 30,
+            route_cache_secs: 60,
+            store_refresh_secs: 10,
+            drain_timeout_secs: 30,
+            tls: None,
+            log: LogConfig::default(),
+            admin: AdminConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 2590)),
+            },
+            faults: FaultsConfig::default(),
+        }
+    }
+}
+
+impl Validate for SmtpInConfig {
+    fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        let hostname_ok = !self.hostname.is_empty()
+            && self
+                .hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        if !hostname_ok {
+            errs.push(format!(
+                "hostname: `{}` is not a host name (letters, digits, '.' and '-')",
+                self.hostname
+            ));
+        }
+        if self.domains.is_empty() {
+            errs.push("domains: at least one domain to accept mail for is needed".into());
+        }
+        for d in &self.domains {
+            if d.is_empty() || d != &d.to_lowercase() || d.contains('@') || d.contains(' ') {
+                errs.push(format!("domains: `{d}` must be a lowercase domain name"));
+            }
+        }
+        if self.mserv.is_empty() {
+            errs.push("mserv: at least one member index replica is needed".into());
+        }
+        for (name, v, min) in [
+            ("max-message-bytes", self.max_message_bytes, 1024),
+            ("max-recipients", self.max_recipients, 1),
+            ("max-line-bytes", self.max_line_bytes, 512),
+            ("max-sessions", self.max_sessions, 1),
+            ("max-sessions-per-client", self.max_sessions_per_client, 1),
+        ] {
+            if v < min {
+                errs.push(format!("{name}: {v} is below the least workable {min}"));
+            }
+        }
+        for (name, v) in [
+            ("command-timeout-secs", self.command_timeout_secs),
+            ("data-timeout-secs", self.data_timeout_secs),
+            ("deliver-timeout-secs", self.deliver_timeout_secs),
+            ("store-refresh-secs", self.store_refresh_secs),
+        ] {
+            if v == 0 {
+                errs.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for (name, p) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !p.is_file() {
+                    errs.push(format!("{name}: no file at {}", p.display()));
+                }
+            }
+        }
+        if let Err(e) = validate_sections(&[
+            ("log", &self.log),
+            ("admin", &self.admin),
+            ("faults", &self.faults),
+        ]) {
+            errs.push(e);
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("; "))
+        }
+    }
+}
+
+impl RoleConfig for SmtpInConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../smtp-in.example.toml");
+        let cfg: SmtpInConfig = runtime::config::parse(text).unwrap();
+        assert_eq!(cfg.domains, vec!["megamail.test".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = runtime::config::parse::<SmtpInConfig>(
+            "hostname = \"a b\"\ndomains = [\"Example.test\"]\nmax-line-bytes = 10\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("hostname"), "{err}");
+        assert!(err.contains("Example.test"), "{err}");
+        assert!(err.contains("max-line-bytes"), "{err}");
+        assert!(runtime::config::parse::<SmtpInConfig>("relay = true\n").is_err());
+    }
+}
