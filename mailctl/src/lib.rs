@@ -1,1 +1,357 @@
-//! mailctl: the operator command line and the local HCU supervisor; filled by the mailctl issue.
+//! mailctl: the operator's tool. `mailctl up` runs and supervises a whole HCU on this machine;
+//! the other commands administer users and stores, show every process's state, and run the
+//! end-to-end probe, against the endpoints a running `mailctl up` wrote.
+
+pub mod admin;
+pub mod demo;
+pub mod http;
+pub mod layout;
+pub mod plan;
+pub mod probe;
+pub mod status;
+pub mod up;
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use mserv::{Policy, StoreState};
+use runtime::shutdown::Shutdown;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(name = "mailctl", version = runtime::VERSION, about = "Run and administer a megamail HCU.")]
+pub struct Cli {
+    /// The HCU's data directory (where `mailctl up` keeps data, logs and endpoints.json).
+    #[arg(long, global = true, default_value = "data", value_name = "DIR")]
+    pub data: PathBuf,
+    /// The endpoints file of a running HCU [default: DIR/endpoints.json].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub endpoints: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Start a whole HCU on this machine and supervise it until Ctrl-C or SIGTERM.
+    Up {
+        /// The HCU layout.
+        #[arg(long, default_value = "deploy/local.toml", value_name = "FILE")]
+        config: PathBuf,
+        /// Also create a demo account with a few messages and print how to sign in.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Add, delete, show users or set their password.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Register, drain or list stores.
+    #[command(subcommand)]
+    Store(StoreCmd),
+    /// Every process: up, healthy, overloaded, raft role, load, version.
+    Status,
+    /// A synthetic end-to-end transaction (SMTP in, seen through a front door), timed.
+    Probe,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Create a user; the password is read from standard input.
+    Add {
+        user: String,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        /// Place it on this store (and segment) instead of the least loaded one.
+        #[arg(long, value_name = "STORE[:SEGMENT]")]
+        store: Option<String>,
+        /// Mailbox quota in bytes (0: none).
+        #[arg(long, default_value_t = 0)]
+        quota: u64,
+    },
+    /// Delete a user and its mailbox.
+    Del { user: String },
+    /// Where a user lives, its account and folders.
+    Show { user: String },
+    /// Set a user's password (read from standard input); ends its sessions.
+    Passwd { user: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCmd {
+    /// Register a running store so new users may be placed on it.
+    Add {
+        name: String,
+        /// Its XFS address.
+        #[arg(long)]
+        xfs: String,
+        /// Its segment ids, comma-separated.
+        #[arg(long, default_value = "0,1", value_delimiter = ',')]
+        segments: Vec<u32>,
+        /// Its cluster [default: the HCU's].
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Take no new users on a store (its users stay until they are migrated).
+    Drain { name: String },
+    /// Stores with their state and user counts.
+    List,
+}
+
+/// Read a password: one line from standard input (prompted, without echo, on a terminal).
+fn read_password() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    // SAFETY: termios calls on standard input with a zeroed, then filled, struct.
+    let saved = tty.then(|| unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(0, &mut t);
+        let saved = t;
+        t.c_lflag &= !libc::ECHO;
+        libc::tcsetattr(0, libc::TCSANOW, &t);
+        saved
+    });
+    if tty {
+        eprint!("Password: ");
+        std::io::stderr().flush().ok();
+    }
+    let mut line = String::new();
+    let r = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restoring the attributes read above.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+        }
+        eprintln!();
+    }
+    r.context("reading the password from standard input")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    if pw.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(pw)
+}
+
+fn parse_store(spec: &str) -> anyhow::Result<Policy> {
+    Ok(match spec.split_once(':') {
+        Some((store, seg)) => Policy::Explicit {
+            store: store.to_string(),
+            segment: seg
+                .parse()
+                .with_context(|| format!("`{seg}` is not a segment number"))?,
+        },
+        None => Policy::Explicit {
+            store: spec.to_string(),
+            segment: 0,
+        },
+    })
+}
+
+fn print(json_out: bool, value: serde_json::Value, human: String) {
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        println!("{human}");
+    }
+}
+
+async fn admin_command(cli: Cli) -> anyhow::Result<()> {
+    let path = cli
+        .endpoints
+        .clone()
+        .unwrap_or_else(|| cli.data.join("endpoints.json"));
+    let hcu = admin::Hcu::new(plan::Endpoints::load(&path)?);
+    let j = cli.json;
+    match cli.cmd {
+        Cmd::Up { .. } => unreachable!("handled by main"),
+        Cmd::User(UserCmd::Add {
+            user,
+            display_name,
+            store,
+            quota,
+        }) => {
+            let policy = match &store {
+                Some(s) => parse_store(s)?,
+                None => Policy::LeastLoaded,
+            };
+            let pw = read_password()?;
+            let name = if display_name.is_empty() {
+                user.split('@').next().unwrap_or("").to_string()
+            } else {
+                display_name
+            };
+            let p = hcu.add_user(&user, &pw, &name, policy, quota).await?;
+            print(
+                j,
+                json!({"user": user, "store": p.store, "segment": p.segment, "epoch": p.epoch}),
+                format!("OK {user} on {} segment {}", p.store, p.segment),
+            );
+        }
+        Cmd::User(UserCmd::Del { user }) => {
+            let p = hcu.del_user(&user).await?;
+            print(
+                j,
+                json!({"user": user, "deleted": true, "store": p.store}),
+                format!("OK {user} deleted (was on {})", p.store),
+            );
+        }
+        Cmd::User(UserCmd::Show { user }) => {
+            let v = hcu.show_user(&user).await?;
+            let mut human = format!(
+                "{}\n  store {} segment {} (epoch {})\n  name {:?}, state {}, {} messages, {} bytes used\n  folders:",
+                v["user"].as_str().unwrap_or(""),
+                v["store"].as_str().unwrap_or(""),
+                v["segment"],
+                v["epoch"],
+                v["display_name"].as_str().unwrap_or(""),
+                v["state"].as_str().unwrap_or(""),
+                v["messages"],
+                v["used_bytes"],
+            );
+            for f in v["folders"].as_array().into_iter().flatten() {
+                human.push_str(&format!(
+                    "\n    {:<12} {:>6} messages, {:>6} unread",
+                    f["name"].as_str().unwrap_or(""),
+                    f["total"],
+                    f["unread"]
+                ));
+            }
+            print(j, v, human);
+        }
+        Cmd::User(UserCmd::Passwd { user }) => {
+            let pw = read_password()?;
+            hcu.passwd(&user, &pw).await?;
+            print(
+                j,
+                json!({"user": user, "password_changed": true}),
+                format!("OK password of {user} changed; its older sessions are signed out"),
+            );
+        }
+        Cmd::Store(StoreCmd::Add {
+            name,
+            xfs,
+            segments,
+            cluster,
+        }) => {
+            let cluster = cluster.unwrap_or_else(|| hcu.endpoints.cluster.clone());
+            hcu.store_add(&name, &xfs, segments, &cluster).await?;
+            print(
+                j,
+                json!({"store": name, "added": true}),
+                format!("OK store {name} at {xfs} takes users"),
+            );
+        }
+        Cmd::Store(StoreCmd::Drain { name }) => {
+            hcu.store_state(&name, StoreState::Draining).await?;
+            print(
+                j,
+                json!({"store": name, "state": "draining"}),
+                format!("OK store {name} is draining: no new users are placed on it"),
+            );
+        }
+        Cmd::Store(StoreCmd::List) => {
+            let stores = hcu.store_list().await?;
+            let rows: Vec<_> = stores
+                .iter()
+                .map(|s| {
+                    json!({"name": s.info.name, "xfs": s.info.xfs_addr, "cluster": s.info.cluster,
+                        "state": s.info.state.as_str(), "users": s.users,
+                        "segments": s.segment_users})
+                })
+                .collect();
+            let mut human = format!(
+                "{:<12} {:<22} {:<8} {:<9} {:>8}",
+                "STORE", "XFS", "CLUSTER", "STATE", "USERS"
+            );
+            for s in &stores {
+                human.push_str(&format!(
+                    "\n{:<12} {:<22} {:<8} {:<9} {:>8}",
+                    s.info.name,
+                    s.info.xfs_addr,
+                    s.info.cluster,
+                    s.info.state.as_str(),
+                    s.users
+                ));
+            }
+            print(j, json!(rows), human);
+        }
+        Cmd::Status => {
+            let rows = status::collect(&hcu.endpoints).await;
+            let all_ok = rows.iter().all(|r| r["state"] == "ok");
+            print(j, json!(rows), status::table(&rows));
+            if !all_ok {
+                bail!("not every process is healthy");
+            }
+        }
+        Cmd::Probe => match probe::run(&hcu).await {
+            Ok(v) => print(
+                j,
+                v.clone(),
+                format!(
+                    "probe OK via {}: smtp {} ms, sign-in {} ms, seen {} ms after sending, read {} ms; total {} ms",
+                    v["front_door"].as_str().unwrap_or(""),
+                    v["smtp_ms"],
+                    v["login_ms"],
+                    v["seen_ms"],
+                    v["read_ms"],
+                    v["total_ms"]
+                ),
+            ),
+            Err(e) => {
+                if j {
+                    println!("{}", json!({"ok": false, "error": format!("{e:#}")}));
+                }
+                return Err(e.context("probe failed"));
+            }
+        },
+    }
+    Ok(())
+}
+
+/// The `mailctl` program.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mailctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        if let Cmd::Up { config, demo } = &cli.cmd {
+            runtime::logging::init(&runtime::config::LogConfig::default());
+            let layout = layout::load(config)?;
+            let shutdown = Shutdown::new();
+            runtime::shutdown::on_signals(&shutdown);
+            let args = up::UpArgs {
+                layout,
+                data: cli.data.clone(),
+                demo: *demo,
+            };
+            up::up(args, shutdown).await
+        } else {
+            admin_command(cli).await
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The `mailctl` binary.
+
+fn main() -> std::process::ExitCode {
+    mailctl::main()
+}
