@@ -1,7 +1,209 @@
 //! login: sign-in and session issue, redirecting to a front door of the user's cluster.
 //!
+//! A sign-in routes the user through the member index, checks the password against the hash
+//! held by the user's store (the hashing CPU stays here, never on a store), records the login
+//! at the store, signs a session token and answers `303` to a healthy front door of the user's
+//! cluster (or, for `POST /api/v1/session`, returns the token as JSON). It keeps no state but
+//! short-lived failure counters: kill it at any moment and nothing is lost.
+//!
 //! Also the home of what signs and checks sessions ([`token`]) and passwords ([`password`]),
 //! shared with the front doors and mailctl.
 
+pub mod config;
+pub mod frontdoors;
+pub mod metrics;
+pub mod pages;
 pub mod password;
+pub mod signin;
+pub mod throttle;
 pub mod token;
+pub mod web;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use runtime::faults::Faults;
+use runtime::health::Health;
+use runtime::shutdown::Shutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt as _;
+
+pub use config::LoginConfig;
+
+/// Connections served at once; the next one waits in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A client must send its request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one request may take, its body upload included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long open connections get to finish their request once shutdown is triggered.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bind the configured addresses and serve until `shutdown` triggers.
+pub async fn run(cfg: LoginConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
+    let admin = TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("binding the admin port on {}", cfg.admin.listen))?;
+    run_with(cfg, listener, admin, shutdown).await
+}
+
+/// Serve on listeners already bound.
+pub async fn run_with(
+    cfg: LoginConfig,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    metrics::register();
+    let keys = cfg.signing_keys().map_err(|e| anyhow!("keys: {e}"))?;
+    let faults = Arc::new(Faults::from_config(&cfg.faults));
+    let health = Health::new("login");
+    let admin_addr = admin.local_addr()?;
+    let admin_task = tokio::spawn(runtime::admin::serve(
+        admin,
+        health.clone(),
+        faults.clone(),
+        shutdown.clone(),
+    ));
+
+    let name = format!("login {}", cfg.public_url);
+    let mserv_client = Arc::new(mserv::Client::new(
+        cfg.mserv.clone(),
+        mserv::ClientConfig {
+            name: name.clone(),
+            cache_ttl: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
+    ));
+    let router = mserv::Router::new(mserv_client.clone(), Duration::from_secs(10));
+    let xfs = xfs::Client::new(xfs::ClientConfig {
+        name,
+        conns_per_store: 2,
+        connect_timeout: Duration::from_secs(1),
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(500),
+        ..Default::default()
+    });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dummy_hash = tokio::task::spawn_blocking(|| password::hash("no such user"))
+        .await
+        .context("hashing the stand-in password")?
+        .map_err(|e| anyhow!("hashing the stand-in password: {e}"))?;
+    let signin = signin::SignIn {
+        router,
+        xfs,
+        keys,
+        throttle: throttle::Throttle::new(
+            cfg.max_failures_per_user,
+            cfg.max_failures_per_client,
+            Duration::from_secs(cfg.failure_window_secs),
+        ),
+        front_doors: frontdoors::FrontDoors::new(mserv_client),
+        faults,
+        session_ttl: Duration::from_secs(cfg.session_ttl_secs),
+        hashing: Semaphore::new(2 * cores),
+        dummy_hash,
+    };
+    let app = Arc::new(web::App {
+        signin,
+        health: health.clone(),
+        cookie_secure: cfg.cookie_secure,
+    });
+
+    let addr = listener.local_addr()?;
+    health.set_info("public_url", cfg.public_url.clone().into());
+    health.set_ready();
+    tracing::info!(http = %addr, admin = %admin_addr, public_url = %cfg.public_url,
+        key = %cfg.current_key, "login ready");
+
+    let conns = shutdown.child();
+    accept_loop(listener, web::router(app), conns.clone()).await;
+
+    health.set_draining();
+    tracing::info!("draining");
+    if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), conns.wait_tasks())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout");
+    }
+    admin_task.await.context("admin task")??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, app: axum::Router, shutdown: Shutdown) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.triggered() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.triggered() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        stream.set_nodelay(true).ok();
+        let app = app.clone();
+        let http = http.clone();
+        let sd = shutdown.clone();
+        shutdown.spawn(async move {
+            let _permit = permit;
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let app = app.clone();
+                async move {
+                    let res = match tokio::time::timeout(REQUEST_TIMEOUT, app.oneshot(req)).await {
+                        Ok(Ok(res)) => res,
+                        Ok(Err(never)) => match never {},
+                        Err(_) => {
+                            (StatusCode::REQUEST_TIMEOUT, "request timed out\n").into_response()
+                        }
+                    };
+                    Ok::<_, Infallible>(res)
+                }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = sd.triggered() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+                }
+            }
+        });
+    }
+}

@@ -391,7 +391,7 @@ impl Session {
         }
         let (_, domain) = addr.rsplit_once('@').unwrap_or_default();
         let domain = domain.to_lowercase();
-        if !cfg.domains.iter().any(|d| *d == domain) {
+        if !cfg.domains.contains(&domain) {
             metrics::RECIPIENTS
                 .with_label_values(&["relay_denied"])
                 .inc();

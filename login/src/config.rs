@@ -1,0 +1,206 @@
+//! login's configuration file.
+
+use std::net::SocketAddr;
+
+use runtime::config::{
+    validate_sections, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::token::Keys;
+
+/// One session signing key: an id (named in every token it signs) and a hex secret.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KeyConfig {
+    pub id: String,
+    /// Hex, at least 32 bytes.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("KeyConfig")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LoginConfig {
+    /// Where the sign-in pages and the session API are served.
+    pub listen: SocketAddr,
+    /// How browsers reach this server (scheme, host and port, no path).
+    pub public_url: String,
+    /// Member index replicas (any order).
+    pub mserv: Vec<String>,
+    /// The key new sessions are signed with; it must be among `keys`.
+    pub current_key: String,
+    /// Every key a session may be signed with: the current one and those still honoured.
+    pub keys: Vec<KeyConfig>,
+    /// How long an issued session lasts.
+    pub session_ttl_secs: u64,
+    /// Whether the session cookie carries the `Secure` attribute (off only for plain-HTTP
+    /// development setups).
+    pub cookie_secure: bool,
+    /// Failed sign-ins allowed per user id and per client address within `failure-window-secs`;
+    /// past them the answer is `429` without checking the password.
+    pub max_failures_per_user: u32,
+    pub max_failures_per_client: u32,
+    pub failure_window_secs: u64,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub faults: FaultsConfig,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        LoginConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: "http://127.0.0.1:8080".into(),
+            mserv: vec!["127.0.0.1:7201".into()],
+            current_key: "k1".into(),
+            keys: Vec::new(),
+            session_ttl_secs: 86_400,
+            cookie_secure: true,
+            max_failures_per_user: 5,
+            max_failures_per_client: 20,
+            failure_window_secs: 300,
+            log: LogConfig::default(),
+            admin: AdminConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            },
+            faults: FaultsConfig::default(),
+        }
+    }
+}
+
+impl LoginConfig {
+    /// The signing keys (the config has been validated, so they are well-formed).
+    pub fn signing_keys(&self) -> Result<Keys, String> {
+        let pairs: Vec<(String, String)> = self
+            .keys
+            .iter()
+            .map(|k| (k.id.clone(), k.secret.clone()))
+            .collect();
+        Keys::new(&self.current_key, &pairs)
+    }
+}
+
+impl Validate for LoginConfig {
+    fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        let url = self.public_url.as_str();
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.contains('/') && !host.contains(' ') => {}
+            _ => errs.push(format!(
+                "public-url: `{url}` must be http:// or https:// followed by a host (and port), \
+                 no path"
+            )),
+        }
+        if self.mserv.is_empty() {
+            errs.push("mserv: at least one member index replica is needed".into());
+        }
+        if self.keys.is_empty() {
+            errs.push("keys: at least one [[keys]] entry (id and hex secret) is needed".into());
+        } else if let Err(e) = self.signing_keys() {
+            errs.push(format!("keys: {e}"));
+        }
+        if self.session_ttl_secs < 60 {
+            errs.push(format!(
+                "session-ttl-secs: {} is below the least workable 60",
+                self.session_ttl_secs
+            ));
+        }
+        for (name, v) in [
+            ("max-failures-per-user", self.max_failures_per_user),
+            ("max-failures-per-client", self.max_failures_per_client),
+        ] {
+            if v == 0 {
+                errs.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if self.failure_window_secs == 0 {
+            errs.push("failure-window-secs: must be at least 1".into());
+        }
+        if let Err(e) = validate_sections(&[
+            ("log", &self.log),
+            ("admin", &self.admin),
+            ("faults", &self.faults),
+        ]) {
+            errs.push(e);
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("; "))
+        }
+    }
+}
+
+impl RoleConfig for LoginConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../login.example.toml");
+        let cfg: LoginConfig = runtime::config::parse(text).unwrap();
+        assert_eq!(cfg.current_key, "k1");
+        assert_eq!(cfg.keys.len(), 1);
+        assert_eq!(cfg.max_failures_per_user, 5);
+        assert!(cfg.cookie_secure);
+        assert!(cfg.signing_keys().is_ok());
+    }
+
+    #[test]
+    fn the_empty_file_is_the_defaults_and_needs_a_key() {
+        let empty: LoginConfig = toml::from_str("").unwrap();
+        assert_eq!(empty, LoginConfig::default());
+        let err = runtime::config::parse::<LoginConfig>("")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keys"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = runtime::config::parse::<LoginConfig>(
+            "public-url = \"ftp://x\"\ncurrent-key = \"k2\"\nsession-ttl-secs = 5\n\
+             max-failures-per-user = 0\nfailure-window-secs = 0\n\
+             [[keys]]\nid = \"k1\"\nsecret = \"abcd\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "public-url",
+            "keys",
+            "session-ttl-secs",
+            "max-failures-per-user",
+            "failure-window-secs",
+        ] {
+            assert!(err.contains(key), "{key} in {err}");
+        }
+        assert!(runtime::config::parse::<LoginConfig>("cookie-secur = true\n").is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let k = KeyConfig {
+            id: "k1".into(),
+            secret: "ab".repeat(32),
+        };
+        assert!(!format!("{k:?}").contains("abab"));
+    }
+}

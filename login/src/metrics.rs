@@ -1,0 +1,50 @@
+//! login's metrics, registered once in the process-wide registry.
+
+use std::sync::LazyLock;
+
+use prometheus::{Histogram, IntCounterVec};
+use runtime::metrics::{counter_vec, histogram};
+
+/// The outcomes counted by [`ATTEMPTS`].
+pub const RESULTS: &[&str] = &[
+    "ok",
+    "bad_password",
+    "throttled",
+    "unavailable",
+    "bad_request",
+];
+
+pub static ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "login_attempts_total",
+        "sign-in attempts by outcome: ok, bad_password (wrong password or unknown user), \
+         throttled (429), unavailable (index, store or front doors down), bad_request",
+        &["result"],
+    )
+});
+
+pub static VERIFY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "login_verify_seconds",
+        "time to check one password hash, waiting for a hashing slot included",
+    )
+});
+
+pub static FRONT_DOOR_PROBES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "login_front_door_probes_total",
+        "front door health probes by outcome: healthy, unhealthy",
+        &["result"],
+    )
+});
+
+/// Touch every metric so all are exported from the start.
+pub fn register() {
+    for r in RESULTS {
+        ATTEMPTS.with_label_values(&[r]);
+    }
+    for r in ["healthy", "unhealthy"] {
+        FRONT_DOOR_PROBES.with_label_values(&[r]);
+    }
+    LazyLock::force(&VERIFY_SECONDS);
+}

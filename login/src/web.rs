@@ -1,0 +1,523 @@
+//! The HTTP surface: the sign-in page and form, the JSON session API, logout, the main port's
+//! `/healthz`, and the headers every answer carries.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /` | the sign-in page; sets the login CSRF cookie |
+//! | `POST /login` (form: `user`, `password`, `csrf`) | `303` to a front door with the session cookie; 400/401/403/429/503 pages |
+//! | `POST /api/v1/session` (JSON `{user, password}`) | `200 {token, front_door, expires, user}`; `{"error"}` with 400/401/413/415/422/429/503 |
+//! | `POST /logout` | clears the session cookie, `303` to `/` |
+//! | `GET /healthz` | `200 ok` while serving, `503` while starting or draining |
+//! | `GET /static/login.css` | the style sheet |
+//!
+//! Login CSRF: `GET /` sets a random `mm_login_csrf` cookie and puts an HMAC of it (the session
+//! keys, purpose `login-csrf`) in a hidden field; `POST /login` needs both to match, so a form
+//! planted on another site cannot sign a victim into the attacker's account.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, REFERRER_POLICY,
+    RETRY_AFTER, SET_COOKIE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use runtime::health::Health;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::frontdoors::parse_base;
+use crate::pages::{self, Notice};
+use crate::signin::{Session, SignIn, SignInError};
+use crate::token;
+
+/// The session cookie the front doors read.
+pub const SESSION_COOKIE: &str = "mm_session";
+/// The login form's CSRF cookie.
+pub const CSRF_COOKIE: &str = "mm_login_csrf";
+/// The purpose the CSRF field is derived under.
+const CSRF_PURPOSE: &str = "login-csrf";
+/// Largest request body read (a sign-in is a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// How long the login CSRF cookie lives.
+const CSRF_MAX_AGE_SECS: u64 = 3600;
+/// What a `503` asks the client to wait.
+const UNAVAILABLE_RETRY_SECS: u64 = 30;
+
+/// The CSP of every answer that is not a page holding the sign-in form.
+const BASE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// What the handlers share.
+pub struct App {
+    pub signin: SignIn,
+    pub health: Arc<Health>,
+    pub cookie_secure: bool,
+}
+
+/// The router with every route and the headers every answer carries.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/login", post(login_form))
+        .route("/api/v1/session", post(login_json))
+        .route("/logout", post(logout))
+        .route("/healthz", get(healthz))
+        .route(pages::CSS_PATH, get(css))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(app)
+}
+
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    if !h.contains_key(CONTENT_SECURITY_POLICY) {
+        h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(BASE_CSP));
+    }
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !h.contains_key(CACHE_CONTROL) {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+/// The client's address (IPv4-mapped IPv6 addresses as IPv4).
+fn client_ip(peer: SocketAddr) -> IpAddr {
+    peer.ip().to_canonical()
+}
+
+fn trace_id() -> String {
+    let sid = token::new_sid();
+    format!("login-{}", &sid[..10.min(sid.len())])
+}
+
+/// The value of cookie `name` in the request, if sent once with a sane value.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 256
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn cookie_header(name: &str, value: &str, extra: &str, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{name}={value}; Path=/; HttpOnly{extra}{secure}"))
+        .expect("cookie values are header-safe")
+}
+
+/// The login CSRF cookie value (the request's, if it has a sane one, or a new one), and the
+/// hidden field's value for it.
+fn csrf_pair(app: &App, headers: &HeaderMap) -> (String, String) {
+    let cookie = cookie(headers, CSRF_COOKIE).unwrap_or_else(token::new_sid);
+    let field = app.signin.keys.derive(CSRF_PURPOSE, &cookie);
+    (cookie, field)
+}
+
+/// The origin (`scheme://host[:port]`) of a base URL, if it is fit for a CSP source list.
+fn origin(base: &str) -> Option<String> {
+    let b = parse_base(base)?;
+    let ok = b
+        .authority
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b".-:[]".contains(&c));
+    ok.then(|| format!("{}://{}", if b.tls { "https" } else { "http" }, b.authority))
+}
+
+/// The CSP of a page holding the sign-in form: the form posts here and is then redirected to a
+/// front door, and browsers hold the redirect to `form-action` too.
+async fn form_page_csp(app: &App) -> HeaderValue {
+    let mut origins: Vec<String> = app
+        .signin
+        .front_doors
+        .all()
+        .await
+        .iter()
+        .filter_map(|b| origin(b))
+        .collect();
+    origins.sort();
+    origins.dedup();
+    let mut form_action = String::from("'self'");
+    for o in &origins {
+        form_action.push(' ');
+        form_action.push_str(o);
+    }
+    let csp = format!(
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action {form_action}; \
+         frame-ancestors 'none'; base-uri 'none'"
+    );
+    HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static(BASE_CSP))
+}
+
+/// The sign-in page with `status` and an optional notice, setting the CSRF cookie.
+async fn form_page(
+    app: &App,
+    headers: &HeaderMap,
+    status: StatusCode,
+    notice: Option<Notice>,
+    user: &str,
+) -> Response {
+    let (cookie, field) = csrf_pair(app, headers);
+    let body = pages::sign_in(notice.as_ref(), user, &field);
+    let mut res = (status, body).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        SET_COOKIE,
+        cookie_header(
+            CSRF_COOKIE,
+            &cookie,
+            &format!("; SameSite=Strict; Max-Age={CSRF_MAX_AGE_SECS}"),
+            app.cookie_secure,
+        ),
+    );
+    h.insert(CONTENT_SECURITY_POLICY, form_page_csp(app).await);
+    res
+}
+
+#[derive(Debug, Deserialize)]
+struct IndexQuery {
+    #[serde(default)]
+    signed_out: Option<String>,
+}
+
+async fn index(
+    State(app): State<Arc<App>>,
+    Query(query): Query<IndexQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let notice = query.signed_out.map(|_| Notice::ok("You have signed out."));
+    form_page(&app, &headers, StatusCode::OK, notice, "").await
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn login_form(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    let form = match form {
+        Ok(Form(f)) => f,
+        Err(rejection) => {
+            let status = rejection.status();
+            crate::metrics::ATTEMPTS
+                .with_label_values(&["bad_request"])
+                .inc();
+            let notice = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "That sign-in request was too large."
+            } else {
+                "That sign-in request could not be read. Please try again."
+            };
+            let status = if status.is_client_error() {
+                status
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return form_page(&app, &headers, status, Some(Notice::error(notice)), "").await;
+        }
+    };
+    // Only a short, printable prefix of what was typed goes back into the page.
+    let shown: String = form.user.chars().take(320).collect();
+    let csrf_ok = cookie(&headers, CSRF_COOKIE)
+        .is_some_and(|c| app.signin.keys.check_derived(CSRF_PURPOSE, &c, &form.csrf));
+    if !csrf_ok {
+        crate::metrics::ATTEMPTS
+            .with_label_values(&["bad_request"])
+            .inc();
+        let notice = Notice::warn(
+            "This sign-in form had expired, or your browser is not accepting cookies. \
+             Please try again.",
+        );
+        return form_page(&app, &headers, StatusCode::FORBIDDEN, Some(notice), &shown).await;
+    }
+    let trace = trace_id();
+    match app
+        .signin
+        .sign_in(&form.user, &form.password, client_ip(peer), &trace)
+        .await
+    {
+        Ok(session) => session_redirect(&app, &session),
+        Err(e) => {
+            let (status, notice) = error_page_notice(&e);
+            let mut res = form_page(&app, &headers, status, Some(notice), &shown).await;
+            add_retry_after(&mut res, &e);
+            res
+        }
+    }
+}
+
+fn session_redirect(app: &App, session: &Session) -> Response {
+    let location = format!("{}/", session.front_door.trim_end_matches('/'));
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    let h = res.headers_mut();
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            h.insert(LOCATION, v);
+        }
+        Err(_) => {
+            tracing::error!(front_door = %session.front_door, "a front door URL unfit for Location");
+            return (StatusCode::SERVICE_UNAVAILABLE, "no usable front door").into_response();
+        }
+    }
+    h.insert(
+        SET_COOKIE,
+        cookie_header(
+            SESSION_COOKIE,
+            &session.token,
+            "; SameSite=Lax",
+            app.cookie_secure,
+        ),
+    );
+    res
+}
+
+/// The status and notice of a sign-in page after `e`.
+fn error_page_notice(e: &SignInError) -> (StatusCode, Notice) {
+    match e {
+        SignInError::BadAddress => (
+            StatusCode::BAD_REQUEST,
+            Notice::error("Enter your full email address, like name@example.test."),
+        ),
+        SignInError::BadCredentials => (
+            StatusCode::UNAUTHORIZED,
+            Notice::error("Wrong address or password."),
+        ),
+        SignInError::Throttled(wait) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            Notice::warn(format!(
+                "Too many failed sign-ins. Please wait {} before trying again.",
+                human_wait(*wait)
+            )),
+        ),
+        SignInError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Notice::warn(
+                "Sign-in is temporarily unavailable: part of the service cannot be reached. \
+                 Your mail is safe. Please try again in a minute.",
+            ),
+        ),
+        SignInError::NoFrontDoor(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Notice::warn(
+                "Your password was accepted, but webmail is temporarily unavailable for your \
+                 account. Your mail is safe. Please try again in a minute.",
+            ),
+        ),
+    }
+}
+
+fn human_wait(d: Duration) -> String {
+    let secs = d.as_secs().max(1);
+    if secs == 1 {
+        "1 second".to_string()
+    } else if secs < 90 {
+        format!("{secs} seconds")
+    } else {
+        format!("{} minutes", secs.div_ceil(60))
+    }
+}
+
+fn add_retry_after(res: &mut Response, e: &SignInError) {
+    let secs = match e {
+        SignInError::Throttled(d) => d.as_secs().max(1),
+        SignInError::Unavailable(_) | SignInError::NoFrontDoor(_) => UNAVAILABLE_RETRY_SECS,
+        _ => return,
+    };
+    res.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs));
+}
+
+#[derive(Deserialize)]
+struct SessionRequest {
+    user: String,
+    password: String,
+}
+
+fn json_error(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+async fn login_json(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<SessionRequest>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(rejection) => {
+            crate::metrics::ATTEMPTS
+                .with_label_values(&["bad_request"])
+                .inc();
+            let status = rejection.status();
+            let status = if status.is_client_error() {
+                status
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let why = match status {
+                StatusCode::PAYLOAD_TOO_LARGE => "request body too large".to_string(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                    "expected Content-Type: application/json".to_string()
+                }
+                _ => {
+                    "expected a JSON object {\"user\": \"...\", \"password\": \"...\"}".to_string()
+                }
+            };
+            return json_error(status, &why);
+        }
+    };
+    let trace = trace_id();
+    match app
+        .signin
+        .sign_in(&req.user, &req.password, client_ip(peer), &trace)
+        .await
+    {
+        Ok(s) => Json(json!({
+            "token": s.token,
+            "front_door": s.front_door,
+            "expires": s.expires,
+            "user": s.user,
+        }))
+        .into_response(),
+        Err(e) => {
+            let (status, msg) = match &e {
+                SignInError::BadAddress => (
+                    StatusCode::BAD_REQUEST,
+                    "user must be a full address (name@domain)",
+                ),
+                SignInError::BadCredentials => {
+                    (StatusCode::UNAUTHORIZED, "wrong address or password")
+                }
+                SignInError::Throttled(_) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed sign-ins; try again later",
+                ),
+                SignInError::Unavailable(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "sign-in temporarily unavailable; try again later",
+                ),
+                SignInError::NoFrontDoor(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no front door available for this account; try again later",
+                ),
+            };
+            let mut res = json_error(status, msg);
+            add_retry_after(&mut res, &e);
+            res
+        }
+    }
+}
+
+async fn logout(State(app): State<Arc<App>>) -> Response {
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    let h = res.headers_mut();
+    h.insert(LOCATION, HeaderValue::from_static("/?signed_out=1"));
+    h.insert(
+        SET_COOKIE,
+        cookie_header(
+            SESSION_COOKIE,
+            "",
+            "; SameSite=Lax; Max-Age=0",
+            app.cookie_secure,
+        ),
+    );
+    res
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let state = app.health.state();
+    let status = if state.is_serving() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = if state.is_serving() {
+        "ok"
+    } else {
+        state.as_str()
+    };
+    (status, body).into_response()
+}
+
+async fn css() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/css; charset=utf-8"),
+            (CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        pages::CSS,
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_read_by_exact_name_and_sane_values_only() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1; mm_login_csrfx=2"));
+        h.append(COOKIE, HeaderValue::from_static("mm_login_csrf=abc-_9"));
+        assert_eq!(cookie(&h, CSRF_COOKIE).as_deref(), Some("abc-_9"));
+        assert_eq!(cookie(&h, "a").as_deref(), Some("1"));
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_static("mm_login_csrf=a\"b"));
+        assert_eq!(cookie(&h, CSRF_COOKIE), None);
+    }
+
+    #[test]
+    fn origins_come_from_base_urls() {
+        assert_eq!(
+            origin("http://127.0.0.1:8081/").as_deref(),
+            Some("http://127.0.0.1:8081")
+        );
+        assert_eq!(
+            origin("https://mail.example.test/web").as_deref(),
+            Some("https://mail.example.test")
+        );
+        assert_eq!(origin("javascript:alert(1)"), None);
+    }
+
+    #[test]
+    fn waits_read_naturally() {
+        assert_eq!(human_wait(Duration::from_secs(0)), "1 second");
+        assert_eq!(human_wait(Duration::from_secs(45)), "45 seconds");
+        assert_eq!(human_wait(Duration::from_secs(300)), "5 minutes");
+    }
+}
