@@ -239,6 +239,11 @@ impl SignIn {
                     // A mailbox frozen for the last instant of a move can still be signed into.
                     AccountState::Active | AccountState::Frozen => return Ok(Some((rec, route))),
                     AccountState::MovedOut { .. } => self.router.invalidate(user).await,
+                    AccountState::Importing { .. } => {
+                        return Err(SignInError::Unavailable(
+                            "the mailbox is being moved; try again in a moment".into(),
+                        ))
+                    }
                 },
                 Ok(other) => {
                     return Err(SignInError::Unavailable(format!(

@@ -3,6 +3,7 @@
 //! end-to-end probe, against the endpoints a running `mailctl up` wrote.
 
 pub mod admin;
+pub mod copy;
 pub mod demo;
 pub mod http;
 pub mod layout;

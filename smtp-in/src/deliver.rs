@@ -20,6 +20,8 @@ use crate::Ctx;
 const RCPT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Route changes followed for one recipient before giving up for now.
 const MAX_REROUTES: usize = 3;
+/// How long RCPT waits out a mailbox frozen for the last instant of a move before `451`.
+const FREEZE_WAIT: Duration = Duration::from_secs(2);
 
 /// A recipient accepted at RCPT time: the address as given and its route.
 #[derive(Debug, Clone)]
@@ -30,7 +32,9 @@ pub struct Recipient {
 
 /// Check a recipient whose domain is ours. `Ok` is a `250`; `Err` is the reply line to send.
 pub async fn check_rcpt(ctx: &Ctx, user: &str, trace: &str) -> Result<Recipient, String> {
-    for _ in 0..MAX_REROUTES {
+    let freeze_deadline = Instant::now() + FREEZE_WAIT.min(ctx.deliver_timeout);
+    let mut reroutes = 0;
+    while reroutes < MAX_REROUTES {
         let route = match ctx.router.route(user).await {
             Ok(r) => r,
             Err(RouteError::NoSuchUser) => {
@@ -84,12 +88,18 @@ pub async fn check_rcpt(ctx: &Ctx, user: &str, trace: &str) -> Result<Recipient,
                         route,
                     });
                 }
-                AccountState::Frozen => {
+                AccountState::Frozen | AccountState::Importing { .. } => {
+                    if wait_out_freeze(freeze_deadline).await {
+                        continue;
+                    }
                     return deferred(format!(
                         "451 4.2.0 <{user}>: Mailbox is being moved, try again shortly"
-                    ))
+                    ));
                 }
-                AccountState::MovedOut { .. } => ctx.router.invalidate(user).await,
+                AccountState::MovedOut { .. } => {
+                    ctx.router.invalidate(user).await;
+                    reroutes += 1;
+                }
             },
             Ok(other) => {
                 tracing::error!(?other, trace, "unexpected answer to GetAccount");
@@ -98,11 +108,17 @@ pub async fn check_rcpt(ctx: &Ctx, user: &str, trace: &str) -> Result<Recipient,
                 ));
             }
             Err(CallError::Remote(XfsError::Moved { .. }))
-            | Err(CallError::Remote(XfsError::NoSuchUser)) => ctx.router.invalidate(user).await,
+            | Err(CallError::Remote(XfsError::NoSuchUser)) => {
+                ctx.router.invalidate(user).await;
+                reroutes += 1;
+            }
             Err(CallError::Remote(XfsError::Frozen { .. })) => {
+                if wait_out_freeze(freeze_deadline).await {
+                    continue;
+                }
                 return deferred(format!(
                     "451 4.2.0 <{user}>: Mailbox is being moved, try again shortly"
-                ))
+                ));
             }
             Err(CallError::Remote(XfsError::Busy { .. })) => {
                 return deferred(format!(
@@ -128,6 +144,16 @@ pub async fn check_rcpt(ctx: &Ctx, user: &str, trace: &str) -> Result<Recipient,
     Err(format!(
         "451 4.4.0 <{user}>: Mailbox is changing location, try again later"
     ))
+}
+
+/// Sleep a moment if the freeze wait is not over; false once it is.
+async fn wait_out_freeze(deadline: Instant) -> bool {
+    let pause = Duration::from_millis(50);
+    if Instant::now() + pause > deadline {
+        return false;
+    }
+    tokio::time::sleep(pause).await;
+    true
 }
 
 /// How storing one copy ended.

@@ -30,6 +30,9 @@ use xfs::{
 use crate::keys::{self, *};
 use crate::metrics;
 
+mod migrate;
+use migrate::Moving;
+
 /// How many change-log entries a mailbox keeps (older ones are trimmed as new ones arrive).
 pub const CHANGES_KEPT: u64 = 50_000;
 /// Largest folder page and search result a request may ask for.
@@ -170,6 +173,10 @@ fn check_state(acc: &AccountRec, write: bool) -> Result<(), XfsError> {
             epoch: *epoch,
         }),
         AccountState::Frozen if write => Err(XfsError::Frozen {
+            retry_after_ms: FROZEN_RETRY_MS,
+        }),
+        // Not live here until the move commits: callers wait like for a frozen mailbox.
+        AccountState::Importing { .. } => Err(XfsError::Frozen {
             retry_after_ms: FROZEN_RETRY_MS,
         }),
         _ => Ok(()),
@@ -524,6 +531,28 @@ impl Segment {
                     modseq: acc.modseq,
                 }))
             }
+            Op::Export {
+                target,
+                part,
+                after,
+                max_bytes,
+                keys_only,
+            } => self.export(&target.user, part, after, max_bytes, keys_only),
+            Op::BeginImport { target, from } => self.begin_import(&target, &from),
+            Op::Import {
+                target,
+                records,
+                delete,
+                reset_records,
+            } => self.import(&target.user, records, delete, reset_records),
+            Op::FinishImport { target } => self.finish_import(&target),
+            Op::Freeze { target } => self.set_moving_state(&target.user, Moving::Freeze),
+            Op::Unfreeze { target } => self.set_moving_state(&target.user, Moving::Unfreeze),
+            Op::MarkMoved { target, to, epoch } => {
+                self.set_moving_state(&target.user, Moving::MarkMoved { to, epoch })
+            }
+            Op::Purge { target } => self.purge(&target.user),
+            Op::Digest { target } => self.digest(&target.user),
             Op::Ping | Op::StoreStats | Op::Checkpoint { .. } => {
                 Err(bad("not a mailbox operation"))
             }

@@ -149,6 +149,10 @@ pub enum AccountState {
         to: String,
         epoch: u64,
     },
+    /// A copy arriving from another store: every caller is told `Frozen` until the move commits.
+    Importing {
+        from: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +279,47 @@ pub enum ChangeKind {
     FolderDeleted {
         name: String,
     },
+}
+
+/// Which part of a mailbox an export streams: the bodies (large, immutable per message id) or
+/// every other record (account, folders, index, locations, delivery ids, change log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExportPart {
+    Records,
+    Bodies,
+}
+
+/// One stored record exactly as the store keeps it: column family, key, and the value with its
+/// crc32 (checked again on import).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawRecord {
+    pub cf: String,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// Where an export goes on: the column family and the last key sent.
+pub type ExportCursor = (String, Vec<u8>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportChunk {
+    pub records: Vec<RawRecord>,
+    /// Pass it back as `after` for the next chunk; `None` when the export is complete.
+    pub next: Option<ExportCursor>,
+    /// The mailbox's change-log position when the chunk was read.
+    pub modseq: u64,
+}
+
+/// A summary of a mailbox's content that two copies must share: record counts and a sha256 over
+/// folders, index, locations, change log and bodies (not the account record, whose state and
+/// epoch differ, nor delivery ids, which expire on their own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxDigest {
+    pub messages: u64,
+    pub folders: u64,
+    pub records: u64,
+    pub body_bytes: u64,
+    pub hash: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,6 +449,55 @@ pub enum Op {
         limit: u32,
     },
     StoreStats,
+    /// Migration, source side: a chunk of the mailbox's records or bodies after `after`, at most
+    /// about `max_bytes` (always at least one record); with `keys_only` values are left empty.
+    Export {
+        target: Target,
+        part: ExportPart,
+        after: Option<ExportCursor>,
+        max_bytes: u32,
+        keys_only: bool,
+    },
+    /// Migration, target side: make an empty mailbox in state `Importing{from}` (idempotent).
+    BeginImport {
+        target: Target,
+        from: String,
+    },
+    /// Write exported records (each value's crc checked) and delete `delete`, atomically; with
+    /// `reset_records` every non-body record of the mailbox is removed first. Only into a mailbox
+    /// that is `Importing`; an imported account record keeps the `Importing` state.
+    Import {
+        target: Target,
+        records: Vec<RawRecord>,
+        delete: Vec<(String, Vec<u8>)>,
+        reset_records: bool,
+    },
+    /// Migration commit at the target: `Importing` → `Active` at `target.epoch` (idempotent).
+    FinishImport {
+        target: Target,
+    },
+    /// Writes answer `Frozen`, reads are served (idempotent).
+    Freeze {
+        target: Target,
+    },
+    Unfreeze {
+        target: Target,
+    },
+    /// The mailbox now lives at `to` under `epoch`: every caller is answered `Moved`.
+    MarkMoved {
+        target: Target,
+        to: String,
+        epoch: u64,
+    },
+    /// Remove a mailbox that is `MovedOut` (after the grace period) or `Importing` (an abandoned
+    /// copy). A live mailbox is refused.
+    Purge {
+        target: Target,
+    },
+    /// The content summary two copies are compared by.
+    Digest {
+        target: Target,
+    },
     /// An online RocksDB checkpoint of one segment into `dir` (a path on the store's machine that
     /// must not exist yet).
     Checkpoint {
@@ -439,6 +533,15 @@ impl Op {
             Op::Changes { .. } => "changes",
             Op::StoreStats => "store_stats",
             Op::Checkpoint { .. } => "checkpoint",
+            Op::Export { .. } => "export",
+            Op::BeginImport { .. } => "begin_import",
+            Op::Import { .. } => "import",
+            Op::FinishImport { .. } => "finish_import",
+            Op::Freeze { .. } => "freeze",
+            Op::Unfreeze { .. } => "unfreeze",
+            Op::MarkMoved { .. } => "mark_moved",
+            Op::Purge { .. } => "purge",
+            Op::Digest { .. } => "digest",
         }
     }
 
@@ -465,7 +568,16 @@ impl Op {
             | Op::DeleteFolder { target, .. }
             | Op::Search { target, .. }
             | Op::MailboxStats { target }
-            | Op::Changes { target, .. } => Some(target),
+            | Op::Changes { target, .. }
+            | Op::Export { target, .. }
+            | Op::BeginImport { target, .. }
+            | Op::Import { target, .. }
+            | Op::FinishImport { target }
+            | Op::Freeze { target }
+            | Op::Unfreeze { target }
+            | Op::MarkMoved { target, .. }
+            | Op::Purge { target }
+            | Op::Digest { target } => Some(target),
         }
     }
 }
@@ -494,6 +606,8 @@ pub enum Reply {
     Stats(MailboxStats),
     Changes(ChangePage),
     StoreStats(StoreStats),
+    Export(ExportChunk),
+    Digest(MailboxDigest),
 }
 
 /// The errors a caller must handle.
