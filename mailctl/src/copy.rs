@@ -47,7 +47,11 @@ impl Side {
             max_bytes: CHUNK_BYTES,
             keys_only,
         };
-        match self.call(op).await.with_context(|| format!("exporting from {}", self.store))? {
+        match self
+            .call(op)
+            .await
+            .with_context(|| format!("exporting from {}", self.store))?
+        {
             Reply::Export(c) => Ok(c),
             other => bail!("unexpected answer to Export: {other:?}"),
         }
@@ -75,7 +79,11 @@ impl Side {
         let op = Op::Digest {
             target: self.target.clone(),
         };
-        match self.call(op).await.with_context(|| format!("digest at {}", self.store))? {
+        match self
+            .call(op)
+            .await
+            .with_context(|| format!("digest at {}", self.store))?
+        {
             Reply::Digest(d) => Ok(d),
             other => bail!("unexpected answer to Digest: {other:?}"),
         }
@@ -186,7 +194,8 @@ pub async fn copy_records(src: &Side, dst: &Side) -> anyhow::Result<u64> {
 
 /// Delete at the target the bodies the source no longer has; how many.
 pub async fn drop_expunged_bodies(src: &Side, dst: &Side) -> anyhow::Result<usize> {
-    let (have, want) = tokio::try_join!(dst.keys(ExportPart::Bodies), src.keys(ExportPart::Bodies))?;
+    let (have, want) =
+        tokio::try_join!(dst.keys(ExportPart::Bodies), src.keys(ExportPart::Bodies))?;
     let extra: Vec<(String, Vec<u8>)> = have.difference(&want).cloned().collect();
     let n = extra.len();
     for part in extra.chunks(10_000) {

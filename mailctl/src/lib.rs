@@ -7,6 +7,7 @@ pub mod copy;
 pub mod demo;
 pub mod http;
 pub mod layout;
+pub mod migrate;
 pub mod plan;
 pub mod probe;
 pub mod status;
@@ -59,6 +60,37 @@ pub enum Cmd {
     Status,
     /// A synthetic end-to-end transaction (SMTP in, seen through a front door), timed.
     Probe,
+    /// Move mailboxes between stores online: one user (`--user U --to STORE[:SEGMENT]`) or a
+    /// whole store (`--from STORE --all`). A rerun continues what a crash or Ctrl-C left.
+    Migrate(MigrateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// The user to move (or whose unfinished move to continue).
+    #[arg(long, conflicts_with_all = ["from", "all"])]
+    pub user: Option<String>,
+    /// Where to: a store, optionally with a segment [default for --all: the least loaded].
+    #[arg(long, value_name = "STORE[:SEGMENT]")]
+    pub to: Option<String>,
+    /// Evacuate this store (with --all); drain it first so no new users land there.
+    #[arg(long, requires = "all")]
+    pub from: Option<String>,
+    /// Every user of --from.
+    #[arg(long, requires = "from")]
+    pub all: bool,
+    /// Mailboxes moved at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: u16,
+    /// Copy bandwidth limit for the whole run, in MB/s (0: none).
+    #[arg(long, default_value_t = 0.0, value_name = "MB/s")]
+    pub rate: f64,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long a moved mailbox's old copy is kept before it is purged, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub grace: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -292,6 +324,7 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
                 bail!("not every process is healthy");
             }
         }
+        Cmd::Migrate(args) => run_migrate(&hcu, &cli.data, args, j).await?,
         Cmd::Probe => match probe::run(&hcu).await {
             Ok(v) => print(
                 j,
@@ -313,6 +346,172 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
                 return Err(e.context("probe failed"));
             }
         },
+    }
+    Ok(())
+}
+
+fn split_to(spec: &str) -> anyhow::Result<(String, Option<u32>)> {
+    Ok(match spec.split_once(':') {
+        Some((s, seg)) => (
+            s.to_string(),
+            Some(
+                seg.parse()
+                    .with_context(|| format!("`{seg}` is not a segment number"))?,
+            ),
+        ),
+        None => (spec.to_string(), None),
+    })
+}
+
+async fn run_migrate(
+    hcu: &admin::Hcu,
+    data: &std::path::Path,
+    args: MigrateArgs,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    if !args.rate.is_finite() || args.rate < 0.0 {
+        bail!("--rate must be a number of MB/s, 0 or more");
+    }
+    let to = args.to.as_deref().map(split_to).transpose()?;
+    // (user, target or None to continue a kept move)
+    let plan: Vec<(String, Option<(String, Option<u32>)>)> = match (&args.user, &args.from) {
+        (Some(u), None) => {
+            if to.is_none() && migrate::pending_jobs(data)?.iter().all(|j| &j.user != u) {
+                bail!("--to is needed: {u} has no unfinished move to continue");
+            }
+            vec![(u.clone(), to.clone())]
+        }
+        (None, Some(from)) => {
+            let users = migrate::users_of(hcu, data, from).await?;
+            match &to {
+                Some(t) => users.into_iter().map(|u| (u, Some(t.clone()))).collect(),
+                None => {
+                    let stores = hcu.mserv.list_stores().await?;
+                    migrate::spread(&stores, from, &users)?
+                        .into_iter()
+                        .map(|(u, s)| (u, Some((s, None))))
+                        .collect()
+                }
+            }
+        }
+        _ => bail!("say what to move: --user U --to STORE[:SEGMENT], or --from STORE --all"),
+    };
+    let opts = migrate::Options {
+        parallel: args.parallel as usize,
+        rate_bytes_per_s: (args.rate * 1e6) as u64,
+        dry_run: args.dry_run,
+        grace: std::time::Duration::from_secs(args.grace),
+    };
+    let mut planned = 0;
+    for (u, _) in &plan {
+        planned += migrate::mailbox_bytes(hcu, u).await;
+    }
+    let progress = std::sync::Arc::new(migrate::Progress::new(plan.len(), planned));
+    let rate = std::sync::Arc::new(copy::Rate::new(opts.rate_bytes_per_s));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nmailctl: stopping: moves in their last step finish, the others stop; a rerun continues");
+                stop.store(true, Ordering::SeqCst);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.parallel));
+    let mut results = Vec::new();
+    let hcu_ref = hcu;
+    let data_ref = data;
+    let tasks = plan.into_iter().map(|(user, to)| {
+        let (sem, progress, rate, stop, opts) = (
+            sem.clone(),
+            progress.clone(),
+            rate.clone(),
+            stop.clone(),
+            &opts,
+        );
+        async move {
+            let _permit = sem.acquire().await.expect("semaphore open");
+            if stop.load(Ordering::SeqCst) {
+                return (user, Err(anyhow::anyhow!("not started: stopped")));
+            }
+            let r = migrate::move_user(hcu_ref, data_ref, &user, to, opts, &rate, &progress, &stop)
+                .await;
+            match &r {
+                Ok(_) => progress.done.fetch_add(1, Ordering::Relaxed),
+                Err(_) => progress.failed.fetch_add(1, Ordering::Relaxed),
+            };
+            progress.tick(false);
+            (user, r)
+        }
+    });
+    let mut stream: futures_util::stream::FuturesUnordered<_> = tasks.collect();
+    use futures_util::StreamExt as _;
+    while let Some((user, r)) = stream.next().await {
+        match &r {
+            Ok(d) => {
+                let freeze = d
+                    .freeze
+                    .map(|f| format!(" freeze {} ms", f.as_millis()))
+                    .unwrap_or_default();
+                if json_out {
+                    println!(
+                        "{}",
+                        json!({"user": user, "ok": true, "from": d.from, "to": d.to,
+                        "bytes": d.bytes, "freeze_ms": d.freeze.map(|f| f.as_secs_f64() * 1000.0), "note": d.note})
+                    );
+                } else {
+                    println!(
+                        "OK {user} {} -> {} {:.1} MB{freeze} ({})",
+                        d.from,
+                        d.to,
+                        d.bytes as f64 / 1e6,
+                        d.note
+                    );
+                }
+            }
+            Err(e) => {
+                if json_out {
+                    println!(
+                        "{}",
+                        json!({"user": user, "ok": false, "error": format!("{e:#}")})
+                    );
+                } else {
+                    println!("ERR {user}: {e:#}");
+                }
+            }
+        }
+        results.push(r.is_ok());
+    }
+    progress.finish();
+    // (7) the old copies go once their grace period is over: waited for here when it is short,
+    // left to a later run otherwise.
+    if !opts.dry_run {
+        let wait = opts.grace <= std::time::Duration::from_secs(300);
+        loop {
+            let (purged, waiting) = migrate::purge_due(hcu, data).await?;
+            if purged > 0 {
+                eprintln!("mailctl: purged {purged} old copies");
+            }
+            if waiting == 0 {
+                break;
+            }
+            if !wait || stop.load(Ordering::SeqCst) {
+                eprintln!(
+                    "mailctl: {waiting} old copies wait for their grace period; a later run purges them"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    let failed = results.iter().filter(|ok| !**ok).count();
+    if failed > 0 {
+        bail!("{failed} of {} mailboxes were not moved", results.len());
     }
     Ok(())
 }
