@@ -1,1 +1,418 @@
-//! frontdoor: the stateless webmail and JSON API server; filled by the webmail issue.
+//! frontdoor: webmail (server-rendered HTML that needs no scripts) and a JSON API, acting for the
+//! signed-in user against the user's store. It keeps no state: a session is a signed token any
+//! front door checks by itself, and every page is built from the user's store on each request,
+//! so any front door can be killed at any moment and nothing is lost.
+//!
+//! The user always comes from the session token, never from the request: a message id names a
+//! message only within the signed-in user's mailbox.
+
+pub mod api;
+pub mod auth;
+pub mod compose;
+pub mod config;
+pub mod error;
+pub mod html;
+pub mod mailbox;
+pub mod metrics;
+pub mod mime;
+pub mod sanitize;
+pub mod web;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
+};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use runtime::faults::Faults;
+use runtime::health::Health;
+use runtime::shutdown::Shutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+pub use config::FrontdoorConfig;
+
+/// What every request shares.
+pub struct Ctx {
+    pub cfg: FrontdoorConfig,
+    pub keys: login::token::Keys,
+    pub router: mserv::Router,
+    pub xfs: xfs::Client,
+    pub faults: Arc<Faults>,
+    pub health: Arc<Health>,
+    /// Per user: the account's session generation and display name, with when they were read.
+    pub accounts: moka::future::Cache<String, auth::AccountHint>,
+    /// Per user: wrong current passwords given on the settings page lately.
+    pub password_failures: moka::future::Cache<String, u32>,
+    pub smtp: AsyncSmtpTransport<Tokio1Executor>,
+    pub store_timeout: Duration,
+    /// The origin (scheme, host, port) of the sign-in page, allowed as a form target (sign-out
+    /// redirects there).
+    pub login_origin: String,
+}
+
+/// A request's id, carried into the store's logs.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Bind the configured addresses and serve until `shutdown` triggers.
+pub async fn run(cfg: FrontdoorConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
+    let admin = TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("binding the admin port on {}", cfg.admin.listen))?;
+    run_with(cfg, listener, admin, shutdown).await
+}
+
+/// The scheme, host and port of an http(s) URL.
+fn origin_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    format!("{scheme}://{host}")
+}
+
+/// The name this server gives in its SMTP greeting: the public URL's host.
+fn client_id(public_url: &str) -> ClientId {
+    let origin = origin_of(public_url);
+    let hostport = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
+    let host = match hostport.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => hostport,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => ClientId::Ipv4(a),
+        Ok(std::net::IpAddr::V6(a)) => ClientId::Ipv6(a),
+        Err(_) if !host.is_empty() => ClientId::Domain(host.to_string()),
+        Err(_) => ClientId::Domain("frontdoor.invalid".into()),
+    }
+}
+
+/// Build the shared state from a checked config.
+pub fn context(
+    cfg: FrontdoorConfig,
+    faults: Arc<Faults>,
+    health: Arc<Health>,
+) -> anyhow::Result<Ctx> {
+    let keys = cfg
+        .session_keys()
+        .map_err(|e| anyhow::anyhow!("session keys: {e}"))?;
+    let mserv_client = mserv::Client::new(
+        cfg.mserv.clone(),
+        mserv::ClientConfig {
+            name: "frontdoor".into(),
+            cache_ttl: Duration::from_secs(cfg.route_cache_secs),
+            request_timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
+    );
+    let router = mserv::Router::new(
+        Arc::new(mserv_client),
+        Duration::from_secs(cfg.store_refresh_secs),
+    );
+    let store_timeout = Duration::from_millis(cfg.store_timeout_ms);
+    let xfs = xfs::Client::new(xfs::ClientConfig {
+        name: "frontdoor".into(),
+        conns_per_store: 2,
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: store_timeout,
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(500),
+        ..Default::default()
+    });
+    let (host, port) = cfg.relay_host_port().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(port)
+        .hello_name(client_id(&cfg.public_url))
+        .timeout(Some(Duration::from_secs(cfg.smtp_timeout_secs)))
+        .build();
+    let accounts = moka::future::Cache::builder()
+        .max_capacity(1_000_000)
+        // A stale entry is still the best guess while the store is unreachable.
+        .time_to_live(Duration::from_secs(3600))
+        .build();
+    let password_failures = moka::future::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(Duration::from_secs(15 * 60))
+        .build();
+    Ok(Ctx {
+        password_failures,
+        login_origin: origin_of(&cfg.login_url),
+        keys,
+        router,
+        xfs,
+        faults,
+        health,
+        accounts,
+        smtp,
+        store_timeout,
+        cfg,
+    })
+}
+
+/// The whole HTTP application: webmail, the JSON API, static files and `/healthz`.
+pub fn app(ctx: Arc<Ctx>) -> Router {
+    let limit = ctx.cfg.max_upload_bytes;
+    Router::new()
+        .merge(web::routes())
+        .nest("/api/v1", api::routes())
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/static/app.css", axum::routing::get(web::stylesheet))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), common))
+        .with_state(ctx)
+}
+
+/// The front door's own health, probed by the login servers on the main port.
+async fn healthz(State(ctx): State<Arc<Ctx>>) -> Response {
+    if ctx.health.state().is_serving() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    }
+}
+
+async fn fallback(req: Request) -> Response {
+    if req.uri().path().starts_with("/api/") {
+        error::Error::NotFound("no such endpoint").api()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            "not found\n",
+        )
+            .into_response()
+    }
+}
+
+/// The content security policy of every page, unless a handler set its own.
+pub fn csp(login_origin: &str, remote_images: bool) -> String {
+    let img = if remote_images {
+        "'self' https: http:"
+    } else {
+        "'self'"
+    };
+    format!(
+        "default-src 'none'; img-src {img}; style-src 'self'; form-action 'self' {login_origin}; \
+         frame-ancestors 'none'; base-uri 'none'"
+    )
+}
+
+/// Every request: a request id, security headers, no caching of private pages, metrics.
+async fn common(State(ctx): State<Arc<Ctx>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let path = req.uri().path();
+    let kind = if path.starts_with("/api/") {
+        "api"
+    } else if path.starts_with("/static/") {
+        "static"
+    } else {
+        "page"
+    };
+    let id: [u8; 8] = rand::random();
+    let id = hex::encode(id);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if !h.contains_key(CONTENT_SECURITY_POLICY) {
+        if let Ok(v) = HeaderValue::from_str(&csp(&ctx.login_origin, false)) {
+            h.insert(CONTENT_SECURITY_POLICY, v);
+        }
+    }
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if kind != "static" && !h.contains_key(CACHE_CONTROL) {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    let class = match resp.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::REQUESTS.with_label_values(&[kind, class]).inc();
+    metrics::REQUEST_SECONDS
+        .with_label_values(&[kind])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Serve on listeners already bound.
+pub async fn run_with(
+    cfg: FrontdoorConfig,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    metrics::register();
+    let faults = Arc::new(Faults::from_config(&cfg.faults));
+    let health = Health::new("frontdoor");
+    let admin_addr = admin.local_addr()?;
+    let admin_task = tokio::spawn(runtime::admin::serve(
+        admin,
+        health.clone(),
+        faults.clone(),
+        shutdown.clone(),
+    ));
+    let drain = Duration::from_secs(cfg.drain_timeout_secs);
+    let max_connections = cfg.max_connections;
+    let header_timeout = Duration::from_secs(cfg.header_timeout_secs);
+    let ctx = Arc::new(context(cfg, faults, health.clone())?);
+    let addr = listener.local_addr()?;
+    health.set_info("public_url", ctx.cfg.public_url.clone().into());
+    health.set_ready();
+    tracing::info!(http = %addr, admin = %admin_addr, public_url = %ctx.cfg.public_url,
+        "frontdoor ready");
+
+    serve(
+        listener,
+        app(ctx),
+        max_connections,
+        header_timeout,
+        drain,
+        shutdown.clone(),
+        || health.set_draining(),
+    )
+    .await;
+    admin_task.await.context("admin task")??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Accept connections (at most `max_connections` at once) and serve `app` on each until
+/// `shutdown`; then let requests in flight finish, for at most `drain`.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    max_connections: usize,
+    header_timeout: Duration,
+    drain: Duration,
+    shutdown: Shutdown,
+    on_drain: impl FnOnce(),
+) {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            () = shutdown.triggered() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            () = shutdown.triggered() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        stream.set_nodelay(true).ok();
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        let token = shutdown.token();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = token.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            Ok::<(), Infallible>(())
+        });
+    }
+    on_drain();
+    drop(listener);
+    tracing::info!(open = connections.len(), "draining");
+    let drained = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after the drain timeout; closing them"
+        );
+        connections.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_and_greeting_names() {
+        assert_eq!(
+            origin_of("http://127.0.0.1:8080/login?x"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            origin_of("https://mail.example.test"),
+            "https://mail.example.test"
+        );
+        assert!(matches!(
+            client_id("http://127.0.0.1:8081"),
+            ClientId::Ipv4(_)
+        ));
+        assert!(matches!(
+            client_id("https://mail.example.test/x"),
+            ClientId::Domain(d) if d == "mail.example.test"
+        ));
+    }
+
+    #[test]
+    fn the_policy_blocks_remote_images_unless_asked() {
+        let strict = csp("http://login.test", false);
+        assert!(strict.contains("default-src 'none'"));
+        assert!(strict.contains("img-src 'self';"));
+        assert!(strict.contains("frame-ancestors 'none'"));
+        assert!(strict.contains("base-uri 'none'"));
+        assert!(strict.contains("form-action 'self' http://login.test"));
+        assert!(csp("http://login.test", true).contains("img-src 'self' https: http:"));
+    }
+}

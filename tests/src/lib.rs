@@ -5,6 +5,7 @@
 //! Every process started here is killed when its handle drops, so a failing test leaves nothing
 //! running.
 
+pub mod hcu;
 pub mod mserv;
 
 use std::fs::File;
@@ -331,3 +332,6 @@ impl Ustore {
         )
     }
 }
+pub mod frontdoor;
+pub mod up;
+pub mod web;

@@ -1,0 +1,228 @@
+//! frontdoor's configuration file.
+
+use std::net::SocketAddr;
+
+use runtime::config::{
+    validate_sections, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
+};
+use serde::{Deserialize, Serialize};
+
+/// One session signing key: an id (named in every token it signs) and a hex secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KeyConfig {
+    pub id: String,
+    /// Hex, at least 32 bytes. Shared with the login servers.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FrontdoorConfig {
+    /// Where webmail and the JSON API are served.
+    pub listen: SocketAddr,
+    /// The base URL browsers reach this front door at.
+    pub public_url: String,
+    /// The sign-in page: where a request without a session is sent, and where sign-out lands.
+    pub login_url: String,
+    /// Member index replicas (any order).
+    pub mserv: Vec<String>,
+    /// The outbound SMTP relay (`host:port`) every sent message goes through.
+    pub smtp_relay: String,
+    /// The key new session cookies are signed with (after a password change).
+    pub current_key: String,
+    /// Session keys: the current one and older ones still accepted.
+    pub keys: Vec<KeyConfig>,
+    /// Mark the session cookie `Secure` (off only for plain-HTTP development).
+    pub cookie_secure: bool,
+    /// Messages per folder page.
+    pub page_size: u32,
+    /// Longest one store call may take.
+    pub store_timeout_ms: u64,
+    /// How long a session's generation check against the store is trusted.
+    pub session_check_secs: u64,
+    /// How long a cached placement is trusted (a store's `Moved` drops it at once).
+    pub route_cache_secs: u64,
+    /// How often the store registry is fetched again.
+    pub store_refresh_secs: u64,
+    /// Largest request body (a compose form with its attachments).
+    pub max_upload_bytes: usize,
+    /// Longest the relay may take to accept one message.
+    pub smtp_timeout_secs: u64,
+    /// Connections served at once; the next one waits in the listen backlog.
+    pub max_connections: usize,
+    /// A client must send its request headers within this time.
+    pub header_timeout_secs: u64,
+    /// Longest a SIGTERM drain waits for requests in flight.
+    pub drain_timeout_secs: u64,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub faults: FaultsConfig,
+}
+
+impl Default for FrontdoorConfig {
+    fn default() -> Self {
+        FrontdoorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            public_url: "http://127.0.0.1:8081".into(),
+            login_url: "http://127.0.0.1:8080".into(),
+            mserv: vec!["127.0.0.1:7201".into()],
+            smtp_relay: "127.0.0.1:2525".into(),
+            current_key: String::new(),
+            keys: Vec::new(),
+            cookie_secure: true,
+            page_size: 50,
+            store_timeout_ms: 5000,
+            session_check_secs: 5,
+            route_cache_secs: 60,
+            store_refresh_secs: 10,
+            max_upload_bytes: 25 << 20,
+            smtp_timeout_secs: 30,
+            max_connections: 4096,
+            header_timeout_secs: 10,
+            drain_timeout_secs: 10,
+            log: LogConfig::default(),
+            admin: AdminConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8091)),
+            },
+            faults: FaultsConfig::default(),
+        }
+    }
+}
+
+impl FrontdoorConfig {
+    /// The session keys, checked.
+    pub fn session_keys(&self) -> Result<login::token::Keys, String> {
+        let pairs: Vec<(String, String)> = self
+            .keys
+            .iter()
+            .map(|k| (k.id.clone(), k.secret.clone()))
+            .collect();
+        login::token::Keys::new(&self.current_key, &pairs)
+    }
+
+    /// The relay's host and port.
+    pub fn relay_host_port(&self) -> Result<(String, u16), String> {
+        let (host, port) = self
+            .smtp_relay
+            .rsplit_once(':')
+            .ok_or_else(|| format!("smtp-relay: `{}` is not host:port", self.smtp_relay))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("smtp-relay: `{port}` is not a port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("smtp-relay: `{}` has no host", self.smtp_relay));
+        }
+        Ok((host.to_string(), port))
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+}
+
+impl Validate for FrontdoorConfig {
+    fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        for (name, v) in [
+            ("public-url", &self.public_url),
+            ("login-url", &self.login_url),
+        ] {
+            if !is_http_url(v) {
+                errs.push(format!("{name}: `{v}` is not an http(s) URL"));
+            }
+        }
+        if self.mserv.is_empty() {
+            errs.push("mserv: at least one member index replica is needed".into());
+        }
+        if let Err(e) = self.relay_host_port() {
+            errs.push(e);
+        }
+        if self.keys.is_empty() {
+            errs.push("keys: at least one session key is needed".into());
+        } else if let Err(e) = self.session_keys() {
+            errs.push(format!("keys: {e}"));
+        }
+        for (name, v) in [
+            ("page-size", u64::from(self.page_size)),
+            ("store-timeout-ms", self.store_timeout_ms),
+            ("store-refresh-secs", self.store_refresh_secs),
+            ("smtp-timeout-secs", self.smtp_timeout_secs),
+            ("max-connections", self.max_connections as u64),
+            ("header-timeout-secs", self.header_timeout_secs),
+        ] {
+            if v == 0 {
+                errs.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if self.page_size > 500 {
+            errs.push(format!("page-size: {} is above 500", self.page_size));
+        }
+        if self.max_upload_bytes < 64 * 1024 {
+            errs.push(format!(
+                "max-upload-bytes: {} is below the least workable 65536",
+                self.max_upload_bytes
+            ));
+        }
+        if let Err(e) = validate_sections(&[
+            ("log", &self.log),
+            ("admin", &self.admin),
+            ("faults", &self.faults),
+        ]) {
+            errs.push(e);
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("; "))
+        }
+    }
+}
+
+impl RoleConfig for FrontdoorConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../frontdoor.example.toml");
+        let cfg: FrontdoorConfig = runtime::config::parse(text).unwrap();
+        assert_eq!(cfg.current_key, "k1");
+        assert_eq!(cfg.relay_host_port().unwrap(), ("127.0.0.1".into(), 2525));
+        assert!(cfg.cookie_secure);
+    }
+
+    #[test]
+    fn the_empty_file_is_the_defaults_and_needs_keys() {
+        let empty: FrontdoorConfig = toml::from_str("").unwrap();
+        assert_eq!(empty, FrontdoorConfig::default());
+        let err = empty.validate().unwrap_err();
+        assert!(err.contains("keys"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let text = format!(
+            "public-url = \"ftp://x\"\nsmtp-relay = \"nohost\"\npage-size = 0\ncurrent-key = \"k2\"\n\
+             [[keys]]\nid = \"k1\"\nsecret = \"{}\"\n",
+            "ab".repeat(32)
+        );
+        let err = runtime::config::parse::<FrontdoorConfig>(&text)
+            .unwrap_err()
+            .to_string();
+        for name in ["public-url", "smtp-relay", "page-size", "keys"] {
+            assert!(err.contains(name), "{name}: {err}");
+        }
+        assert!(runtime::config::parse::<FrontdoorConfig>("open-relay = true\n").is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! The signed-in user's mailbox: route the user through the member index, call the user's store,
+//! and follow a move (`Moved`: drop the cached route and route again). Busy and frozen stores
+//! are retried once after their hint; anything else unsure is `Unavailable` and the page says so.
+
+use std::time::{Duration, Instant};
+
+use mserv::RouteError;
+use xfs::{
+    AuthRecord, CallError, Delivery, Flags, FolderInfo, FolderPage, IndexEntry, Message, MsgId, Op,
+    Reply, SearchQuery, Target, XfsError,
+};
+
+use crate::{metrics, Ctx};
+
+/// Route changes (or busy answers) followed for one call before giving up.
+const MAX_ATTEMPTS: usize = 3;
+/// Longest pause before retrying a busy or frozen store.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// What a store call can end with, as the front door acts on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such mailbox")]
+    NoSuchUser,
+    #[error("no such message")]
+    NoSuchMessage,
+    #[error("no such folder")]
+    NoSuchFolder,
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("over quota")]
+    Quota,
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    /// The store or the index is unreachable, busy, frozen or slow: try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// One user's mailbox, for the length of one request.
+pub struct Mailbox<'a> {
+    pub ctx: &'a Ctx,
+    pub user: &'a str,
+    pub trace: &'a str,
+}
+
+fn unexpected(op: &str, reply: Reply) -> StoreError {
+    tracing::error!(op, ?reply, "unexpected store answer");
+    StoreError::Unavailable(format!("unexpected answer to {op}"))
+}
+
+impl<'a> Mailbox<'a> {
+    pub fn new(ctx: &'a Ctx, user: &'a str, trace: &'a str) -> Self {
+        Mailbox { ctx, user, trace }
+    }
+
+    /// Call the user's store with the operation `make` builds for the current route.
+    pub async fn call(&self, make: impl Fn(Target) -> Op) -> Result<Reply, StoreError> {
+        let mut last = StoreError::Unavailable("no attempt made".into());
+        for attempt in 0..MAX_ATTEMPTS {
+            let route = match self.ctx.router.route(self.user).await {
+                Ok(r) => r,
+                Err(RouteError::NoSuchUser) | Err(RouteError::BadAddress(_)) => {
+                    return Err(StoreError::NoSuchUser)
+                }
+                Err(RouteError::Unknown(why)) => {
+                    tracing::warn!(user = self.user, %why, trace = self.trace, "no route");
+                    return Err(StoreError::Unavailable(format!(
+                        "directory unreachable: {why}"
+                    )));
+                }
+            };
+            let op = make(route.target());
+            let name = op.name();
+            let started = Instant::now();
+            let answer = match self.ctx.faults.inject("frontdoor.store").await {
+                Err(e) => Err(CallError::Unavailable {
+                    addr: route.xfs_addr.clone(),
+                    why: e.to_string(),
+                }),
+                Ok(()) => {
+                    self.ctx
+                        .xfs
+                        .pool(&route.xfs_addr)
+                        .call_with(op, self.trace, self.ctx.store_timeout)
+                        .await
+                }
+            };
+            metrics::STORE_SECONDS
+                .with_label_values(&[name])
+                .observe(started.elapsed().as_secs_f64());
+            let result = match &answer {
+                Ok(_) => "ok",
+                Err(CallError::Remote(e)) => e.kind(),
+                Err(_) => "unreachable",
+            };
+            metrics::STORE_CALLS
+                .with_label_values(&[name, result])
+                .inc();
+            let pause = match answer {
+                Ok(reply) => return Ok(reply),
+                Err(CallError::Remote(XfsError::Moved { .. }))
+                | Err(CallError::Remote(XfsError::NoSuchUser)) => {
+                    // A stale route (or a mailbox gone for good: the next route says which).
+                    self.ctx.router.invalidate(self.user).await;
+                    last = StoreError::Unavailable("the mailbox is moving".into());
+                    Duration::ZERO
+                }
+                Err(CallError::Remote(XfsError::Busy { retry_after_ms }))
+                | Err(CallError::Remote(XfsError::Frozen { retry_after_ms })) => {
+                    last = StoreError::Unavailable("the mailbox store is busy".into());
+                    Duration::from_millis(u64::from(retry_after_ms)).min(MAX_RETRY_PAUSE)
+                }
+                Err(CallError::Remote(e)) => return Err(map_remote(e)),
+                Err(e) => {
+                    tracing::warn!(user = self.user, store = %route.placement.store, error = %e,
+                        trace = self.trace, "store unreachable");
+                    return Err(StoreError::Unavailable(format!(
+                        "store {} unreachable",
+                        route.placement.store
+                    )));
+                }
+            };
+            if attempt + 1 < MAX_ATTEMPTS {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        Err(last)
+    }
+
+    pub async fn auth(&self) -> Result<AuthRecord, StoreError> {
+        match self.call(|target| Op::GetAuth { target }).await? {
+            Reply::Auth(a) => Ok(a),
+            other => Err(unexpected("get_auth", other)),
+        }
+    }
+
+    pub async fn update_account(
+        &self,
+        display_name: Option<String>,
+        password_hash: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.call(|target| Op::UpdateAccount {
+            target,
+            display_name: display_name.clone(),
+            password_hash: password_hash.clone(),
+            quota_bytes: None,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Every folder, system folders first (in their usual order), then the user's own by name.
+    pub async fn folders(&self) -> Result<Vec<FolderInfo>, StoreError> {
+        match self.call(|target| Op::ListFolders { target }).await? {
+            Reply::Folders(mut f) => {
+                f.sort_by_key(|f| folder_order(&f.name));
+                Ok(f)
+            }
+            other => Err(unexpected("list_folders", other)),
+        }
+    }
+
+    /// A page of a folder, newest first.
+    pub async fn list(
+        &self,
+        folder: &str,
+        offset: u32,
+        limit: u32,
+    ) -> Result<FolderPage, StoreError> {
+        match self
+            .call(|target| Op::ListFolder {
+                target,
+                folder: folder.to_string(),
+                offset,
+                limit,
+                before_uid: None,
+            })
+            .await?
+        {
+            Reply::Page(p) => Ok(p),
+            other => Err(unexpected("list_folder", other)),
+        }
+    }
+
+    pub async fn fetch(&self, msg: MsgId, mark_seen: bool) -> Result<Message, StoreError> {
+        match self
+            .call(|target| Op::Fetch {
+                target,
+                msg,
+                mark_seen,
+            })
+            .await?
+        {
+            Reply::Message(m) => Ok(m),
+            other => Err(unexpected("fetch", other)),
+        }
+    }
+
+    pub async fn set_flags(
+        &self,
+        msgs: &[MsgId],
+        add: Flags,
+        remove: Flags,
+    ) -> Result<(), StoreError> {
+        self.call(|target| Op::SetFlags {
+            target,
+            msgs: msgs.to_vec(),
+            add,
+            remove,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Move messages; each message's new uid.
+    pub async fn move_to(
+        &self,
+        msgs: &[MsgId],
+        folder: &str,
+    ) -> Result<Vec<(MsgId, u32)>, StoreError> {
+        match self
+            .call(|target| Op::Move {
+                target,
+                msgs: msgs.to_vec(),
+                to_folder: folder.to_string(),
+            })
+            .await?
+        {
+            Reply::Moved(m) => Ok(m),
+            other => Err(unexpected("move", other)),
+        }
+    }
+
+    /// Expunge for good; how many were there.
+    pub async fn expunge(&self, msgs: &[MsgId]) -> Result<u64, StoreError> {
+        match self
+            .call(|target| Op::Delete {
+                target,
+                msgs: msgs.to_vec(),
+            })
+            .await?
+        {
+            Reply::Count(n) => Ok(n),
+            other => Err(unexpected("delete", other)),
+        }
+    }
+
+    pub async fn empty_folder(&self, folder: &str) -> Result<u64, StoreError> {
+        match self
+            .call(|target| Op::EmptyFolder {
+                target,
+                folder: folder.to_string(),
+            })
+            .await?
+        {
+            Reply::Count(n) => Ok(n),
+            other => Err(unexpected("empty_folder", other)),
+        }
+    }
+
+    pub async fn create_folder(&self, name: &str) -> Result<(), StoreError> {
+        self.call(|target| Op::CreateFolder {
+            target,
+            name: name.to_string(),
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn rename_folder(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        self.call(|target| Op::RenameFolder {
+            target,
+            from: from.to_string(),
+            to: to.to_string(),
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn delete_folder(&self, name: &str) -> Result<(), StoreError> {
+        self.call(|target| Op::DeleteFolder {
+            target,
+            name: name.to_string(),
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn search(&self, query: SearchQuery) -> Result<Vec<IndexEntry>, StoreError> {
+        match self
+            .call(|target| Op::Search {
+                target,
+                query: query.clone(),
+            })
+            .await?
+        {
+            Reply::Hits(h) => Ok(h),
+            other => Err(unexpected("search", other)),
+        }
+    }
+
+    /// Store a message (idempotent by its delivery id); its id.
+    pub async fn deliver(&self, delivery: Delivery) -> Result<MsgId, StoreError> {
+        match self
+            .call(|target| Op::Deliver {
+                target,
+                delivery: delivery.clone(),
+            })
+            .await?
+        {
+            Reply::Delivered { msg, .. } => Ok(msg),
+            other => Err(unexpected("deliver", other)),
+        }
+    }
+}
+
+/// Sort key: the system folders in their usual order, then the rest by name.
+pub fn folder_order(name: &str) -> (usize, String) {
+    let i = xfs::SYSTEM_FOLDERS
+        .iter()
+        .position(|s| *s == name)
+        .unwrap_or(xfs::SYSTEM_FOLDERS.len());
+    (i, name.to_lowercase())
+}
+
+fn map_remote(e: XfsError) -> StoreError {
+    match e {
+        XfsError::NoSuchMessage { .. } => StoreError::NoSuchMessage,
+        XfsError::NoSuchFolder { .. } => StoreError::NoSuchFolder,
+        XfsError::AlreadyExists { what } => StoreError::Exists(what),
+        XfsError::BadRequest { why } => StoreError::BadRequest(why),
+        XfsError::QuotaExceeded { .. } => StoreError::Quota,
+        XfsError::Corrupt { what } => {
+            tracing::error!(%what, "the store reports corrupt data");
+            StoreError::Corrupt(what)
+        }
+        XfsError::NoSuchUser => StoreError::NoSuchUser,
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}

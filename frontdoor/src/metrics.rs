@@ -1,0 +1,70 @@
+//! frontdoor's metrics, registered once in the process-wide registry.
+
+use std::sync::LazyLock;
+
+use prometheus::{HistogramVec, IntCounterVec};
+use runtime::metrics::{counter_vec, histogram_vec};
+
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "frontdoor_requests_total",
+        "HTTP requests by kind (page, api, static) and status class",
+        &["kind", "status"],
+    )
+});
+
+pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "frontdoor_request_seconds",
+        "time to answer an HTTP request, by kind (page, api, static)",
+        &["kind"],
+    )
+});
+
+pub static STORE_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "frontdoor_store_calls_total",
+        "XFS calls to user stores by operation and outcome (ok, an XFS error kind, unreachable)",
+        &["op", "result"],
+    )
+});
+
+pub static STORE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "frontdoor_store_call_seconds",
+        "time of one XFS call to a user store, by operation",
+        &["op"],
+    )
+});
+
+pub static AUTH: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "frontdoor_auth_total",
+        "session checks by outcome: ok, none, malformed, bad_signature, unknown_key, expired, \
+         old_generation, unchecked (store unreachable), csrf_refused",
+        &["result"],
+    )
+});
+
+pub static SENDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "frontdoor_sends_total",
+        "messages sent by outcome: sent, sent_no_copy (relay took it, the Sent copy failed), \
+         refused (the relay refused it), failed",
+        &["result"],
+    )
+});
+
+/// Touch every metric so all are exported from the start.
+pub fn register() {
+    for r in ["sent", "sent_no_copy", "refused", "failed"] {
+        SENDS.with_label_values(&[r]);
+    }
+    for r in ["ok", "none", "expired", "old_generation", "csrf_refused"] {
+        AUTH.with_label_values(&[r]);
+    }
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&REQUEST_SECONDS);
+    LazyLock::force(&STORE_CALLS);
+    LazyLock::force(&STORE_SECONDS);
+}

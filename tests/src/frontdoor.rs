@@ -1,0 +1,269 @@
+//! A front door in front of a test HCU: the `frontdoor` process on free loopback ports, session
+//! tokens minted the way the login servers mint them (same keys as the front door's config), an
+//! HTTP client that does not follow redirects, and mail sent in through smtp-in.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use lettre::address::Envelope;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use login::token::{Claims, Keys};
+use xfs::{Op, Reply, Target};
+
+use crate::hcu::Hcu;
+use crate::{free_addr, Proc};
+
+/// The session key of every test front door.
+pub const KEY_ID: &str = "fd-1";
+pub const KEY_SECRET: &str = "f00df00df00df00df00df00df00df00df00df00df00df00df00df00df00df00d";
+/// Where a test front door sends browsers without a session (nothing listens there).
+pub const LOGIN_URL: &str = "http://127.0.0.1:9/login";
+
+/// The keys a test front door checks sessions with.
+pub fn keys() -> Keys {
+    Keys::new(KEY_ID, &[(KEY_ID.into(), KEY_SECRET.into())]).expect("test key")
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A running front door.
+pub struct FrontDoor {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    /// `http://addr`, no trailing slash.
+    pub base: String,
+    pub keys: Keys,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl FrontDoor {
+    /// Start a front door for `hcu` (its member index, and its smtp-in as the outbound relay),
+    /// and wait until it is healthy. `extra` is appended to the top level of the config.
+    pub async fn start(hcu: &Hcu, extra: &str) -> anyhow::Result<FrontDoor> {
+        let dir = tempfile::tempdir()?;
+        let addr = free_addr();
+        let admin = free_addr();
+        let mserv = hcu
+            .mserv
+            .addrs()
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = format!(
+            "listen = \"{addr}\"\npublic-url = \"http://{addr}\"\nlogin-url = \"{LOGIN_URL}\"\n\
+             mserv = [{mserv}]\nsmtp-relay = \"{}\"\ncurrent-key = \"{KEY_ID}\"\n\
+             cookie-secure = false\nsession-check-secs = 2\nstore-timeout-ms = 3000\n{extra}\n\
+             [[keys]]\nid = \"{KEY_ID}\"\nsecret = \"{KEY_SECRET}\"\n\n[admin]\nlisten = \"{admin}\"\n",
+            hcu.smtp_addr
+        );
+        let mut proc = Proc::start("frontdoor", "frontdoor", dir.path(), &config, admin)?;
+        proc.wait_healthy(Duration::from_secs(60)).await?;
+        Ok(FrontDoor {
+            proc,
+            addr,
+            base: format!("http://{addr}"),
+            keys: keys(),
+            http: client(),
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A token for `user` at session generation `gen`, valid for an hour.
+    pub fn token_at(&self, user: &str, gen: u64) -> String {
+        self.keys.issue(&claims(user, gen, now_secs() + 3600))
+    }
+
+    /// A token for `user` at the account's current session generation.
+    pub async fn token(&self, hcu: &Hcu, user: &str) -> anyhow::Result<String> {
+        Ok(self.token_at(user, session_gen(hcu, user).await?))
+    }
+
+    /// The CSRF token of the session `token` carries.
+    pub fn csrf(&self, token: &str) -> String {
+        let c = self
+            .keys
+            .verify(token, now_secs())
+            .expect("a valid test token");
+        self.keys.derive("csrf", &c.sid)
+    }
+
+    /// A GET with the session in a Bearer header.
+    pub async fn get(&self, token: &str, path: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await?)
+    }
+
+    /// A GET with the session in the cookie (as a browser sends it).
+    pub async fn page(&self, token: &str, path: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(self.url(path))
+            .header("cookie", format!("mm_session={token}"))
+            .send()
+            .await?)
+    }
+
+    /// A form POST with the session cookie; `fields` as given (include `csrf` to pass the check).
+    pub async fn post_form(
+        &self,
+        token: &str,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let body: String = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        Ok(self
+            .http
+            .post(self.url(path))
+            .header("cookie", format!("mm_session={token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await?)
+    }
+
+    /// A JSON API POST with the session in a Bearer header.
+    pub async fn post_json(
+        &self,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await?)
+    }
+
+    /// A JSON GET that must answer 200.
+    pub async fn json(&self, token: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+        let r = self.get(token, path).await?;
+        let status = r.status();
+        let text = r.text().await?;
+        if status != 200 {
+            bail!("GET {path} answered {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("GET {path}: {text}"))
+    }
+}
+
+impl Drop for FrontDoor {
+    /// A failing test shows the end of the front door's log.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- frontdoor log tail:\n{}", self.proc.log_tail());
+        }
+    }
+}
+
+/// Claims for `user` at generation `gen`, expiring at `exp`.
+pub fn claims(user: &str, gen: u64, exp: u64) -> Claims {
+    Claims {
+        user: user.into(),
+        gen,
+        iat: now_secs(),
+        exp,
+        sid: login::token::new_sid(),
+    }
+}
+
+/// An HTTP client that does not follow redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            b => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The account's session generation, read from its store.
+pub async fn session_gen(hcu: &Hcu, user: &str) -> anyhow::Result<u64> {
+    let p = hcu.client.lookup(user).await?;
+    let op = Op::GetAuth {
+        target: Target::new(user, p.segment, p.epoch),
+    };
+    match hcu.call(&p.store, op).await? {
+        Reply::Auth(a) => Ok(a.session_gen),
+        other => bail!("get_auth answered {other:?}"),
+    }
+}
+
+/// Give `user` a real password (argon2id), as login would check it. Bumps the generation.
+pub async fn set_password(hcu: &Hcu, user: &str, password: &str) -> anyhow::Result<()> {
+    let hash = login::password::hash(password).map_err(anyhow::Error::msg)?;
+    let p = hcu.client.lookup(user).await?;
+    let op = Op::UpdateAccount {
+        target: Target::new(user, p.segment, p.epoch),
+        display_name: None,
+        password_hash: Some(hash),
+        quota_bytes: None,
+    };
+    hcu.call(&p.store, op).await?;
+    Ok(())
+}
+
+/// Hand `raw` to smtp-in for `to`, from `from`.
+pub async fn send_in(hcu: &Hcu, from: &str, to: &[&str], raw: &[u8]) -> anyhow::Result<()> {
+    let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(hcu.smtp_addr.port())
+        .timeout(Some(Duration::from_secs(30)))
+        .build();
+    let rcpts = to
+        .iter()
+        .map(|t| t.parse())
+        .collect::<Result<Vec<_>, _>>()?;
+    let envelope = Envelope::new(Some(from.parse()?), rcpts)?;
+    smtp.send_raw(&envelope, raw).await?;
+    Ok(())
+}
+
+/// Wait until `user`'s Inbox holds `n` messages.
+pub async fn wait_inbox(hcu: &Hcu, user: &str, n: u64) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let have = hcu.inbox_count(user).await?;
+        if have >= n {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{user}'s Inbox holds {have} messages, not {n}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

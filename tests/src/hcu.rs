@@ -1,0 +1,422 @@
+//! A whole hosting cluster unit (HCU) as real processes: an `mserv` cluster, user stores
+//! registered with it, and `smtp-in` in front, each on free loopback ports with temporary data.
+//!
+//! ```ignore
+//! let hcu = Hcu::start(HcuOpts::default()).await?;
+//! let placement = hcu.add_user("alice@megamail.test").await?;
+//! // ... send mail to hcu.smtp_addr ...
+//! let inbox = hcu.inbox("alice@megamail.test").await?;
+//! ```
+//!
+//! Users are placed through the member index and their accounts created on the chosen store, so
+//! smtp-in finds them the way it does in production. Dropping the `Hcu` kills every process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use mserv::{Placement, Policy, StoreInfo, StoreState};
+use xfs::{CallError, IndexEntry, NewAccount, Op, Reply, StorePool, Target, XfsError, INBOX};
+
+use crate::mserv::{Mserv, MservOpts};
+use crate::{free_addr, Proc, Ustore, UstoreOpts};
+
+/// The cluster name every test store is registered under.
+pub const CLUSTER: &str = "hcu-1";
+
+/// How a test HCU is laid out and how smtp-in is configured. The explicit fields become
+/// smtp-in's top-level config keys; `smtp_extra` is appended after them (before `[admin]`), so
+/// it may add keys or tables but must not repeat a key set by a field.
+#[derive(Debug, Clone)]
+pub struct HcuOpts {
+    pub mserv_replicas: u64,
+    /// Stores named `store-1`, `store-2`, ...
+    pub stores: usize,
+    pub segments_per_store: u32,
+    /// Start smtp-in at once; otherwise call [`Hcu::start_smtp`].
+    pub start_smtp: bool,
+    pub hostname: String,
+    pub domains: Vec<String>,
+    pub max_message_bytes: u64,
+    pub max_recipients: u64,
+    pub max_line_bytes: u64,
+    pub command_timeout_secs: u64,
+    pub data_timeout_secs: u64,
+    pub max_sessions: u64,
+    pub max_sessions_per_client: u64,
+    pub deliver_timeout_secs: u64,
+    /// More top-level TOML for smtp-in.
+    pub smtp_extra: String,
+}
+
+impl Default for HcuOpts {
+    fn default() -> Self {
+        HcuOpts {
+            mserv_replicas: 1,
+            stores: 2,
+            segments_per_store: 2,
+            start_smtp: true,
+            hostname: "mx.megamail.test".into(),
+            domains: vec!["megamail.test".into()],
+            max_message_bytes: 10 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_bytes: 4096,
+            command_timeout_secs: 300,
+            data_timeout_secs: 300,
+            max_sessions: 2000,
+            max_sessions_per_client: 1000,
+            deliver_timeout_secs: 10,
+            smtp_extra: String::new(),
+        }
+    }
+}
+
+impl HcuOpts {
+    /// smtp-in's config for these options.
+    pub fn smtp_config(&self, listen: SocketAddr, admin: SocketAddr, mserv: &[String]) -> String {
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "hostname = \"{}\"\nlisten = \"{listen}\"\ndomains = [{}]\nmserv = [{}]\n\
+             max-message-bytes = {}\nmax-recipients = {}\nmax-line-bytes = {}\n\
+             command-timeout-secs = {}\ndata-timeout-secs = {}\nmax-sessions = {}\n\
+             max-sessions-per-client = {}\ndeliver-timeout-secs = {}\n{}\n\n\
+             [admin]\nlisten = \"{admin}\"\n",
+            self.hostname,
+            list(&self.domains),
+            list(mserv),
+            self.max_message_bytes,
+            self.max_recipients,
+            self.max_line_bytes,
+            self.command_timeout_secs,
+            self.data_timeout_secs,
+            self.max_sessions,
+            self.max_sessions_per_client,
+            self.deliver_timeout_secs,
+            self.smtp_extra,
+        )
+    }
+}
+
+/// A running HCU.
+pub struct Hcu {
+    pub mserv: Mserv,
+    /// `stores[i]` is named `store-{i+1}`.
+    pub stores: Vec<Ustore>,
+    /// The smtp-in process, once started.
+    pub smtp: Option<Proc>,
+    /// Where smtp-in listens for SMTP and for admin HTTP (fixed before it starts).
+    pub smtp_addr: SocketAddr,
+    pub smtp_admin: SocketAddr,
+    /// A member index client without cache.
+    pub client: mserv::Client,
+    pub opts: HcuOpts,
+    pools: Vec<Arc<StorePool>>,
+    dir: tempfile::TempDir,
+}
+
+impl Hcu {
+    /// Start mserv, the stores (registered as active members of [`CLUSTER`]) and, unless
+    /// `opts.start_smtp` is false, smtp-in; returns once everything is healthy.
+    pub async fn start(opts: HcuOpts) -> anyhow::Result<Hcu> {
+        raise_fd_limit();
+        let mserv = Mserv::start(MservOpts {
+            replicas: opts.mserv_replicas,
+            ..Default::default()
+        })
+        .await?;
+        let client = mserv.client();
+        let mut stores = Vec::new();
+        let mut pools = Vec::new();
+        for i in 1..=opts.stores {
+            let s = Ustore::start(UstoreOpts {
+                name: format!("store-{i}"),
+                segments: opts.segments_per_store,
+                ..Default::default()
+            })
+            .await?;
+            client
+                .register_store(StoreInfo {
+                    name: s.proc.name.clone(),
+                    xfs_addr: s.addr.to_string(),
+                    cluster: CLUSTER.into(),
+                    segments: (0..opts.segments_per_store).collect(),
+                    state: StoreState::Active,
+                })
+                .await
+                .with_context(|| format!("registering store-{i}"))?;
+            pools.push(Arc::new(s.pool()));
+            stores.push(s);
+        }
+        let mut hcu = Hcu {
+            mserv,
+            stores,
+            smtp: None,
+            smtp_addr: free_addr(),
+            smtp_admin: free_addr(),
+            client,
+            opts,
+            pools,
+            dir: tempfile::tempdir()?,
+        };
+        if hcu.opts.start_smtp {
+            hcu.start_smtp().await?;
+        }
+        Ok(hcu)
+    }
+
+    /// Start smtp-in (on [`Hcu::smtp_addr`]) and wait until its `/healthz` answers 200.
+    pub async fn start_smtp(&mut self) -> anyhow::Result<()> {
+        let cfg = self
+            .opts
+            .smtp_config(self.smtp_addr, self.smtp_admin, &self.mserv.addrs());
+        let mut p = Proc::start("smtp-in", "smtp-in", self.dir.path(), &cfg, self.smtp_admin)?;
+        p.wait_healthy(Duration::from_secs(60)).await?;
+        self.smtp = Some(p);
+        Ok(())
+    }
+
+    /// The smtp-in process (to kill -9, restart or terminate it).
+    pub fn smtp_proc(&mut self) -> &mut Proc {
+        self.smtp.as_mut().expect("smtp-in was not started")
+    }
+
+    /// The store named `name`.
+    pub fn store(&mut self, name: &str) -> &mut Ustore {
+        let i = self.store_index(name);
+        &mut self.stores[i]
+    }
+
+    /// The names of the stores, in order.
+    pub fn store_names(&self) -> Vec<String> {
+        self.stores.iter().map(|s| s.proc.name.clone()).collect()
+    }
+
+    fn store_index(&self, name: &str) -> usize {
+        self.stores
+            .iter()
+            .position(|s| s.proc.name == name)
+            .unwrap_or_else(|| panic!("no store named {name}"))
+    }
+
+    /// Place `user` on the least-loaded store and create the account there.
+    pub async fn add_user(&self, user: &str) -> anyhow::Result<Placement> {
+        self.add_user_with(user, Policy::LeastLoaded).await
+    }
+
+    /// Place `user` on `store`/`segment` and create the account there.
+    pub async fn add_user_on(
+        &self,
+        user: &str,
+        store: &str,
+        segment: u32,
+    ) -> anyhow::Result<Placement> {
+        let policy = Policy::Explicit {
+            store: store.into(),
+            segment,
+        };
+        self.add_user_with(user, policy).await
+    }
+
+    async fn add_user_with(&self, user: &str, policy: Policy) -> anyhow::Result<Placement> {
+        let p = self
+            .client
+            .create_user(user, policy)
+            .await
+            .with_context(|| format!("placing {user}"))?;
+        let op = Op::CreateAccount {
+            target: Target::new(user, p.segment, p.epoch),
+            account: NewAccount {
+                password_hash: "x".into(),
+                display_name: user.into(),
+                quota_bytes: 0,
+            },
+        };
+        match self.call(&p.store, op).await {
+            Ok(_) | Err(CallError::Remote(XfsError::AlreadyExists { .. })) => Ok(p),
+            Err(e) => Err(e).with_context(|| format!("creating the account of {user}")),
+        }
+    }
+
+    /// Call the store named `store`, retrying transient failures for up to 30 s (a restarted
+    /// store takes a moment to come back). Only for idempotent operations.
+    pub async fn call(&self, store: &str, op: Op) -> Result<Reply, CallError> {
+        let pool = &self.pools[self.store_index(store)];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match pool.call(op.clone()).await {
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Every message in `user`'s Inbox with its stored bytes, oldest first.
+    pub async fn inbox(&self, user: &str) -> anyhow::Result<Vec<(IndexEntry, Vec<u8>)>> {
+        let (p, entries) = self.inbox_entries(user).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let op = Op::Fetch {
+                target: Target::new(user, p.segment, p.epoch),
+                msg: e.msg,
+                mark_seen: false,
+            };
+            match self.call(&p.store, op).await? {
+                Reply::Message(m) => out.push((m.entry, m.body)),
+                other => bail!("fetch answered {other:?}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index entries of `user`'s Inbox, oldest first, with the user's placement.
+    pub async fn inbox_entries(&self, user: &str) -> anyhow::Result<(Placement, Vec<IndexEntry>)> {
+        let p = self
+            .client
+            .lookup(user)
+            .await
+            .with_context(|| format!("looking up {user}"))?;
+        let mut entries = Vec::new();
+        let mut before_uid = None;
+        loop {
+            let op = Op::ListFolder {
+                target: Target::new(user, p.segment, p.epoch),
+                folder: INBOX.into(),
+                offset: 0,
+                limit: 500,
+                before_uid,
+            };
+            let page = match self.call(&p.store, op).await? {
+                Reply::Page(page) => page,
+                other => bail!("list_folder answered {other:?}"),
+            };
+            let Some(last) = page.entries.last() else {
+                break;
+            };
+            before_uid = Some(last.uid);
+            entries.extend(page.entries);
+        }
+        entries.reverse();
+        Ok((p, entries))
+    }
+
+    /// How many messages `user`'s Inbox holds (the folder's own count).
+    pub async fn inbox_count(&self, user: &str) -> anyhow::Result<u64> {
+        let p = self.client.lookup(user).await?;
+        let op = Op::ListFolder {
+            target: Target::new(user, p.segment, p.epoch),
+            folder: INBOX.into(),
+            offset: 0,
+            limit: 0,
+            before_uid: None,
+        };
+        match self.call(&p.store, op).await? {
+            Reply::Page(page) => Ok(page.folder.total.into()),
+            other => bail!("list_folder answered {other:?}"),
+        }
+    }
+
+    /// smtp-in's `/metrics` text.
+    pub async fn smtp_metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = crate::http_get(self.smtp_admin, "/metrics").await?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(body)
+    }
+
+    /// The value of one sample on smtp-in's `/metrics` (`name{labels}` exactly as printed, e.g.
+    /// `smtp_messages_total{result="accepted"}`), 0 when absent.
+    pub async fn smtp_metric(&self, sample: &str) -> anyhow::Result<f64> {
+        Ok(metric_value(&self.smtp_metrics().await?, sample).unwrap_or(0.0))
+    }
+}
+
+/// The value of `sample` (a metric name with its labels, as printed) in Prometheus text.
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The message as its sender handed it over: the stored bytes without the first header (the
+/// `Received:` trace header the receiver prepends), folded continuation lines included.
+pub fn strip_trace_header(stored: &[u8]) -> &[u8] {
+    let mut rest = stored;
+    let mut first = true;
+    loop {
+        let starts_folded = matches!(rest.first(), Some(b' ' | b'\t'));
+        if !first && !starts_folded {
+            return rest;
+        }
+        first = false;
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => rest = &rest[i + 1..],
+            None => return &[],
+        }
+    }
+}
+
+/// Raise this process's open-file limit to its hard limit (children inherit it), so a test can
+/// hold a thousand connections and the servers can accept them.
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+impl Drop for Hcu {
+    /// A failing test shows the end of smtp-in's and every store's log (mserv prints its own).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(p) = &self.smtp {
+                eprintln!("--- smtp-in log tail:\n{}", p.log_tail());
+            }
+            for s in &self.stores {
+                eprintln!("--- {} log tail:\n{}", s.proc.name, s.proc.log_tail());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_one_folded_header() {
+        let stored = b"Received: from x\r\n\tby y;\r\n  date\r\nFrom: a\r\n\r\nbody\r\n";
+        assert_eq!(strip_trace_header(stored), b"From: a\r\n\r\nbody\r\n");
+        assert_eq!(strip_trace_header(b"Received: x\r\n"), b"");
+    }
+
+    #[test]
+    fn reads_a_labelled_sample() {
+        let text = "# HELP x\nsmtp_messages_total{result=\"accepted\"} 12\n\
+                    smtp_messages_total{result=\"deferred\"} 3\n";
+        assert_eq!(
+            metric_value(text, "smtp_messages_total{result=\"deferred\"}"),
+            Some(3.0)
+        );
+        assert_eq!(metric_value(text, "nope"), None);
+    }
+}

@@ -1,0 +1,221 @@
+//! `mailctl up` as a test fixture: a whole HCU (3 mserv, 2 ustore, 2 frontdoor, 1 login, 1
+//! smtp-in) supervised by the real `mailctl`, on free loopback ports and a temporary directory,
+//! and the other mailctl commands run against it as an operator would type them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{bin, bin_dir, ensure_built, free_addr};
+
+/// A running `mailctl up` on a temporary directory with free loopback ports.
+pub struct Up {
+    child: Option<Child>,
+    pub data: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+pub fn layout(dir: &Path) -> PathBuf {
+    // Nineteen distinct free ports (a port freed by one probe may be handed out again).
+    let mut ports = std::collections::BTreeSet::new();
+    while ports.len() < 19 {
+        ports.insert(free_addr());
+    }
+    let mut ports = ports.into_iter();
+    let mut next = || ports.next().expect("enough ports");
+    let mut text = String::from(
+        "cluster = \"hcu-1\"\ndomains = [\"megamail.test\"]\nhostname = \"mx.megamail.test\"\n\n",
+    );
+    text.push_str(&format!(
+        "[supervisor]\nadmin = \"{}\"\nrestart-backoff-base-ms = 100\nrestart-backoff-cap-ms = 1000\nstop-timeout-secs = 10\n\n",
+        next()
+    ));
+    for table in [
+        "[mserv]",
+        "[mserv]",
+        "[mserv]",
+        "[frontdoor]",
+        "[frontdoor]",
+        "login",
+        "smtp-in",
+    ] {
+        let (listen, admin) = (next(), next());
+        text.push_str(&format!(
+            "[{table}]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\n\n"
+        ));
+    }
+    for i in 1..=2 {
+        let (listen, admin) = (next(), next());
+        text.push_str(&format!(
+            "[[ustore]]\nname = \"store-{i}\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\nsegments = 2\n\n"
+        ));
+    }
+    let path = dir.join("layout.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn mailctl(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(bin("mailctl"));
+    cmd.arg("--data").arg(data).args(args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("mailctl runs");
+    if let Some(text) = stdin {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn ok(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "mailctl failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+impl Up {
+    pub async fn start() -> Up {
+        ensure_built();
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = layout(tmp.path());
+        let data = tmp.path().join("data");
+        let log = std::fs::File::create(tmp.path().join("up.log")).unwrap();
+        let child = Command::new(bin("mailctl"))
+            .arg("--data")
+            .arg(&data)
+            .arg("up")
+            .arg("--config")
+            .arg(&layout)
+            .env("MEGAMAIL_BIN_DIR", bin_dir())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut up = Up {
+            child: Some(child),
+            data,
+            _tmp: tmp,
+        };
+        up.wait_all_ok(Duration::from_secs(120)).await;
+        up
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._tmp.path().join("up.log")).unwrap_or_default()
+    }
+
+    pub fn endpoints(&self) -> Value {
+        let text = std::fs::read_to_string(self.data.join("endpoints.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub fn status(&self) -> Vec<Value> {
+        let out = mailctl(&self.data, &["--json", "status"], None);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    pub async fn wait_all_ok(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("mailctl up exited with {st}:\n{}", self.log());
+            }
+            if self.data.join("endpoints.json").exists() {
+                let rows = self.status();
+                if rows.len() == 10 && rows.iter().all(|r| r["state"] == "ok") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not all healthy:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub fn pid_of(&self, name: &str) -> i32 {
+        let rows = self.status();
+        let row = rows.iter().find(|r| r["name"] == name).unwrap();
+        row["pid"].as_i64().expect("pid") as i32
+    }
+
+    /// Run `mailctl probe` until it succeeds; how long it took.
+    pub async fn probe_until_ok(&self, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let out = mailctl(&self.data, &["--json", "probe"], None);
+            if out.status.success() {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "probe still failing after {timeout:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: SIGTERM to our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("mailctl up did not exit after SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Its children die with it (PR_SET_PDEATHSIG).
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A socket address written as a JSON string.
+pub fn addr(v: &Value) -> SocketAddr {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// The address of an `http://host:port` URL.
+pub fn url_addr(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,250 @@
+//! The web tier in tests: the `login` server as a process, a stand-in front door whose health
+//! answer can be switched, accounts with real passwords, and HTTP clients that do not follow
+//! redirects (from a chosen loopback address when a test needs several clients).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use mserv::Placement;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use xfs::{AccountInfo, Op, Reply, Target};
+
+use crate::hcu::{metric_value, Hcu};
+use crate::{free_addr, http_get, Proc};
+
+/// The session key every test login server and test check uses.
+pub const KEY_ID: &str = "test-1";
+pub const KEY_SECRET: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
+
+/// The keys a test login server signs with.
+pub fn keys() -> login::token::Keys {
+    login::token::Keys::new(KEY_ID, &[(KEY_ID.into(), KEY_SECRET.into())]).expect("test key")
+}
+
+/// How a test login server is configured.
+#[derive(Debug, Clone)]
+pub struct LoginOpts {
+    pub cookie_secure: bool,
+    pub session_ttl_secs: u64,
+    pub max_failures_per_user: u32,
+    pub max_failures_per_client: u32,
+    pub failure_window_secs: u64,
+    /// More TOML appended at the end (after `[admin]`: tables only).
+    pub extra: String,
+}
+
+impl Default for LoginOpts {
+    fn default() -> Self {
+        LoginOpts {
+            cookie_secure: true,
+            session_ttl_secs: 3600,
+            max_failures_per_user: 5,
+            max_failures_per_client: 20,
+            failure_window_secs: 300,
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running login server.
+pub struct Login {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    /// `http://addr`, no trailing slash.
+    pub base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Login {
+    /// Start login against the member index at `mserv` and wait until it is healthy.
+    pub async fn start(mserv: &[String], opts: LoginOpts) -> anyhow::Result<Login> {
+        let addr = free_addr();
+        let admin = free_addr();
+        let base = format!("http://{addr}");
+        let list = mserv
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cfg = format!(
+            "listen = \"{addr}\"\npublic-url = \"{base}\"\nmserv = [{list}]\n\
+             current-key = \"{KEY_ID}\"\nsession-ttl-secs = {}\ncookie-secure = {}\n\
+             max-failures-per-user = {}\nmax-failures-per-client = {}\n\
+             failure-window-secs = {}\n\n[[keys]]\nid = \"{KEY_ID}\"\nsecret = \"{KEY_SECRET}\"\n\n\
+             [admin]\nlisten = \"{admin}\"\n\n{}\n",
+            opts.session_ttl_secs,
+            opts.cookie_secure,
+            opts.max_failures_per_user,
+            opts.max_failures_per_client,
+            opts.failure_window_secs,
+            opts.extra,
+        );
+        let dir = tempfile::tempdir()?;
+        let mut proc = Proc::start("login", "login", dir.path(), &cfg, admin)?;
+        proc.wait_healthy(Duration::from_secs(60)).await?;
+        Ok(Login {
+            proc,
+            addr,
+            base,
+            _dir: dir,
+        })
+    }
+
+    /// The URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The value of one sample on the admin port's `/metrics`, 0 when absent.
+    pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let (status, body) = http_get(self.proc.admin, "/metrics").await?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(metric_value(&body, sample).unwrap_or(0.0))
+    }
+}
+
+impl Drop for Login {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- login log tail:\n{}", self.proc.log_tail());
+        }
+    }
+}
+
+/// A stand-in front door: answers `GET /healthz` (and anything else) with a settable status,
+/// after a settable delay. Stops when dropped.
+pub struct StubFrontDoor {
+    /// `http://addr`.
+    pub base: String,
+    status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StubFrontDoor {
+    pub async fn start(status: u16) -> anyhow::Result<StubFrontDoor> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let status = Arc::new(AtomicU16::new(status));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (st, dl) = (status.clone(), delay_ms.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (st, dl) = (st.clone(), dl.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(dl.load(Ordering::SeqCst))).await;
+                    let code = st.load(Ordering::SeqCst);
+                    let body = if code == 200 { "ok" } else { "unhealthy" };
+                    let reply = format!(
+                        "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(reply.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Ok(StubFrontDoor {
+            base,
+            status,
+            delay_ms,
+            task,
+        })
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Drop for StubFrontDoor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A base URL where nothing listens.
+pub fn dead_front_door() -> String {
+    format!("http://{}", free_addr())
+}
+
+/// Place `user` on `store`/`segment`, create the account, and set its password (which bumps
+/// the session generation).
+pub async fn add_user_with_password(
+    hcu: &Hcu,
+    user: &str,
+    store: &str,
+    segment: u32,
+    password: &str,
+) -> anyhow::Result<Placement> {
+    let p = hcu.add_user_on(user, store, segment).await?;
+    set_password(hcu, user, password).await?;
+    Ok(p)
+}
+
+/// Change `user`'s password at their store.
+pub async fn set_password(hcu: &Hcu, user: &str, password: &str) -> anyhow::Result<()> {
+    let p = hcu.client.lookup(user).await?;
+    let hash = login::password::hash(password).map_err(anyhow::Error::msg)?;
+    let op = Op::UpdateAccount {
+        target: Target::new(user, p.segment, p.epoch),
+        display_name: None,
+        password_hash: Some(hash),
+        quota_bytes: None,
+    };
+    hcu.call(&p.store, op)
+        .await
+        .with_context(|| format!("setting the password of {user}"))?;
+    Ok(())
+}
+
+/// `user`'s account record at their store.
+pub async fn account(hcu: &Hcu, user: &str) -> anyhow::Result<AccountInfo> {
+    let p = hcu.client.lookup(user).await?;
+    let op = Op::GetAccount {
+        target: Target::new(user, p.segment, p.epoch),
+    };
+    match hcu.call(&p.store, op).await? {
+        Reply::Account(a) => Ok(a),
+        other => bail!("get_account answered {other:?}"),
+    }
+}
+
+/// An HTTP client that does not follow redirects.
+pub fn client() -> reqwest::Client {
+    client_builder().build().expect("http client")
+}
+
+/// An HTTP client that connects from `local` (any 127.x.y.z address works on loopback).
+pub fn client_from(local: IpAddr) -> reqwest::Client {
+    client_builder()
+        .local_address(local)
+        .build()
+        .expect("http client")
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+}

@@ -1,0 +1,219 @@
+//! `mailctl up` runs a whole HCU (3 mserv, 2 ustore, 2 frontdoor, 1 login, 1 smtp-in) as real
+//! processes; the other mailctl commands run against it, as an operator would type them.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use mailctl::http;
+use megamail_tests::free_addr;
+use megamail_tests::up::{addr, mailctl, ok, url_addr, Up};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_every_role_and_a_new_user_gets_mail_through_smtp_and_the_api() {
+    let up = Up::start().await;
+    let e = up.endpoints();
+    // Every role answers its health check.
+    let rows = up.status();
+    let roles: Vec<&str> = rows.iter().map(|r| r["role"].as_str().unwrap()).collect();
+    for (role, n) in [
+        ("mailctl", 1),
+        ("mserv", 3),
+        ("ustore", 2),
+        ("frontdoor", 2),
+        ("login", 1),
+        ("smtp-in", 1),
+    ] {
+        assert_eq!(roles.iter().filter(|r| **r == role).count(), n, "{role}");
+    }
+    assert_eq!(
+        rows.iter().filter(|r| r["raft_role"] == "leader").count(),
+        1,
+        "{rows:?}"
+    );
+    // The human table says the same.
+    let table = ok(&mailctl(&up.data, &["status"], None));
+    assert!(
+        table.contains("frontdoor-2") && table.contains("leader"),
+        "{table}"
+    );
+
+    // Users: add (password on stdin), show, passwd; bad input is refused clearly.
+    ok(&mailctl(
+        &up.data,
+        &["user", "add", "carol@megamail.test", "--store", "store-2:1"],
+        Some("first-password\n"),
+    ));
+    let again = mailctl(
+        &up.data,
+        &["user", "add", "carol@megamail.test"],
+        Some("x\n"),
+    );
+    assert!(!again.status.success());
+    let foreign = mailctl(
+        &up.data,
+        &["user", "add", "dave@elsewhere.test"],
+        Some("x\n"),
+    );
+    assert!(!foreign.status.success());
+    assert!(String::from_utf8_lossy(&foreign.stderr).contains("domain"));
+    let empty = mailctl(&up.data, &["user", "add", "erin@megamail.test"], Some(""));
+    assert!(!empty.status.success());
+    let show: Value = serde_json::from_slice(
+        &mailctl(
+            &up.data,
+            &["--json", "user", "show", "carol@megamail.test"],
+            None,
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        (show["store"].as_str(), show["segment"].as_u64()),
+        (Some("store-2"), Some(1))
+    );
+    ok(&mailctl(
+        &up.data,
+        &["user", "passwd", "carol@megamail.test"],
+        Some("second-password\n"),
+    ));
+
+    // Mail in through SMTP ...
+    let smtp = addr(&e["smtp"]);
+    let script = "import smtplib,sys\ns=smtplib.SMTP(sys.argv[1],int(sys.argv[2]),timeout=20)\ns.sendmail('a@remote.test',['carol@megamail.test'],b'Subject: via mailctl up\\r\\nMessage-ID: <up@remote.test>\\r\\n\\r\\nhello carol\\r\\n')\ns.quit()\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(smtp.ip().to_string())
+        .arg(smtp.port().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // ... read through the JSON API after signing in with the new password.
+    let login = url_addr(e["login_url"].as_str().unwrap());
+    let body = r#"{"user":"carol@megamail.test","password":"second-password"}"#;
+    let a = http::request(
+        login,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let session = a.json().unwrap();
+    let door = url_addr(session["front_door"].as_str().unwrap());
+    let auth = format!("Bearer {}", session["token"].as_str().unwrap());
+    let a = http::request(
+        door,
+        "GET",
+        "/api/v1/folders/Inbox/messages?offset=0&limit=10",
+        &[("Authorization", auth.as_str())],
+        b"",
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&a.body);
+    assert_eq!(a.status, 200, "{text}");
+    assert!(text.contains("via mailctl up"), "{text}");
+
+    // Stores: list, drain (new users avoid it), add refuses a store that does not answer.
+    ok(&mailctl(&up.data, &["store", "drain", "store-1"], None));
+    let list = ok(&mailctl(&up.data, &["store", "list"], None));
+    assert!(list.contains("draining"), "{list}");
+    for u in ["f1", "f2", "f3"] {
+        let out = ok(&mailctl(
+            &up.data,
+            &["--json", "user", "add", &format!("{u}@megamail.test")],
+            Some("pw\n"),
+        ));
+        assert!(out.contains("store-2"), "{out}");
+    }
+    let gone = free_addr().to_string();
+    let bad = mailctl(&up.data, &["store", "add", "store-9", "--xfs", &gone], None);
+    assert!(!bad.status.success());
+    ok(&mailctl(
+        &up.data,
+        &["user", "del", "f3@megamail.test"],
+        None,
+    ));
+    assert!(
+        !mailctl(&up.data, &["user", "show", "f3@megamail.test"], None)
+            .status
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_killed_with_9_is_restarted_and_the_probe_passes_again() {
+    let mut up = Up::start().await;
+    let first = up.probe_until_ok(Duration::from_secs(30)).await;
+    println!("first probe ok after {first:?}");
+    for name in [
+        "mserv-1",
+        "store-1",
+        "store-2",
+        "smtp-in",
+        "login",
+        "frontdoor-1",
+        "frontdoor-2",
+    ] {
+        let pid = up.pid_of(name);
+        // SAFETY: SIGKILL to a process the test's supervisor started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let t = up.probe_until_ok(Duration::from_secs(60)).await;
+        println!("{name} (pid {pid}) killed: probe ok again after {t:?}");
+        up.wait_all_ok(Duration::from_secs(60)).await;
+        assert_ne!(up.pid_of(name), pid, "{name} was not restarted");
+    }
+    let (status, metrics) =
+        megamail_tests::http_get(addr(&up.endpoints()["supervisor_admin"]), "/metrics")
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("mailctl_restarts_total{name=\"smtp-in\",role=\"smtp-in\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_child_and_frees_every_port() {
+    let mut up = Up::start().await;
+    let e = up.endpoints();
+    let pids: Vec<i32> = up
+        .status()
+        .iter()
+        .filter_map(|r| r["pid"].as_i64())
+        .map(|p| p as i32)
+        .collect();
+    assert_eq!(pids.len(), 10);
+    let st = up.terminate();
+    assert!(st.success(), "{st}:\n{}", up.log());
+    for pid in pids {
+        // SAFETY: signal 0 only checks existence.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "pid {pid} still running");
+    }
+    let mut addrs: Vec<SocketAddr> = vec![addr(&e["supervisor_admin"])];
+    for p in e["processes"].as_array().unwrap() {
+        addrs.push(addr(&p["listen"]));
+        addrs.push(addr(&p["admin"]));
+    }
+    for a in addrs {
+        assert!(
+            std::net::TcpListener::bind(a).is_ok(),
+            "{a} still taken after mailctl up stopped"
+        );
+    }
+}
