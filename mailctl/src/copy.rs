@@ -145,22 +145,35 @@ fn chunk_bytes(c: &ExportChunk) -> u64 {
         .sum()
 }
 
-/// Copy bodies from `after` to the end; the cursor to continue from next time, and the bytes
-/// copied. `progress` is told every chunk's size.
+/// A body's key.
+pub type BodyKey = Vec<u8>;
+
+/// What a pass of [`copy_bodies`] did.
+pub struct Copied {
+    /// Where the next pass continues.
+    pub cursor: Option<ExportCursor>,
+    pub bytes: u64,
+    /// The keys of the bodies copied.
+    pub keys: BTreeSet<BodyKey>,
+}
+
+/// Copy bodies from `after` to the end. `progress` is told every chunk's size.
 pub async fn copy_bodies(
     src: &Side,
     dst: &Side,
     mut after: Option<ExportCursor>,
     rate: &Rate,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> anyhow::Result<(Option<ExportCursor>, u64)> {
+) -> anyhow::Result<Copied> {
     let mut copied = 0;
+    let mut keys = BTreeSet::new();
     loop {
         let chunk = src.export(ExportPart::Bodies, after.clone(), false).await?;
         let n = chunk_bytes(&chunk);
         let last = chunk.records.last().map(|r| (r.cf.clone(), r.key.clone()));
         if !chunk.records.is_empty() {
             rate.take(n).await;
+            keys.extend(chunk.records.iter().map(|r| r.key.clone()));
             dst.import(chunk.records, Vec::new(), false).await?;
             copied += n;
             progress(n);
@@ -169,27 +182,62 @@ pub async fn copy_bodies(
             after = last;
         }
         if chunk.next.is_none() {
-            return Ok((after, copied));
+            return Ok(Copied {
+                cursor: after,
+                bytes: copied,
+                keys,
+            });
         }
     }
 }
 
-/// Replace every non-body record at the target by the source's; bytes copied.
-pub async fn copy_records(src: &Side, dst: &Side) -> anyhow::Result<u64> {
+/// Replace every non-body record at the target by the source's; the bytes copied, and the keys of
+/// the bodies the mailbox holds (a body's key is its location record's key).
+pub async fn copy_records(src: &Side, dst: &Side) -> anyhow::Result<(u64, BTreeSet<BodyKey>)> {
     let mut after = None;
     let mut first = true;
     let mut copied = 0;
+    let mut live = BTreeSet::new();
     loop {
         let chunk = src.export(ExportPart::Records, after, false).await?;
         copied += chunk_bytes(&chunk);
+        live.extend(
+            chunk
+                .records
+                .iter()
+                .filter(|r| r.cf == "msgloc")
+                .map(|r| r.key.clone()),
+        );
         let next = chunk.next.clone();
         dst.import(chunk.records, Vec::new(), first).await?;
         first = false;
         match next {
             Some(n) => after = Some(n),
-            None => return Ok(copied),
+            None => return Ok((copied, live)),
         }
     }
+}
+
+/// Every body key the target holds (reads the target's bodies: run it before a freeze).
+pub async fn body_keys(side: &Side) -> anyhow::Result<BTreeSet<BodyKey>> {
+    Ok(side
+        .keys(ExportPart::Bodies)
+        .await?
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect())
+}
+
+/// Delete these bodies at the target.
+pub async fn delete_bodies(dst: &Side, keys: Vec<BodyKey>) -> anyhow::Result<()> {
+    for part in keys.chunks(10_000) {
+        let delete = part
+            .iter()
+            .map(|k| ("body".to_string(), k.clone()))
+            .collect();
+        dst.import(Vec::new(), delete, false).await?;
+    }
+    Ok(())
 }
 
 /// Delete at the target the bodies the source no longer has; how many.
@@ -209,7 +257,7 @@ pub async fn verify(src: &Side, dst: &Side) -> anyhow::Result<MailboxDigest> {
     let (a, b) = tokio::try_join!(src.digest(), dst.digest())?;
     if a != b {
         bail!(
-            "the copies differ: source {} messages {} records {} body bytes, target {} / {} / {}",
+            "the copies differ: source {} messages, {} records, {} body bytes; target {} / {} / {}",
             a.messages,
             a.records,
             a.body_bytes,

@@ -375,7 +375,7 @@ async fn run_migrate(
     }
     let to = args.to.as_deref().map(split_to).transpose()?;
     // (user, target or None to continue a kept move)
-    let plan: Vec<(String, Option<(String, Option<u32>)>)> = match (&args.user, &args.from) {
+    let plan: Vec<(String, Option<migrate::Dest>)> = match (&args.user, &args.from) {
         (Some(u), None) => {
             if to.is_none() && migrate::pending_jobs(data)?.iter().all(|j| &j.user != u) {
                 bail!("--to is needed: {u} has no unfinished move to continue");
@@ -424,23 +424,22 @@ async fn run_migrate(
     }
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.parallel));
     let mut results = Vec::new();
-    let hcu_ref = hcu;
-    let data_ref = data;
+    let run = migrate::Run {
+        hcu,
+        data,
+        opts: &opts,
+        rate: &rate,
+        progress: &progress,
+        stop: &stop,
+    };
     let tasks = plan.into_iter().map(|(user, to)| {
-        let (sem, progress, rate, stop, opts) = (
-            sem.clone(),
-            progress.clone(),
-            rate.clone(),
-            stop.clone(),
-            &opts,
-        );
+        let (sem, progress, stop, run) = (sem.clone(), progress.clone(), stop.clone(), &run);
         async move {
             let _permit = sem.acquire().await.expect("semaphore open");
             if stop.load(Ordering::SeqCst) {
                 return (user, Err(anyhow::anyhow!("not started: stopped")));
             }
-            let r = migrate::move_user(hcu_ref, data_ref, &user, to, opts, &rate, &progress, &stop)
-                .await;
+            let r = migrate::move_user(run, &user, to).await;
             match &r {
                 Ok(_) => progress.done.fetch_add(1, Ordering::Relaxed),
                 Err(_) => progress.failed.fetch_add(1, Ordering::Relaxed),

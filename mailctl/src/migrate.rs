@@ -77,6 +77,29 @@ pub struct Options {
     pub grace: Duration,
 }
 
+/// Fault injection for tests: with `MAILCTL_CRASH_AT=<point>` in the environment the process
+/// aborts at that point, as a kill -9 would stop it.
+fn crash_point(point: &str) {
+    if std::env::var("MAILCTL_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("mailctl: crashing at {point} (MAILCTL_CRASH_AT)");
+        std::process::abort();
+    }
+}
+
+/// The points [`crash_point`] knows, in the order a move passes them.
+pub const CRASH_POINTS: [&str; 10] = [
+    "begun",
+    "copied",
+    "caught-up",
+    "frozen",
+    "final-bodies",
+    "verified",
+    "committed",
+    "live",
+    "redirected",
+    "purging",
+];
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -261,17 +284,30 @@ async fn xfs_ok(side: &Side, op: Op) -> anyhow::Result<Reply> {
         .with_context(|| format!("at {}", side.store))
 }
 
+/// A destination: a store, and a segment or the least loaded one.
+pub type Dest = (String, Option<u32>);
+
+/// What every move of a run shares.
+pub struct Run<'a> {
+    pub hcu: &'a Hcu,
+    pub data: &'a Path,
+    pub opts: &'a Options,
+    pub rate: &'a Rate,
+    pub progress: &'a Progress,
+    /// Set on Ctrl-C: moves not yet frozen stop; frozen ones finish.
+    pub stop: &'a AtomicBool,
+}
+
 /// Run or continue the move of `user` to `to` (`None`: continue its kept job).
-pub async fn move_user(
-    hcu: &Hcu,
-    data: &Path,
-    user: &str,
-    to: Option<(String, Option<u32>)>,
-    opts: &Options,
-    rate: &Rate,
-    progress: &Progress,
-    stop: &AtomicBool,
-) -> anyhow::Result<Done> {
+pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::Result<Done> {
+    let Run {
+        hcu,
+        data,
+        opts,
+        rate,
+        progress,
+        stop,
+    } = *run;
     let user = mserv::normalize_user(user)?;
     let stores = hcu.mserv.list_stores().await?;
     let p = hcu.mserv.lookup_uncached(&user).await?;
@@ -328,7 +364,8 @@ pub async fn move_user(
     }
     let committed =
         p.store == job.to_store && p.segment == job.to_segment && p.epoch == job.epoch + 1;
-    if !committed && !(p.store == job.from_store && p.epoch == job.epoch) {
+    let untouched = p.store == job.from_store && p.epoch == job.epoch;
+    if !committed && !untouched {
         bail!(
             "the index moved {user} elsewhere meanwhile ({} segment {} epoch {}); this move is abandoned: remove {} after checking both stores",
             p.store,
@@ -378,16 +415,26 @@ pub async fn move_user(
             Ok(_) => {}
             Err(e) => return Err(e).context(format!("beginning the copy at {}", job.to_store)),
         }
-        // (1) bulk copy, (2) catch-up.
-        let (cursor, n) = copy::copy_bodies(&src, &dst, job.cursor.clone(), rate, &count).await?;
-        bytes += n;
-        job.cursor = cursor;
+        crash_point("begun");
+        // (1) bulk copy, (2) catch-up: new bodies, every record, and the bodies the source
+        // expunged meanwhile, all while the user keeps working.
+        let bulk = copy::copy_bodies(&src, &dst, job.cursor.clone(), rate, &count).await?;
+        bytes += bulk.bytes;
+        job.cursor = bulk.cursor;
         save(data, &job)?;
-        bytes += copy::copy_records(&src, &dst).await?;
+        crash_point("copied");
+        let (n, live) = copy::copy_records(&src, &dst).await?;
+        bytes += n;
+        let mut held = copy::body_keys(&dst).await?;
+        let gone: Vec<_> = held.difference(&live).cloned().collect();
+        copy::delete_bodies(&dst, gone).await?;
+        held.retain(|k| live.contains(k));
+        crash_point("caught-up");
         if stop.load(Ordering::SeqCst) {
             bail!("stopped before the freeze; a rerun continues");
         }
-        // (3) freeze, (4) final delta and verification.
+        // (3) freeze, (4) the final delta and verification; nothing here reads a body but the
+        // few new ones, so the freeze stays short.
         job.step = Step::Frozen;
         save(data, &job)?;
         let frozen_at = Instant::now();
@@ -398,13 +445,17 @@ pub async fn move_user(
             },
         )
         .await?;
+        crash_point("frozen");
         let finalize = async {
-            let (cursor, n) =
-                copy::copy_bodies(&src, &dst, job.cursor.clone(), rate, &count).await?;
-            let m = copy::copy_records(&src, &dst).await?;
-            copy::drop_expunged_bodies(&src, &dst).await?;
+            let last = copy::copy_bodies(&src, &dst, job.cursor.clone(), rate, &count).await?;
+            crash_point("final-bodies");
+            let (m, live) = copy::copy_records(&src, &dst).await?;
+            held.extend(last.keys.iter().cloned());
+            let gone: Vec<_> = held.difference(&live).cloned().collect();
+            copy::delete_bodies(&dst, gone).await?;
             copy::verify(&src, &dst).await?;
-            anyhow::Ok((cursor, n + m))
+            crash_point("verified");
+            anyhow::Ok((last.cursor, last.bytes + m))
         }
         .await;
         let (cursor, n) = match finalize {
@@ -454,6 +505,7 @@ pub async fn move_user(
                 return Err(e).context("the index refused the move");
             }
         }
+        crash_point("committed");
         job.step = Step::Committed;
         save(data, &job)?;
         // (6) live at the target, redirect at the source.
@@ -464,6 +516,7 @@ pub async fn move_user(
             },
         )
         .await?;
+        crash_point("live");
         xfs_ok(
             &src,
             Op::MarkMoved {
@@ -474,6 +527,7 @@ pub async fn move_user(
         )
         .await?;
         freeze = Some(frozen_at.elapsed());
+        crash_point("redirected");
     } else {
         xfs_ok(
             &dst,
@@ -523,6 +577,7 @@ pub async fn purge_due(hcu: &Hcu, data: &Path) -> anyhow::Result<(usize, usize)>
             waiting += 1;
             continue;
         }
+        crash_point("purging");
         let src = hcu.xfs.pool(&store_addr(&stores, &job.from_store)?);
         let op = Op::Purge {
             target: Target::new(&job.user, job.from_segment, job.epoch),

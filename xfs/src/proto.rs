@@ -311,8 +311,8 @@ pub struct ExportChunk {
 }
 
 /// A summary of a mailbox's content that two copies must share: record counts and a sha256 over
-/// folders, index, locations, change log and bodies (not the account record, whose state and
-/// epoch differ, nor delivery ids, which expire on their own).
+/// folders, index (which holds each body's crc32 and size), locations and change log; not the
+/// account record, whose state and epoch differ, nor delivery ids, which expire on their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxDigest {
     pub messages: u64,
