@@ -63,6 +63,13 @@ pub async fn check_rcpt(ctx: &Ctx, user: &str, trace: &str) -> Result<Recipient,
                 "451 4.4.1 <{user}>: Mailbox store is offline, try again later"
             ));
         }
+        if ctx.verified.get(&route.user).await.is_some() {
+            metrics::RECIPIENTS.with_label_values(&["accepted"]).inc();
+            return Ok(Recipient {
+                user: route.user.clone(),
+                route,
+            });
+        }
         let op = Op::GetAccount {
             target: route.target(),
         };
@@ -83,6 +90,7 @@ pub async fn check_rcpt(ctx: &Ctx, user: &str, trace: &str) -> Result<Recipient,
                         return deferred(format!("452 4.2.2 <{user}>: Mailbox full"));
                     }
                     metrics::RECIPIENTS.with_label_values(&["accepted"]).inc();
+                    ctx.verified.insert(route.user.clone(), ()).await;
                     return Ok(Recipient {
                         user: route.user.clone(),
                         route,
@@ -205,6 +213,10 @@ pub async fn deliver_copy(
                     .await
             }
         };
+        if !matches!(answer, Ok(_)) {
+            // Whatever went wrong, the next RCPT for this user asks the store again.
+            ctx.verified.invalidate(&user).await;
+        }
         let pause = match answer {
             Ok(Reply::Delivered { duplicate, .. }) => {
                 let r = if duplicate { "duplicate" } else { "stored" };

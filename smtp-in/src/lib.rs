@@ -27,6 +27,9 @@ use tokio_rustls::TlsAcceptor;
 
 pub use config::SmtpInConfig;
 
+/// How long a recipient confirmed by its store is taken as deliverable without asking again.
+const VERIFIED_TTL: Duration = Duration::from_secs(5);
+
 /// What every session shares.
 pub struct Ctx {
     pub cfg: SmtpInConfig,
@@ -35,6 +38,9 @@ pub struct Ctx {
     pub tls: Option<TlsAcceptor>,
     pub faults: Arc<Faults>,
     pub deliver_timeout: Duration,
+    /// Recipients whose mailbox their store confirmed lately (active, not full): RCPT skips the
+    /// store for them. A delivery that finds otherwise drops the entry.
+    pub verified: moka::future::Cache<String, ()>,
     /// Retry pauses for unreachable stores: full jitter between these.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
@@ -169,6 +175,10 @@ pub async fn run_with(
     let drain = Duration::from_secs(cfg.drain_timeout_secs);
     let ctx = Arc::new(Ctx {
         deliver_timeout: Duration::from_secs(cfg.deliver_timeout_secs),
+        verified: moka::future::Cache::builder()
+            .max_capacity(1_000_000)
+            .time_to_live(VERIFIED_TTL)
+            .build(),
         backoff_base: Duration::from_millis(25),
         backoff_cap: Duration::from_secs(1),
         router,

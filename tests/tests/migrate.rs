@@ -526,7 +526,7 @@ async fn evacuating_a_store_under_load_loses_and_duplicates_nothing() {
         r.unwrap();
     }
     // Folders to keep: a few users file messages away.
-    for u in &users[2..12] {
+    for u in users[2..13].iter().filter(|u| !u.starts_with("evac009")) {
         let p = hcu.mserv.lookup_uncached(u).await.unwrap();
         let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await.unwrap());
         let t = Target::new(u, p.segment, p.epoch);
