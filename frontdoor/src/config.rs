@@ -2,9 +2,7 @@
 
 use std::net::SocketAddr;
 
-use runtime::config::{
-    validate_sections, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
-};
+use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 /// One session signing key: an id (named in every token it signs) and a hex secret.
@@ -168,18 +166,7 @@ impl Validate for FrontdoorConfig {
                 self.max_upload_bytes
             ));
         }
-        if let Err(e) = validate_sections(&[
-            ("log", &self.log),
-            ("admin", &self.admin),
-            ("faults", &self.faults),
-        ]) {
-            errs.push(e);
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("; "))
-        }
+        conclude(errs, &self.log, &self.admin, &self.faults)
     }
 }
 

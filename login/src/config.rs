@@ -2,9 +2,7 @@
 
 use std::net::SocketAddr;
 
-use runtime::config::{
-    validate_sections, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
-};
+use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 use crate::token::Keys;
@@ -128,18 +126,7 @@ impl Validate for LoginConfig {
         if self.failure_window_secs == 0 {
             errs.push("failure-window-secs: must be at least 1".into());
         }
-        if let Err(e) = validate_sections(&[
-            ("log", &self.log),
-            ("admin", &self.admin),
-            ("faults", &self.faults),
-        ]) {
-            errs.push(e);
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("; "))
-        }
+        conclude(errs, &self.log, &self.admin, &self.faults)
     }
 }
 

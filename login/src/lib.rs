@@ -51,12 +51,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bind the configured addresses and serve until `shutdown` triggers.
 pub async fn run(cfg: LoginConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding HTTP on {}", cfg.listen))?;
-    let admin = TcpListener::bind(cfg.admin.listen)
-        .await
-        .with_context(|| format!("binding the admin port on {}", cfg.admin.listen))?;
+    let (listener, admin) = runtime::net::bind_pair("HTTP", cfg.listen, cfg.admin.listen).await?;
     run_with(cfg, listener, admin, shutdown).await
 }
 

@@ -4,9 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use runtime::config::{
-    validate_sections, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
-};
+use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 use crate::proto::ReplicaId;
@@ -136,18 +134,7 @@ impl Validate for MservConfig {
         if self.max_frame_bytes < 64 * 1024 {
             errs.push("max-frame-bytes must be at least 65536".into());
         }
-        if let Err(e) = validate_sections(&[
-            ("log", &self.log),
-            ("admin", &self.admin),
-            ("faults", &self.faults),
-        ]) {
-            errs.push(e);
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("; "))
-        }
+        conclude(errs, &self.log, &self.admin, &self.faults)
     }
 }
 

@@ -52,12 +52,8 @@ openraft::declare_raft_types!(
 
 /// Bind the configured addresses and serve until `shutdown` triggers.
 pub async fn run(cfg: MservConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
-    let admin = TcpListener::bind(cfg.admin.listen)
-        .await
-        .with_context(|| format!("binding the admin port on {}", cfg.admin.listen))?;
+    let (listener, admin) =
+        runtime::net::bind_pair("the member index", cfg.listen, cfg.admin.listen).await?;
     run_with(cfg, listener, admin, shutdown).await
 }
 

@@ -71,6 +71,23 @@ pub fn validate_sections(sections: &[(&str, &dyn Validate)]) -> Result<(), Strin
     }
 }
 
+/// The end of a role's `validate`: the role's own reasons, then the common sections', joined.
+pub fn conclude(
+    mut reasons: Vec<String>,
+    log: &LogConfig,
+    admin: &AdminConfig,
+    faults: &FaultsConfig,
+) -> Result<(), String> {
+    if let Err(e) = validate_sections(&[("log", log), ("admin", admin), ("faults", faults)]) {
+        reasons.push(e);
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(reasons.join("; "))
+    }
+}
+
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -13,6 +13,7 @@ pub mod faults;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod shutdown;
 
 /// The version every process reports in its logs and in `/healthz`.

@@ -3,9 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use runtime::config::{
-    validate_sections, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
-};
+use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 /// A certificate and its key, both PEM; with them STARTTLS is offered.
@@ -138,18 +136,7 @@ impl Validate for SmtpInConfig {
                 }
             }
         }
-        if let Err(e) = validate_sections(&[
-            ("log", &self.log),
-            ("admin", &self.admin),
-            ("faults", &self.faults),
-        ]) {
-            errs.push(e);
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("; "))
-        }
+        conclude(errs, &self.log, &self.admin, &self.faults)
     }
 }
 

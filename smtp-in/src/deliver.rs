@@ -213,7 +213,7 @@ pub async fn deliver_copy(
                     .await
             }
         };
-        if !matches!(answer, Ok(_)) {
+        if answer.is_err() {
             // Whatever went wrong, the next RCPT for this user asks the store again.
             ctx.verified.invalidate(&user).await;
         }

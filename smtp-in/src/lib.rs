@@ -98,29 +98,9 @@ impl Drop for Slot {
     }
 }
 
-/// Let this process hold as many descriptors as its hard limit allows: every session is one.
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 /// Bind the configured addresses and serve until `shutdown` triggers.
 pub async fn run(cfg: SmtpInConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding SMTP on {}", cfg.listen))?;
-    let admin = TcpListener::bind(cfg.admin.listen)
-        .await
-        .with_context(|| format!("binding the admin port on {}", cfg.admin.listen))?;
+    let (listener, admin) = runtime::net::bind_pair("SMTP", cfg.listen, cfg.admin.listen).await?;
     run_with(cfg, listener, admin, shutdown).await
 }
 
@@ -132,7 +112,7 @@ pub async fn run_with(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     metrics::register();
-    raise_fd_limit();
+    runtime::net::raise_fd_limit();
     let faults = Arc::new(Faults::from_config(&cfg.faults));
     let health = Health::new("smtp-in");
     let admin_addr = admin.local_addr()?;

@@ -371,17 +371,7 @@ pub fn strip_trace_header(stored: &[u8]) -> &[u8] {
 /// Raise this process's open-file limit to its hard limit (children inherit it), so a test can
 /// hold a thousand connections and the servers can accept them.
 pub fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
+    runtime::net::raise_fd_limit();
 }
 
 impl Drop for Hcu {

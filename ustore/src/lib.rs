@@ -26,12 +26,7 @@ pub use store::Store;
 
 /// Bind the configured addresses and serve until `shutdown` triggers.
 pub async fn run(cfg: UstoreConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding XFS on {}", cfg.listen))?;
-    let admin = TcpListener::bind(cfg.admin.listen)
-        .await
-        .with_context(|| format!("binding the admin port on {}", cfg.admin.listen))?;
+    let (listener, admin) = runtime::net::bind_pair("XFS", cfg.listen, cfg.admin.listen).await?;
     run_with(cfg, listener, admin, shutdown).await
 }
 

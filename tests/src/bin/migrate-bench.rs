@@ -190,7 +190,7 @@ async fn run(
         let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await?);
         if let Reply::Account(a) = pool
             .call(Op::GetAccount {
-                target: Target::new(&user(i), p.segment, p.epoch),
+                target: Target::new(user(i), p.segment, p.epoch),
             })
             .await?
         {
