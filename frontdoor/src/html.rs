@@ -13,16 +13,22 @@ use crate::auth::Session;
 /// Escape text for HTML element content and quoted attribute values.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
+    // Copy the runs between special bytes whole (they are ASCII, so every cut is a char boundary).
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'\'' => "&#39;",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        out.push_str(rep);
+        from = i + 1;
     }
+    out.push_str(&s[from..]);
     out
 }
 
@@ -241,6 +247,9 @@ mod tests {
             esc("<a href=\"x\" title='y'>&</a>"),
             "&lt;a href=&quot;x&quot; title=&#39;y&#39;&gt;&amp;&lt;/a&gt;"
         );
+        assert_eq!(esc("café <b>ünï</b>"), "café &lt;b&gt;ünï&lt;/b&gt;");
+        assert_eq!(esc(""), "");
+        assert_eq!(esc("plain"), "plain");
         assert_eq!(enc("My Stuff/2026?"), "My%20Stuff%2F2026%3F");
         assert_eq!(folder_url("Inbox", 2), "/folder/Inbox?page=2");
         assert_eq!(display_name("Ann Lee <ann@x.test>"), "Ann Lee");

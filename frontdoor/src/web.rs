@@ -335,9 +335,10 @@ fn folder_listing(
     let f = &listing.folder;
     let now = auth::now_ms();
     let mut out = format!(
-        "<div class=\"folder-head\"><h1>{}</h1><p class=\"sub\">{} messages{}</p>",
+        "<div class=\"folder-head\"><h1>{}</h1><p class=\"sub\">{} message{}{}</p>",
         esc(name),
         f.total,
+        if f.total == 1 { "" } else { "s" },
         if f.unread > 0 {
             format!(", {} unread", f.unread)
         } else {
@@ -1550,7 +1551,9 @@ async fn logout(State(ctx): State<Arc<Ctx>>, WebSession(s): WebSession, body: By
     if let Err(r) = checked_form(&ctx, &s, &body).await {
         return r;
     }
-    let mut resp = redirect(&ctx.cfg.login_url);
+    // The sign-in page then says the user signed out.
+    let to = format!("{}/?signed_out=1", ctx.cfg.login_url.trim_end_matches('/'));
+    let mut resp = redirect(&to);
     resp.headers_mut()
         .insert(SET_COOKIE, auth::clear_cookie(&ctx));
     resp

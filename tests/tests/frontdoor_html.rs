@@ -693,7 +693,14 @@ async fn webmail_pages_work_without_scripts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], frontdoor::LOGIN_URL);
+    assert_eq!(
+        r.headers()["location"],
+        format!(
+            "{}/?signed_out=1",
+            frontdoor::LOGIN_URL.trim_end_matches('/')
+        )
+        .as_str()
+    );
     let cookie = r.headers()["set-cookie"].to_str().unwrap();
     assert!(
         cookie.starts_with("mm_session=;") && cookie.contains("Max-Age=0"),

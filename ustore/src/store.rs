@@ -32,7 +32,9 @@ impl Store {
                 .map_err(|e| anyhow::anyhow!("creating segment {id} at {}: {e}", path.display()))?;
             let seg = Segment::open(*id, path, so, faults.clone())
                 .map_err(|e| anyhow::anyhow!("opening segment {id} at {}: {e}", path.display()))?;
-            map.insert(*id, Arc::new(seg));
+            let seg = Arc::new(seg);
+            crate::metrics::BLOCK_CACHE.watch(&seg);
+            map.insert(*id, seg);
         }
         Ok(Store {
             name: name.to_string(),
