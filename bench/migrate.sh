@@ -5,12 +5,12 @@
 # goes to every one of those users. Afterwards every mailbox is read back: each message accepted
 # with 250 during the run must be there, and none twice.
 #
-#   bench/migrate.sh [PARALLEL] [SMTP_MSGS_PER_S]
+#   bench/migrate.sh [PARALLEL (default 2, one per core)] [SMTP_MSGS_PER_S]
 #
 # Last line: RESULT migrate_mb_per_s=<x> mailboxes_per_s=<x> freeze_p99_ms=<n> lost=<n> duplicated=<n>
 set -euo pipefail
 cd "$(dirname "$0")/.."
-parallel="${1:-4}"
+parallel="${1:-2}"
 rate="${2:-50}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/megamail/target}"
 cargo build --release --quiet --workspace --bins
