@@ -155,10 +155,7 @@ impl<'a> Mailbox<'a> {
     /// Every folder, system folders first (in their usual order), then the user's own by name.
     pub async fn folders(&self) -> Result<Vec<FolderInfo>, StoreError> {
         match self.call(|target| Op::ListFolders { target }).await? {
-            Reply::Folders(mut f) => {
-                f.sort_by_key(|f| folder_order(&f.name));
-                Ok(f)
-            }
+            Reply::Folders(f) => Ok(in_order(f)),
             other => Err(unexpected("list_folders", other)),
         }
     }
@@ -315,6 +312,13 @@ impl<'a> Mailbox<'a> {
             other => Err(unexpected("deliver", other)),
         }
     }
+}
+
+/// Folders in display order: system folders first (in their usual order), then the user's own
+/// by name.
+pub fn in_order(mut folders: Vec<FolderInfo>) -> Vec<FolderInfo> {
+    folders.sort_by_key(|f| folder_order(&f.name));
+    folders
 }
 
 /// Sort key: the system folders in their usual order, then the rest by name.

@@ -283,7 +283,13 @@ async fn folder_page(
     let mb = s.mailbox(&ctx);
     let page = q.page.unwrap_or(0).min(1_000_000);
     let size = ctx.cfg.page_size;
-    let (folders, listing) = tokio::join!(mb.folders(), mb.list(&name, page * size, size));
+    // One store call: the page brings the folder list with it. Only when the page fails is the
+    // list asked for on its own (a missing folder still shows the others).
+    let listing = mb.list(&name, page * size, size).await;
+    let folders = match &listing {
+        Ok(l) => Ok(crate::mailbox::in_order(l.folders.clone())),
+        Err(_) => mb.folders().await,
+    };
     let mut notices: Vec<Notice> =
         q.n.as_deref()
             .and_then(html::notice_for)

@@ -730,6 +730,7 @@ impl Segment {
         Ok(Reply::Page(FolderPage {
             folder: folder_info(frec),
             entries,
+            folders: folder_infos(&folders),
         }))
     }
 

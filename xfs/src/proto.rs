@@ -210,6 +210,9 @@ pub struct FolderPage {
     pub folder: FolderInfo,
     /// Newest first.
     pub entries: Vec<IndexEntry>,
+    /// Every folder of the mailbox with its counts, as `ListFolders` gives them: what a page
+    /// shows beside the listing, at no extra cost (the store reads them to find the folder).
+    pub folders: Vec<FolderInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
