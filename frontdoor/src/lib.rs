@@ -325,17 +325,8 @@ async fn serve(
         };
         let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
             () = shutdown.triggered() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: do not spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            x = runtime::net::accept(&listener) => x,
         };
-        stream.set_nodelay(true).ok();
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
         let conn = http.serve_connection(TokioIo::new(stream), svc);
         let token = shutdown.token();

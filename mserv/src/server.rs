@@ -42,17 +42,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutd
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.triggered() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: do not spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::select! {
-                        _ = shutdown.triggered() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                    }
-                }
-            },
+            x = runtime::net::accept(&listener) => x,
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             metrics::CONNECTIONS.with_label_values(&["refused"]).inc();
@@ -75,7 +65,6 @@ fn frame_error(peer: SocketAddr, e: &FrameError) {
 }
 
 async fn handle_conn(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, shutdown: Shutdown) {
-    stream.set_nodelay(true).ok();
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut wr = BufWriter::new(wr);

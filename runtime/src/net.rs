@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use tokio::net::{TcpListener, TcpSocket};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Connections the kernel may hold for a listener before it accepts them (capped by
 /// `net.core.somaxconn`). A burst of clients must not overflow it: a handshake completed by a SYN
@@ -47,6 +49,23 @@ pub fn raise_fd_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The next connection of `listener`, with Nagle off. A failed accept (out of descriptors and the
+/// like) is logged and waited out briefly instead of spinning.
+pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                stream.set_nodelay(true).ok();
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }

@@ -194,17 +194,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, slots: Arc<Slots>, sh
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.triggered() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: do not spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            x = runtime::net::accept(&listener) => x,
         };
-        stream.set_nodelay(true).ok();
         let slot = match slots.take(peer.ip()) {
             Ok(s) => s,
             Err(why) => {

@@ -39,15 +39,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutd
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.triggered() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: do not spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            x = runtime::net::accept(&listener) => x,
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             metrics::CONNECTIONS.with_label_values(&["refused"]).inc();
@@ -70,7 +62,6 @@ fn frame_error(peer: SocketAddr, e: &FrameError) {
 }
 
 async fn handle_conn(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, shutdown: Shutdown) {
-    stream.set_nodelay(true).ok();
     let (mut rd, wr) = stream.into_split();
     let mut wr = BufWriter::new(wr);
     let hello = tokio::time::timeout(
