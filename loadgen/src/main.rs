@@ -1,0 +1,5 @@
+//! The `loadgen` binary: see the library.
+
+fn main() -> std::process::ExitCode {
+    loadgen::main()
+}
