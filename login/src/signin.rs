@@ -239,6 +239,8 @@ impl SignIn {
                     // A mailbox frozen for the last instant of a move can still be signed into.
                     AccountState::Active | AccountState::Frozen => return Ok(Some((rec, route))),
                     AccountState::MovedOut { .. } => self.router.invalidate(user).await,
+                    // A store answers `NoSuchUser` for a deleted account; treat one alike.
+                    AccountState::Deleted { .. } => return Ok(None),
                     AccountState::Importing { .. } => {
                         return Err(SignInError::Unavailable(
                             "the mailbox is being moved; try again in a moment".into(),

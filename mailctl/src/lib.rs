@@ -3,8 +3,10 @@
 //! end-to-end probe, against the endpoints a running `mailctl up` wrote.
 
 pub mod admin;
+pub mod backup;
 pub mod copy;
 pub mod demo;
+pub mod gc;
 pub mod http;
 pub mod layout;
 pub mod migrate;
@@ -63,6 +65,45 @@ pub enum Cmd {
     /// Move mailboxes between stores online: one user (`--user U --to STORE[:SEGMENT]`) or a
     /// whole store (`--from STORE --all`). A rerun continues what a crash or Ctrl-C left.
     Migrate(MigrateArgs),
+    /// Online backup of every segment into DIR while the stores keep serving; a later backup
+    /// into the same DIR copies only the files that are new.
+    Backup {
+        /// Only this store.
+        #[arg(long)]
+        store: Option<String>,
+        /// The backup directory (on the stores' machine).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Bring one user's mailbox back: from a backup (`--from DIR`), or, without it, an account
+    /// deleted by `gc-inactive --apply` within its retention period.
+    Restore {
+        /// The user whose mailbox comes back.
+        #[arg(long)]
+        user: String,
+        /// The backup directory.
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+        /// The newest backup at or before this (a backup id or a UTC time) [default: the newest].
+        #[arg(long, value_name = "TIMESTAMP|BACKUP-ID", requires = "from")]
+        as_of: Option<String>,
+        /// Where to, if the original store no longer takes users [default: the least loaded].
+        #[arg(long, value_name = "STORE[:SEGMENT]", requires = "from")]
+        to: Option<String>,
+    },
+    /// List accounts with no sign-in for --days; delete them (restorably) only with --apply,
+    /// and never more than --max-fraction of any store in one run.
+    GcInactive {
+        /// Days without a sign-in (a decimal is allowed).
+        #[arg(long)]
+        days: f64,
+        /// Delete them; without it nothing is deleted.
+        #[arg(long)]
+        apply: bool,
+        /// Largest share of any store's accounts one run may delete.
+        #[arg(long, default_value_t = 0.01)]
+        max_fraction: f64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -325,6 +366,47 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Migrate(args) => run_migrate(&hcu, &cli.data, args, j).await?,
+        Cmd::Backup { store, to } => {
+            let v = backup::backup(&hcu, store.as_deref(), &to).await?;
+            let human = backup::backup_table(&v);
+            print(j, v, human);
+        }
+        Cmd::Restore {
+            user,
+            from,
+            as_of,
+            to,
+        } => {
+            let v = match from {
+                Some(dir) => {
+                    let to = to.as_deref().map(parse_store).transpose()?;
+                    backup::restore_from_backup(&hcu, &user, &dir, as_of.as_deref(), to).await?
+                }
+                None => backup::undelete(&hcu, &user).await?,
+            };
+            let human = format!(
+                "OK {user} restored on {} segment {}{}",
+                v["store"].as_str().unwrap_or(""),
+                v["segment"],
+                v["backup"]
+                    .as_str()
+                    .map(|b| format!(" from backup {b} ({} records)", v["records"]))
+                    .unwrap_or_else(|| " (undeleted)".into())
+            );
+            print(j, v, human);
+        }
+        Cmd::GcInactive {
+            days,
+            apply,
+            max_fraction,
+        } => {
+            let opts = gc::Options {
+                days,
+                apply,
+                max_fraction,
+            };
+            gc::run(&hcu, &opts, j).await?;
+        }
         Cmd::Probe => match probe::run(&hcu).await {
             Ok(v) => print(
                 j,

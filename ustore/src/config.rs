@@ -33,6 +33,11 @@ pub struct UstoreConfig {
     pub block_cache_mb: usize,
     /// Longest a drain on SIGTERM waits for requests in flight.
     pub drain_timeout_secs: u64,
+    /// How long a deleted account stays restorable (`mailctl restore --user U`) before the
+    /// background sweep purges it, in days (a fraction is allowed).
+    pub deleted_retention_days: f64,
+    /// How often the sweep of deleted accounts runs (also once at start-up).
+    pub deleted_sweep_secs: u64,
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub faults: FaultsConfig,
@@ -59,6 +64,8 @@ impl Default for UstoreConfig {
             dedupe_retention_secs: 7 * 24 * 3600,
             block_cache_mb: 128,
             drain_timeout_secs: 10,
+            deleted_retention_days: 30.0,
+            deleted_sweep_secs: 3600,
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             faults: FaultsConfig::default(),
@@ -93,6 +100,12 @@ impl Validate for UstoreConfig {
         }
         if self.max_frame_bytes < 4096 {
             errs.push("max-frame-bytes must be at least 4096".into());
+        }
+        if !self.deleted_retention_days.is_finite() || self.deleted_retention_days < 0.0 {
+            errs.push("deleted-retention-days must be a number of days, 0 or more".into());
+        }
+        if self.deleted_sweep_secs == 0 {
+            errs.push("deleted-sweep-secs must be at least 1".into());
         }
         if self.block_cache_mb == 0 {
             errs.push("block-cache-mb must be at least 1".into());

@@ -80,6 +80,12 @@ pub async fn run_with(
         faults,
         max_frame: cfg.max_frame_bytes,
     });
+    let sweep = tokio::spawn(sweep_deleted(
+        store.clone(),
+        cfg.deleted_retention_days,
+        Duration::from_secs(cfg.deleted_sweep_secs),
+        shutdown.clone(),
+    ));
     let conns = shutdown.child();
     server::serve(listener, ctx, cfg.max_connections, conns.clone()).await;
 
@@ -92,6 +98,7 @@ pub async fn run_with(
     {
         tracing::warn!(?drain, "requests still in flight after the drain timeout");
     }
+    sweep.abort();
     let flushing = store.clone();
     tokio::task::spawn_blocking(move || flushing.flush())
         .await
@@ -100,4 +107,26 @@ pub async fn run_with(
     admin_task.await.context("admin task")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Purge accounts deleted longer than the retention ago: at start-up, then every `every`.
+async fn sweep_deleted(
+    store: Arc<Store>,
+    retention_days: f64,
+    every: Duration,
+    shutdown: Shutdown,
+) {
+    let retention_ms = (retention_days * 86_400_000.0) as u64;
+    loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.sweep_deleted(retention_ms)).await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "deleted accounts past retention purged"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep of deleted accounts failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.triggered() => return,
+        }
+    }
 }

@@ -30,7 +30,9 @@ use xfs::{
 use crate::keys::{self, *};
 use crate::metrics;
 
+mod backup;
 mod migrate;
+pub use backup::{backup_account, open_checkpoint};
 use migrate::Moving;
 
 /// How many change-log entries a mailbox keeps (older ones are trimmed as new ones arrive).
@@ -179,6 +181,7 @@ fn check_state(acc: &AccountRec, write: bool) -> Result<(), XfsError> {
         AccountState::Importing { .. } => Err(XfsError::Frozen {
             retry_after_ms: FROZEN_RETRY_MS,
         }),
+        AccountState::Deleted { .. } => Err(XfsError::NoSuchUser),
         _ => Ok(()),
     }
 }
@@ -199,6 +202,25 @@ impl Segment {
         path: &Path,
         so: &SegmentOptions,
         faults: Arc<Faults>,
+    ) -> Result<Segment, rocksdb::Error> {
+        Self::open_with(id, path, so, faults, false)
+    }
+
+    /// Open read-only (a checkpoint kept by a backup): nothing in `path` is written.
+    pub fn open_read_only(path: &Path) -> Result<Segment, rocksdb::Error> {
+        let so = SegmentOptions {
+            block_cache_bytes: 8 << 20,
+            ..SegmentOptions::default()
+        };
+        Self::open_with(u32::MAX, path, &so, Arc::new(Faults::new()), true)
+    }
+
+    fn open_with(
+        id: u32,
+        path: &Path,
+        so: &SegmentOptions,
+        faults: Arc<Faults>,
+        read_only: bool,
     ) -> Result<Segment, rocksdb::Error> {
         let cache = Cache::new_lru_cache(so.block_cache_bytes);
         let mut opts = Options::default();
@@ -256,7 +278,13 @@ impl Segment {
             };
             cfs.push(ColumnFamilyDescriptor::new(name, o));
         }
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let db = if read_only {
+            opts.create_if_missing(false);
+            opts.create_missing_column_families(false);
+            DB::open_cf_descriptors_read_only(&opts, path, cfs, false)?
+        } else {
+            DB::open_cf_descriptors(&opts, path, cfs)?
+        };
         Ok(Segment {
             id,
             path: path.to_path_buf(),
@@ -337,9 +365,21 @@ impl Segment {
             .map(|r| r.map_err(db_err))
     }
 
+    /// The account; a deleted one is `NoSuchUser` like an absent one.
     fn account(&self, user: &str) -> Result<AccountRec, XfsError> {
-        self.get_rec(CF_ACCOUNT, &keys::account(user))?
-            .ok_or(XfsError::NoSuchUser)
+        match self.stored_account(user)? {
+            Some(AccountRec {
+                state: AccountState::Deleted { .. },
+                ..
+            })
+            | None => Err(XfsError::NoSuchUser),
+            Some(acc) => Ok(acc),
+        }
+    }
+
+    /// The account record in whatever state, a deleted one included.
+    fn stored_account(&self, user: &str) -> Result<Option<AccountRec>, XfsError> {
+        self.get_rec(CF_ACCOUNT, &keys::account(user))
     }
 
     /// The account, fenced: `Moved` if the mailbox left, `Frozen` for writes while it is leaving.
@@ -440,7 +480,9 @@ impl Segment {
                 offset,
                 limit,
                 before_uid,
-            } => self.list_folder(&target.user, &folder, offset, limit, before_uid),
+            } => metrics::count_page_reads(|| {
+                self.list_folder(&target.user, &folder, offset, limit, before_uid)
+            }),
             Op::Fetch {
                 target,
                 msg,
@@ -553,9 +595,15 @@ impl Segment {
             }
             Op::Purge { target } => self.purge(&target.user),
             Op::Digest { target } => self.digest(&target.user),
-            Op::Ping | Op::StoreStats | Op::Checkpoint { .. } => {
-                Err(bad("not a mailbox operation"))
-            }
+            Op::SoftDelete { target } => self.soft_delete(&target.user),
+            Op::Undelete { target } => self.undelete(&target),
+            Op::AccountRecord { target } => self.account_record(&target.user),
+            Op::RestoreMailbox { target, dir } => self.restore_mailbox(&target, Path::new(&dir)),
+            Op::Ping
+            | Op::StoreStats
+            | Op::Checkpoint { .. }
+            | Op::ListAccounts { .. }
+            | Op::BackupAccount { .. } => Err(bad("not a mailbox operation")),
         }
     }
 
@@ -584,10 +632,19 @@ impl Segment {
     fn create_account(&self, target: &Target, new: NewAccount) -> Result<Reply, XfsError> {
         let user = target.user.as_str();
         let _guard = self.lock(user);
-        if self.get(CF_ACCOUNT, &keys::account(user))?.is_some() {
-            return Err(XfsError::AlreadyExists {
-                what: format!("account {user}"),
-            });
+        let mut batch = WriteBatch::default();
+        match self.stored_account(user)? {
+            // A name given again after a soft delete: the deleted copy gives way.
+            Some(AccountRec {
+                state: AccountState::Deleted { .. },
+                ..
+            }) => self.purge_into(&mut batch, user),
+            Some(_) => {
+                return Err(XfsError::AlreadyExists {
+                    what: format!("account {user}"),
+                })
+            }
+            None => {}
         }
         let now = now_ms();
         let mut tx = Tx {
@@ -609,7 +666,7 @@ impl Segment {
                 next_folder: FIRST_USER_FOLDER,
             },
             folders: BTreeMap::new(),
-            batch: WriteBatch::default(),
+            batch,
             now,
         };
         for (i, name) in SYSTEM_FOLDERS.iter().enumerate() {
@@ -811,7 +868,15 @@ impl Segment {
         }
         Checkpoint::new(&self.db)
             .and_then(|c| c.create_checkpoint(dir))
-            .map_err(db_err)
+            .map_err(db_err)?;
+        // The database's identity names its files in a backup's pool; a checkpoint may lack it.
+        let id = dir.join("IDENTITY");
+        if !id.exists() {
+            std::fs::copy(self.path.join("IDENTITY"), &id).map_err(|e| XfsError::Unavailable {
+                why: format!("copying IDENTITY into {}: {e}", dir.display()),
+            })?;
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> SegmentStats {

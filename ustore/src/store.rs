@@ -66,6 +66,17 @@ impl Store {
                 self.segment(segment)?.checkpoint(Path::new(&dir))?;
                 Ok(Reply::Done)
             }
+            Op::ListAccounts {
+                segment,
+                after,
+                limit,
+            } => Ok(Reply::Accounts(
+                self.segment(segment)?
+                    .list_accounts(after.as_deref(), limit)?,
+            )),
+            Op::BackupAccount { dir, user } => {
+                crate::segment::backup_account(Path::new(&dir), &user)
+            }
             op => {
                 let Some(t) = op.target() else {
                     return Err(XfsError::BadRequest {
@@ -92,6 +103,20 @@ impl Store {
             block_cache_hits: sum(Ticker::BlockCacheHit),
             block_cache_misses: sum(Ticker::BlockCacheMiss),
         }
+    }
+
+    /// Purge the accounts of every segment deleted more than `retention_ms` ago; how many went.
+    pub fn sweep_deleted(&self, retention_ms: u64) -> u64 {
+        let mut purged = 0;
+        for s in self.segments.values() {
+            match s.sweep_deleted(retention_ms) {
+                Ok(n) => purged += n,
+                Err(e) => {
+                    tracing::warn!(segment = s.id(), error = %e, "sweep of deleted accounts failed")
+                }
+            }
+        }
+        purged
     }
 
     /// Flush every segment's memtables (a clean shutdown leaves a short WAL to replay).

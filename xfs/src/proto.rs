@@ -153,6 +153,21 @@ pub enum AccountState {
     Importing {
         from: String,
     },
+    /// Deleted by an operator (the inactivity GC): every caller is told `NoSuchUser`, the data
+    /// stays until the store's retention sweep purges it, and `Undelete` brings it back.
+    Deleted {
+        at_ms: u64,
+    },
+}
+
+/// One account as the inactivity GC sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountBrief {
+    pub user: String,
+    pub created_ms: u64,
+    /// 0 when the user never signed in.
+    pub last_login_ms: u64,
+    pub state: AccountState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -507,6 +522,38 @@ pub enum Op {
         segment: u32,
         dir: String,
     },
+    /// A page of a segment's accounts in user order after `after`, at most `limit`, deleted ones
+    /// included (for the inactivity GC: one range scan, no per-user round trip).
+    ListAccounts {
+        segment: u32,
+        after: Option<String>,
+        limit: u32,
+    },
+    /// Soft delete: the account answers `NoSuchUser` to every caller while its data stays, until
+    /// the store's retention sweep purges it or `Undelete` brings it back (idempotent).
+    SoftDelete {
+        target: Target,
+    },
+    /// A soft-deleted account becomes `Active` again at `target.epoch` (idempotent).
+    Undelete {
+        target: Target,
+    },
+    /// The account record in whatever state, a deleted one included (for operators).
+    AccountRecord {
+        target: Target,
+    },
+    /// The account of `user` in the checkpoint at `dir` (opened read-only), or `NoSuchUser`.
+    BackupAccount {
+        dir: String,
+        user: String,
+    },
+    /// Bring `target.user`'s mailbox back from the checkpoint at `dir` through the import path
+    /// (each value's crc checked); it goes live at `target.epoch` only once complete. Refused if
+    /// the user has a mailbox in this segment already.
+    RestoreMailbox {
+        target: Target,
+        dir: String,
+    },
 }
 
 impl Op {
@@ -545,13 +592,23 @@ impl Op {
             Op::MarkMoved { .. } => "mark_moved",
             Op::Purge { .. } => "purge",
             Op::Digest { .. } => "digest",
+            Op::ListAccounts { .. } => "list_accounts",
+            Op::SoftDelete { .. } => "soft_delete",
+            Op::Undelete { .. } => "undelete",
+            Op::AccountRecord { .. } => "account_record",
+            Op::BackupAccount { .. } => "backup_account",
+            Op::RestoreMailbox { .. } => "restore_mailbox",
         }
     }
 
     /// The mailbox this operation is about, if any.
     pub fn target(&self) -> Option<&Target> {
         match self {
-            Op::Ping | Op::StoreStats | Op::Checkpoint { .. } => None,
+            Op::Ping
+            | Op::StoreStats
+            | Op::Checkpoint { .. }
+            | Op::ListAccounts { .. }
+            | Op::BackupAccount { .. } => None,
             Op::CreateAccount { target, .. }
             | Op::DeleteAccount { target }
             | Op::GetAccount { target }
@@ -580,7 +637,11 @@ impl Op {
             | Op::Unfreeze { target }
             | Op::MarkMoved { target, .. }
             | Op::Purge { target }
-            | Op::Digest { target } => Some(target),
+            | Op::Digest { target }
+            | Op::SoftDelete { target }
+            | Op::Undelete { target }
+            | Op::AccountRecord { target }
+            | Op::RestoreMailbox { target, .. } => Some(target),
         }
     }
 }
@@ -611,6 +672,7 @@ pub enum Reply {
     StoreStats(StoreStats),
     Export(ExportChunk),
     Digest(MailboxDigest),
+    Accounts(Vec<AccountBrief>),
 }
 
 /// The errors a caller must handle.
