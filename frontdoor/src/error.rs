@@ -1,10 +1,23 @@
 //! What a request can fail with, and the HTTP status each failure answers with.
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::mailbox::StoreError;
+
+/// What a busy store's answer tells the user.
+pub const BUSY: &str = "Your mailbox is busy right now. Please try again in a few seconds.";
+/// The `Retry-After` of a busy answer, in seconds.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 5;
+
+/// `r` with `Retry-After: BUSY_RETRY_AFTER_SECS` (for busy and unavailable answers).
+pub fn with_retry_after(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(BUSY_RETRY_AFTER_SECS));
+    r
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,9 +31,13 @@ pub enum Error {
     Csrf,
     #[error("{0}")]
     Conflict(String),
-    /// The user's store (or the member index) cannot be reached or is busy: try again later.
+    /// The user's store (or the member index) cannot be reached, or the mailbox is moving: try
+    /// again later.
     #[error("your mailbox is temporarily unavailable ({0})")]
     Unavailable(String),
+    /// The user's store is shedding load: a short "try again in a few seconds", never a failure.
+    #[error("{BUSY}")]
+    Busy,
     /// The outbound relay refused or could not be reached.
     #[error("{0}")]
     Send(String),
@@ -37,15 +54,24 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Csrf => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Error::Send(_) => StatusCode::BAD_GATEWAY,
             Error::Quota => StatusCode::INSUFFICIENT_STORAGE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    /// The JSON answer: `{"error": "..."}` with the status.
+    /// The JSON answer: `{"error": "..."}` with the status. A busy store is
+    /// `{"error": "busy", "message": "...", "retry_after_secs": N}` with `Retry-After`.
     pub fn api(&self) -> Response {
+        if matches!(self, Error::Busy) {
+            let body = serde_json::json!({
+                "error": "busy",
+                "message": BUSY,
+                "retry_after_secs": BUSY_RETRY_AFTER_SECS,
+            });
+            return with_retry_after((self.status(), Json(body)).into_response());
+        }
         let body = serde_json::json!({ "error": self.to_string() });
         (self.status(), Json(body)).into_response()
     }
@@ -61,6 +87,7 @@ impl From<StoreError> for Error {
             StoreError::Quota => Error::Quota,
             StoreError::NoSuchUser => Error::NotFound("no such mailbox"),
             StoreError::Unavailable(why) | StoreError::Corrupt(why) => Error::Unavailable(why),
+            StoreError::Busy => Error::Busy,
         }
     }
 }
@@ -77,5 +104,27 @@ impl<E: Into<Error>> From<E> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.0.api()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_store_is_a_503_with_retry_after() {
+        let e = Error::from(StoreError::Busy);
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.to_string().contains("try again in a few seconds"), "{e}");
+        let r = e.api();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[RETRY_AFTER], "5");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "busy");
+        assert_eq!(v["retry_after_secs"], BUSY_RETRY_AFTER_SECS);
+        // Other failures keep their plain answer.
+        let r = Error::Unavailable("store down".into()).api();
+        assert!(r.headers().get(RETRY_AFTER).is_none());
     }
 }

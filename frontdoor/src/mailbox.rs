@@ -1,6 +1,7 @@
 //! The signed-in user's mailbox: route the user through the member index, call the user's store,
 //! and follow a move (`Moved`: drop the cached route and route again). Busy and frozen stores
-//! are retried once after their hint; anything else unsure is `Unavailable` and the page says so.
+//! are retried briefly after their hint; a store still busy after that is `Busy` (the page says
+//! "try again in a few seconds"), anything else unsure is `Unavailable` and the page says so.
 
 use std::time::{Duration, Instant};
 
@@ -34,9 +35,13 @@ pub enum StoreError {
     Quota,
     #[error("corrupt: {0}")]
     Corrupt(String),
-    /// The store or the index is unreachable, busy, frozen or slow: try again later.
+    /// The store or the index is unreachable, frozen or slow: try again later.
     #[error("{0}")]
     Unavailable(String),
+    /// The store is up but shedding load, and stayed busy through the retries: try again in a
+    /// few seconds.
+    #[error("the mailbox store is busy")]
+    Busy,
 }
 
 /// One user's mailbox, for the length of one request.
@@ -108,9 +113,12 @@ impl<'a> Mailbox<'a> {
                     last = StoreError::Unavailable("the mailbox is moving".into());
                     Duration::ZERO
                 }
-                Err(CallError::Remote(XfsError::Busy { retry_after_ms }))
-                | Err(CallError::Remote(XfsError::Frozen { retry_after_ms })) => {
-                    last = StoreError::Unavailable("the mailbox store is busy".into());
+                Err(CallError::Remote(XfsError::Busy { retry_after_ms })) => {
+                    last = StoreError::Busy;
+                    Duration::from_millis(u64::from(retry_after_ms)).min(MAX_RETRY_PAUSE)
+                }
+                Err(CallError::Remote(XfsError::Frozen { retry_after_ms })) => {
+                    last = StoreError::Unavailable("the mailbox is moving".into());
                     Duration::from_millis(u64::from(retry_after_ms)).min(MAX_RETRY_PAUSE)
                 }
                 Err(CallError::Remote(e)) => return Err(map_remote(e)),

@@ -1,4 +1,7 @@
 //! `mailctl status`: every process of the HCU, from its own health report.
+//!
+//! A process that answers is never shown as failed: one shedding load says `overloaded` (its
+//! `/healthz` still answers 200), one that does not answer at all is `down`.
 
 use std::time::Duration;
 
@@ -6,7 +9,8 @@ use serde_json::{json, Value};
 
 use crate::plan::Endpoints;
 
-/// One row per process (the supervisor first): name, role, state, raft role, load, version.
+/// One row per process (the supervisor first): name, role, state, raft role, load, operations
+/// shed so far, version.
 pub async fn collect(e: &Endpoints) -> Vec<Value> {
     let mut targets = vec![(
         "mailctl-up".to_string(),
@@ -36,6 +40,7 @@ pub async fn collect(e: &Endpoints) -> Vec<Value> {
             "raft_role": r.get("raft_role").cloned().unwrap_or(Value::Null),
             "in_flight": r.get("in_flight").cloned().unwrap_or(Value::Null),
             "max_in_flight": r.get("max_in_flight").cloned().unwrap_or(Value::Null),
+            "shed_total": r.get("shed_total").cloned().unwrap_or(Value::Null),
             "version": r.get("version").cloned().unwrap_or(Value::Null),
             "pid": r.get("pid").cloned().unwrap_or(Value::Null),
         })
@@ -50,8 +55,8 @@ pub async fn collect(e: &Endpoints) -> Vec<Value> {
 /// The rows as a table.
 pub fn table(rows: &[Value]) -> String {
     let mut out = format!(
-        "{:<14} {:<10} {:<11} {:<10} {:>9} {:<8} {:>8}\n",
-        "PROCESS", "ROLE", "STATE", "RAFT", "LOAD", "VERSION", "PID"
+        "{:<14} {:<10} {:<11} {:<10} {:>9} {:>8} {:<8} {:>8}\n",
+        "PROCESS", "ROLE", "STATE", "RAFT", "LOAD", "SHED", "VERSION", "PID"
     );
     for r in rows {
         let load = match (r["in_flight"].as_u64(), r["max_in_flight"].as_u64()) {
@@ -60,17 +65,22 @@ pub fn table(rows: &[Value]) -> String {
             _ => "-".into(),
         };
         let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+        let shed = r["shed_total"]
+            .as_u64()
+            .map(|n| n.to_string())
+            .unwrap_or("-".into());
         let pid = r["pid"]
             .as_u64()
             .map(|p| p.to_string())
             .unwrap_or("-".into());
         out.push_str(&format!(
-            "{:<14} {:<10} {:<11} {:<10} {:>9} {:<8} {:>8}\n",
+            "{:<14} {:<10} {:<11} {:<10} {:>9} {:>8} {:<8} {:>8}\n",
             s(&r["name"]),
             s(&r["role"]),
             s(&r["state"]),
             s(&r["raft_role"]),
             load,
+            shed,
             s(&r["version"]),
             pid
         ));

@@ -10,8 +10,9 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
 
-/// How long after a shed [`Admission::overloaded`] stays true.
-pub const SHED_MEMORY: Duration = Duration::from_secs(5);
+/// How long after a shed [`Admission::overloaded`] stays true: long enough for a status poll to
+/// see a short burst of shedding, short enough that the state clears within seconds of the load.
+pub const SHED_MEMORY: Duration = Duration::from_secs(3);
 
 static IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
     crate::metrics::int_gauge(

@@ -48,6 +48,10 @@ pub struct HcuOpts {
     pub deliver_timeout_secs: u64,
     /// More top-level TOML for smtp-in.
     pub smtp_extra: String,
+    /// Every store's `max-in-flight` (admission control bound).
+    pub store_max_in_flight: usize,
+    /// TOML appended to every store's config (e.g. a `[faults."..."]` table).
+    pub store_extra: String,
 }
 
 impl Default for HcuOpts {
@@ -68,6 +72,8 @@ impl Default for HcuOpts {
             max_sessions_per_client: 1000,
             deliver_timeout_secs: 10,
             smtp_extra: String::new(),
+            store_max_in_flight: UstoreOpts::default().max_in_flight,
+            store_extra: String::new(),
         }
     }
 }
@@ -137,7 +143,8 @@ impl Hcu {
             let s = Ustore::start(UstoreOpts {
                 name: format!("store-{i}"),
                 segments: opts.segments_per_store,
-                ..Default::default()
+                max_in_flight: opts.store_max_in_flight,
+                extra: opts.store_extra.clone(),
             })
             .await?;
             client
