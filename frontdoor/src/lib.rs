@@ -98,6 +98,12 @@ fn client_id(public_url: &str) -> ClientId {
     }
 }
 
+/// The XFS client's fault points (`xfs.call`, `xfs.reply`) decided by this process's faults.
+pub fn call_faults(faults: &Arc<Faults>) -> xfs::client::CallFaults {
+    let faults = faults.clone();
+    xfs::client::CallFaults::new(move |point| faults.decide(point))
+}
+
 /// Build the shared state from a checked config.
 pub fn context(
     cfg: FrontdoorConfig,
@@ -128,6 +134,7 @@ pub fn context(
         request_timeout: store_timeout,
         backoff_base: Duration::from_millis(20),
         backoff_cap: Duration::from_millis(500),
+        faults: Some(call_faults(&faults)),
         ..Default::default()
     });
     let (host, port) = cfg.relay_host_port().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -212,10 +219,80 @@ pub fn csp(login_origin: &str, remote_images: bool) -> String {
     )
 }
 
-/// Every request: a request id, security headers, no caching of private pages, metrics.
+/// The request id a client sent in `X-Request-Id`, if it is sane: 1 to 64 characters of
+/// letters, digits, `-`, `_`, `.` and `:`. Anything else is replaced by a fresh id.
+pub fn sane_request_id(value: &str) -> Option<&str> {
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    ok.then_some(value)
+}
+
+/// The path segments that name routes; any other segment is a parameter.
+const ROUTE_WORDS: &[&str] = &[
+    "api",
+    "v1",
+    "me",
+    "folder",
+    "folders",
+    "message",
+    "messages",
+    "attachment",
+    "attachments",
+    "inline",
+    "raw",
+    "empty",
+    "create",
+    "rename",
+    "delete",
+    "move",
+    "flags",
+    "send",
+    "compose",
+    "search",
+    "settings",
+    "name",
+    "password",
+    "logout",
+    "healthz",
+    "static",
+    "app.css",
+];
+
+/// A request's operation for metrics: the method and the path with every parameter replaced
+/// (`GET /api/v1/messages/{id}`), so the label stays bounded whatever clients send.
+pub fn operation(method: &axum::http::Method, path: &str) -> String {
+    let method = match method.as_str() {
+        m @ ("GET" | "POST" | "HEAD") => m,
+        _ => "OTHER",
+    };
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    if segments.len() > 6 {
+        return format!("{method} other");
+    }
+    let route: Vec<&str> = segments
+        .iter()
+        .map(|s| match *s {
+            w if ROUTE_WORDS.contains(&w) || w.is_empty() => w,
+            p if p.bytes().all(|b| b.is_ascii_digit()) => "{id}",
+            _ => "{name}",
+        })
+        .collect();
+    format!("{method} /{}", route.join("/"))
+}
+
+/// The fault point of HTTP handling: a delay, or a 503 before the handler runs.
+pub const FAULT_HTTP: &str = "http.request";
+
+/// Every request: a request id (the client's sane `X-Request-Id`, else a fresh one; returned in
+/// the answer's `X-Request-Id`, logged, and carried as the XFS trace), the `http.request` fault
+/// point, security headers, no caching of private pages, metrics, and one log line at info.
 async fn common(State(ctx): State<Arc<Ctx>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let path = req.uri().path();
+    let _in_flight = metrics::HTTP.begin();
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
     let kind = if path.starts_with("/api/") {
         "api"
     } else if path.starts_with("/static/") {
@@ -223,10 +300,30 @@ async fn common(State(ctx): State<Arc<Ctx>>, mut req: Request, next: Next) -> Re
     } else {
         "page"
     };
-    let id: [u8; 8] = rand::random();
-    let id = hex::encode(id);
+    let op = operation(&method, &path);
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(sane_request_id)
+        .map(str::to_owned)
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 8]>()));
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
+    let mut resp = match ctx.faults.inject(FAULT_HTTP).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                ),
+                (axum::http::header::RETRY_AFTER, "1"),
+            ],
+            format!("{e}\n"),
+        )
+            .into_response(),
+    };
     let h = resp.headers_mut();
     if !h.contains_key(CONTENT_SECURITY_POLICY) {
         if let Ok(v) = HeaderValue::from_str(&csp(&ctx.login_origin, false)) {
@@ -242,17 +339,33 @@ async fn common(State(ctx): State<Arc<Ctx>>, mut req: Request, next: Next) -> Re
     if let Ok(v) = HeaderValue::from_str(&id) {
         h.insert("x-request-id", v);
     }
-    let class = match resp.status().as_u16() {
+    let status = resp.status().as_u16();
+    let class = match status {
         100..=199 => "1xx",
         200..=299 => "2xx",
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
     };
+    let elapsed = started.elapsed();
     metrics::REQUESTS.with_label_values(&[kind, class]).inc();
     metrics::REQUEST_SECONDS
         .with_label_values(&[kind])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(elapsed.as_secs_f64());
+    let code = resp.status();
+    let outcome = if status >= 400 {
+        Err(code.as_str())
+    } else {
+        Ok(class)
+    };
+    metrics::HTTP.record(&op, outcome, elapsed);
+    if status == 503 && resp.headers().contains_key(axum::http::header::RETRY_AFTER) {
+        metrics::HTTP.shed.inc();
+    }
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    if kind != "static" && path != "/healthz" {
+        tracing::info!(%method, %path, status, ms, request_id = %id, "request");
+    }
     resp
 }
 
@@ -389,6 +502,42 @@ mod tests {
             client_id("https://mail.example.test/x"),
             ClientId::Domain(d) if d == "mail.example.test"
         ));
+    }
+
+    #[test]
+    fn operations_name_routes_not_parameters() {
+        use axum::http::Method;
+        for (method, path, op) in [
+            (Method::GET, "/", "GET /"),
+            (
+                Method::GET,
+                "/api/v1/messages/42",
+                "GET /api/v1/messages/{id}",
+            ),
+            (
+                Method::GET,
+                "/api/v1/folders/Inbox/messages",
+                "GET /api/v1/folders/{name}/messages",
+            ),
+            (
+                Method::POST,
+                "/api/v1/messages/move",
+                "POST /api/v1/messages/move",
+            ),
+            (
+                Method::GET,
+                "/message/7/attachment/0",
+                "GET /message/{id}/attachment/{id}",
+            ),
+            (Method::PUT, "/x", "OTHER /{name}"),
+            (Method::GET, "/a/b/c/d/e/f/g", "GET other"),
+        ] {
+            assert_eq!(operation(&method, path), op);
+        }
+        assert_eq!(sane_request_id("abc-123_x.y:z"), Some("abc-123_x.y:z"));
+        for bad in ["", "a b", "a\u{0}", &"x".repeat(65), "é"] {
+            assert_eq!(sane_request_id(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,15 @@
 use std::sync::LazyLock;
 
 use prometheus::{HistogramVec, IntCounterVec};
-use runtime::metrics::{counter_vec, histogram_vec};
+use runtime::metrics::{counter_vec, histogram_vec, Ops};
+
+/// HTTP requests per route (`op` is the method and route template, e.g.
+/// `GET /api/v1/messages/{id}`): `frontdoor_http_requests_total{op,outcome}` (outcome: the status
+/// class, or the status code for 4xx/5xx), `frontdoor_http_errors_total{op,kind}` (status >= 400),
+/// `frontdoor_http_request_seconds{op}`, `frontdoor_http_in_flight`, and
+/// `frontdoor_http_shed_total` (answered 503 with `Retry-After`: the store was busy or unreachable,
+/// or the front door refused the request).
+pub static HTTP: LazyLock<Ops> = LazyLock::new(|| Ops::new("frontdoor_http", "HTTP requests"));
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -65,6 +73,7 @@ pub fn register() {
     }
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_SECONDS);
+    LazyLock::force(&HTTP);
     LazyLock::force(&STORE_CALLS);
     LazyLock::force(&STORE_SECONDS);
 }

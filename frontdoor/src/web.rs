@@ -69,7 +69,12 @@ pub async fn stylesheet() -> Response {
 }
 
 fn html_response(status: StatusCode, body: String) -> Response {
-    (status, [(CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+    let r = (status, [(CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Unavailable or busy: tell the browser (and any proxy) when to come back.
+        return crate::error::with_retry_after(r);
+    }
+    r
 }
 
 fn redirect(to: &str) -> Response {
@@ -143,12 +148,14 @@ async fn error_page(ctx: &Ctx, s: &Session, e: Error) -> Response {
                 .to_string(),
         ),
         Error::Unavailable(_) => ("Mailbox unavailable", UNAVAILABLE.to_string()),
+        Error::Busy => ("Busy, try again", crate::error::BUSY.to_string()),
         other => ("Something went wrong", other.to_string()),
     };
     let main = format!("<h1>{}</h1>", esc(title));
     let notices = vec![Notice::error(text)];
-    if matches!(e, Error::Csrf) {
-        // Nothing is read from the store for a refused form.
+    if matches!(e, Error::Csrf | Error::Busy) {
+        // Nothing is read from the store for a refused form, nor from a store shedding load
+        // (a short page, at once).
         let chrome = Chrome {
             session: s,
             folders: None,
@@ -286,6 +293,9 @@ async fn folder_page(
     // One store call: the page brings the folder list with it. Only when the page fails is the
     // list asked for on its own (a missing folder still shows the others).
     let listing = mb.list(&name, page * size, size).await;
+    if let Err(StoreError::Busy) = listing {
+        return error_page(&ctx, &s, Error::Busy).await;
+    }
     let folders = match &listing {
         Ok(l) => Ok(crate::mailbox::in_order(l.folders.clone())),
         Err(_) => mb.folders().await,

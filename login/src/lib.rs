@@ -91,6 +91,10 @@ pub async fn run_with(
         connect_timeout: Duration::from_secs(1),
         backoff_base: Duration::from_millis(20),
         backoff_cap: Duration::from_millis(500),
+        faults: Some({
+            let faults = faults.clone();
+            xfs::client::CallFaults::new(move |point| faults.decide(point))
+        }),
         ..Default::default()
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -3,7 +3,13 @@
 use std::sync::LazyLock;
 
 use prometheus::{Histogram, IntCounterVec};
-use runtime::metrics::{counter_vec, histogram};
+use runtime::metrics::{counter_vec, histogram, Ops};
+
+/// HTTP requests per route (`op` is the method and route, e.g. `POST /api/v1/session`):
+/// `login_http_requests_total{op,outcome}`, `login_http_errors_total{op,kind}` (status >= 400),
+/// `login_http_request_seconds{op}`, `login_http_in_flight`, and `login_http_shed_total`
+/// (answered 503 or 429: the index, store or front doors were unavailable, or throttled).
+pub static HTTP: LazyLock<Ops> = LazyLock::new(|| Ops::new("login_http", "HTTP requests"));
 
 /// The outcomes counted by [`ATTEMPTS`].
 pub const RESULTS: &[&str] = &[
@@ -47,4 +53,5 @@ pub fn register() {
         FRONT_DOOR_PROBES.with_label_values(&[r]);
     }
     LazyLock::force(&VERIFY_SECONDS);
+    LazyLock::force(&HTTP);
 }

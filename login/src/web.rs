@@ -73,7 +73,70 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// The fault point of HTTP handling: a delay, or a 503 before the handler runs.
+pub const FAULT_HTTP: &str = "http.request";
+
+/// Every request: the `http.request` fault point, metrics per route, one log line at info.
+async fn observe(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let _in_flight = crate::metrics::HTTP.begin();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let known = [
+        "/",
+        "/login",
+        "/api/v1/session",
+        "/logout",
+        "/healthz",
+        pages::CSS_PATH,
+    ];
+    let route = if known.contains(&path.as_str()) {
+        path.as_str()
+    } else {
+        "other"
+    };
+    let method_name = match method.as_str() {
+        m @ ("GET" | "POST" | "HEAD") => m,
+        _ => "OTHER",
+    };
+    let op = format!("{method_name} {route}");
+    let resp = match app.signin.faults.inject(FAULT_HTTP).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (RETRY_AFTER, "1"),
+            ],
+            format!("{e}\n"),
+        )
+            .into_response(),
+    };
+    let elapsed = started.elapsed();
+    let status = resp.status();
+    let outcome = match status.as_u16() {
+        400.. => Err(status.as_str()),
+        300.. => Ok("3xx"),
+        200.. => Ok("2xx"),
+        _ => Ok("1xx"),
+    };
+    crate::metrics::HTTP.record(&op, outcome, elapsed);
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        crate::metrics::HTTP.shed.inc();
+    }
+    if path != "/healthz" && path != pages::CSS_PATH {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        tracing::info!(%method, %path, status = status.as_u16(), ms, "request");
+    }
+    resp
 }
 
 async fn security_headers(mut res: Response) -> Response {

@@ -2,24 +2,13 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
-use runtime::metrics::{counter_vec, histogram_vec, int_counter, int_gauge};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
+use runtime::metrics::{counter_vec, int_counter, int_gauge, Ops};
 
-pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "mserv_requests_total",
-        "requests served by this replica, by operation and outcome",
-        &["op", "outcome"],
-    )
-});
-
-pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram_vec(
-        "mserv_request_seconds",
-        "request latency by operation, from receipt to reply",
-        &["op"],
-    )
-});
+/// Requests served by this replica: `mserv_requests_total{op,outcome}`,
+/// `mserv_errors_total{op,kind}`, `mserv_request_seconds{op}`, `mserv_in_flight`,
+/// `mserv_shed_total` (answered `Busy` by admission control).
+pub static OPS: LazyLock<Ops> = LazyLock::new(|| Ops::new("mserv", "requests"));
 
 pub static FORWARDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -129,7 +118,7 @@ pub static CLIENT_CACHE_MISS: LazyLock<IntCounter> =
     LazyLock::new(|| CLIENT_CACHE.with_label_values(&["miss"]));
 
 pub static LOOKUPS_OK: LazyLock<IntCounter> =
-    LazyLock::new(|| REQUESTS.with_label_values(&["lookup", "ok"]));
+    LazyLock::new(|| OPS.requests.with_label_values(&["lookup", "ok"]));
 
 pub static LOOKUP_LATENCY: LazyLock<Histogram> =
-    LazyLock::new(|| LATENCY.with_label_values(&["lookup"]));
+    LazyLock::new(|| OPS.seconds.with_label_values(&["lookup"]));

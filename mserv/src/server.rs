@@ -181,6 +181,7 @@ fn fault_point(op: &Op) -> String {
 
 async fn process(ctx: &Ctx, req: Request) -> Response {
     let started = Instant::now();
+    let _in_flight = metrics::OPS.begin();
     let op_name = req.op.name();
     let deadline = if req.deadline_ms == 0 {
         DEFAULT_DEADLINE
@@ -197,12 +198,12 @@ async fn process(ctx: &Ctx, req: Request) -> Response {
         metrics::LOOKUPS_OK.inc();
         metrics::LOOKUP_LATENCY.observe(seconds);
     } else {
-        metrics::REQUESTS
-            .with_label_values(&[op_name, outcome])
-            .inc();
-        metrics::LATENCY
-            .with_label_values(&[op_name])
-            .observe(seconds);
+        let outcome = if result.is_ok() {
+            Ok("ok")
+        } else {
+            Err(outcome)
+        };
+        metrics::OPS.record(op_name, outcome, started.elapsed());
     }
     match &result {
         Err(
@@ -223,6 +224,7 @@ async fn run_op(ctx: &Ctx, op: Op, deadline: Duration) -> Result<Reply, MservErr
     }
     // Admission control: refuse at once rather than queue without bound.
     let Some(_permit) = ctx.admission.try_acquire() else {
+        metrics::OPS.shed.inc();
         return Err(MservError::Busy);
     };
     if let Op::Lookup { user } = &op {

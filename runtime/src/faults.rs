@@ -2,7 +2,26 @@
 //! the admin endpoint, and always compiled in.
 //!
 //! Code under test calls `faults.inject("ustore.deliver").await?` where a fault makes sense. With no
-//! point configured that costs one atomic load.
+//! point configured that costs one atomic load. A point's delay comes first, then its failure.
+//!
+//! Set a point in a role's config (`[faults]` then `"xfs.call" = { delay-ms = 50, fail-rate = 0.1 }`),
+//! in `MEGAMAIL_FAULTS=xfs.call=50:0.1,http.request=0:0.01` (read at start, overrides the config), or
+//! at run time with `POST /faults?point=xfs.call&delay_ms=50&fail_rate=0.1` on the admin port
+//! (`clear=1` removes it). Every injected failure counts in `faults_injected_total{point}`.
+//!
+//! | point | where | what a failure looks like |
+//! |---|---|---|
+//! | `xfs.call`, `xfs.call.<op>` | the XFS client (`xfs::client`), in every process that calls a store: front doors, smtp-in, login, mailctl; before the request is sent (`<op>` is the operation's name, e.g. `xfs.call.deliver`; both points apply) | the call fails with `CallError::Unavailable`, as if no connection could be had; nothing reached the store |
+//! | `xfs.reply`, `xfs.reply.<op>` | the XFS client, after the store's reply arrived | the reply is dropped and the call fails with `CallError::ConnectionLost`: the store did the work but the caller cannot know (retries must be idempotent) |
+//! | `http.request` | the HTTP middleware of front doors and login servers, before the handler | `503 Service Unavailable` with the body `injected fault at http.request` (and `Retry-After: 1`) |
+//! | `ustore.op.<op>` | the store's XFS server, after admission, before the operation runs | `XfsError::Unavailable` |
+//! | `ustore.disk.write` | the store, right before a segment commits an operation's write batch | `XfsError::Unavailable`; the batch is not written, so the operation left nothing behind |
+//! | `frontdoor.store` | the front door's mailbox calls to the user's store | the page or API call answers 503 (store unavailable) |
+//! | `frontdoor.smtp` | the front door's hand-off of a composed message to the relay | the send fails and is reported; nothing is filed in Sent |
+//! | `smtp.deliver` | smtp-in, each copy's delivery to a store | that copy is retried with backoff until `deliver-timeout-secs`, then `451` |
+//! | `login.store` | login's calls to the user's store | the call is unavailable: the sign-in answers 503, never 401 |
+//! | `mserv.op.<op>` | the member index server, before an operation | the operation fails with an unavailable error |
+//! | `mserv.raft.send` | the member index's Raft messages to a peer, before sending | the peer counts as unreachable for that message; Raft sends again later |
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,6 +171,17 @@ impl Faults {
             std::thread::sleep(Duration::from_millis(spec.delay_ms));
         }
         roll(point, spec.fail_rate)
+    }
+
+    /// The point's fault decided now, for code that applies it itself (such as the XFS client,
+    /// which cannot depend on this crate): `None` when the point is not set, else its delay and
+    /// whether this call fails (an injected failure, counted like any other).
+    pub fn decide(&self, point: &str) -> Option<(Duration, bool)> {
+        let spec = self.spec(point)?;
+        Some((
+            Duration::from_millis(spec.delay_ms),
+            roll(point, spec.fail_rate).is_err(),
+        ))
     }
 
     fn spec(&self, point: &str) -> Option<FaultSpec> {

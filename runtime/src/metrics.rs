@@ -56,6 +56,15 @@ pub fn histogram(name: &str, help: &str) -> prometheus::Histogram {
     register(name, metric)
 }
 
+/// A histogram with the given buckets (for counts rather than times). Panics on an invalid or
+/// already registered name.
+pub fn histogram_with(name: &str, help: &str, buckets: &[f64]) -> prometheus::Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric =
+        prometheus::Histogram::with_opts(opts).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(name, metric)
+}
+
 /// A gauge. Panics on an invalid or already registered name.
 pub fn int_gauge(name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -66,6 +75,82 @@ pub fn int_gauge(name: &str, help: &str) -> IntGauge {
 pub fn int_counter(name: &str, help: &str) -> IntCounter {
     let metric = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     register(name, metric)
+}
+
+/// The metrics every serving role keeps per operation, under its own prefix:
+/// `{prefix}_requests_total{op,outcome}`, `{prefix}_errors_total{op,kind}`,
+/// `{prefix}_request_seconds{op}` (a latency histogram), `{prefix}_in_flight` (operations started and
+/// not finished) and `{prefix}_shed_total` (operations refused at once because the role was full).
+/// Keep it in a static, like any metric.
+pub struct Ops {
+    pub requests: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub seconds: HistogramVec,
+    pub in_flight: IntGauge,
+    pub shed: IntCounter,
+}
+
+impl Ops {
+    /// Register the five metrics; `what` names the operations in the help texts (e.g. "XFS requests").
+    /// Panics on an invalid or already registered prefix.
+    pub fn new(prefix: &str, what: &str) -> Ops {
+        Ops {
+            requests: counter_vec(
+                &format!("{prefix}_requests_total"),
+                &format!("{what} by operation and outcome"),
+                &["op", "outcome"],
+            ),
+            errors: counter_vec(
+                &format!("{prefix}_errors_total"),
+                &format!("{what} that failed, by operation and error kind"),
+                &["op", "kind"],
+            ),
+            seconds: histogram_vec(
+                &format!("{prefix}_request_seconds"),
+                &format!("{what}: latency by operation, from receipt to answer"),
+                &["op"],
+            ),
+            in_flight: int_gauge(
+                &format!("{prefix}_in_flight"),
+                &format!("{what} started and not yet answered"),
+            ),
+            shed: int_counter(
+                &format!("{prefix}_shed_total"),
+                &format!("{what} refused at once because too many were in flight"),
+            ),
+        }
+    }
+
+    /// Count one operation as in flight until the guard is dropped.
+    pub fn begin(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Record a finished operation: `Ok(outcome)` is a success (`"ok"`, or e.g. a 3xx class),
+    /// `Err(kind)` an error, counted in both the requests and the errors.
+    pub fn record(&self, op: &str, outcome: Result<&str, &str>, elapsed: std::time::Duration) {
+        match outcome {
+            Ok(o) => self.requests.with_label_values(&[op, o]).inc(),
+            Err(kind) => {
+                self.requests.with_label_values(&[op, kind]).inc();
+                self.errors.with_label_values(&[op, kind]).inc();
+            }
+        }
+        self.seconds
+            .with_label_values(&[op])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// One operation in flight (see [`Ops::begin`]).
+#[must_use = "the operation counts as in flight only while the guard is held"]
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Every registered metric in the Prometheus text exposition format (version 0.0.4).
@@ -112,6 +197,31 @@ mod tests {
         );
         assert!(text.contains("runtime_test_gauge 7"), "{text}");
         assert!(text.contains("runtime_test_plain_total 1"), "{text}");
+    }
+
+    #[test]
+    fn ops_count_requests_errors_latency_and_in_flight() {
+        let ops = Ops::new("runtime_test_ops", "test operations");
+        {
+            let _a = ops.begin();
+            let _b = ops.begin();
+            assert_eq!(ops.in_flight.get(), 2);
+        }
+        assert_eq!(ops.in_flight.get(), 0);
+        ops.record("get", Ok("ok"), std::time::Duration::from_millis(3));
+        ops.record("get", Err("busy"), std::time::Duration::from_millis(1));
+        ops.shed.inc();
+        let text = render();
+        for sample in [
+            "runtime_test_ops_requests_total{op=\"get\",outcome=\"ok\"} 1",
+            "runtime_test_ops_requests_total{op=\"get\",outcome=\"busy\"} 1",
+            "runtime_test_ops_errors_total{kind=\"busy\",op=\"get\"} 1",
+            "runtime_test_ops_request_seconds_count{op=\"get\"} 2",
+            "runtime_test_ops_in_flight 0",
+            "runtime_test_ops_shed_total 1",
+        ] {
+            assert!(text.contains(sample), "{sample} missing:\n{text}");
+        }
     }
 
     #[test]

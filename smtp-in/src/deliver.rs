@@ -104,7 +104,8 @@ pub async fn check_rcpt(ctx: &Ctx, user: &str, trace: &str) -> Result<Recipient,
                         "451 4.2.0 <{user}>: Mailbox is being moved, try again shortly"
                     ));
                 }
-                AccountState::MovedOut { .. } => {
+                // A store answers `NoSuchUser` for a deleted account; treat one alike.
+                AccountState::MovedOut { .. } | AccountState::Deleted { .. } => {
                     ctx.router.invalidate(user).await;
                     reroutes += 1;
                 }

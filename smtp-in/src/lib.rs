@@ -145,6 +145,10 @@ pub async fn run_with(
         connect_timeout: Duration::from_secs(1),
         backoff_base: Duration::from_millis(20),
         backoff_cap: Duration::from_millis(500),
+        faults: Some({
+            let faults = faults.clone();
+            xfs::client::CallFaults::new(move |point| faults.decide(point))
+        }),
         ..Default::default()
     });
     let slots = Arc::new(Slots {
@@ -204,6 +208,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, slots: Arc<Slots>, sh
                     Refused::Client => ("refused_client", "too many connections from your address"),
                 };
                 metrics::SESSIONS.with_label_values(&[label]).inc();
+                metrics::OPS.shed.inc();
                 let line = format!(
                     "421 4.7.0 {} Error: {text}, try again later\r\n",
                     ctx.cfg.hostname

@@ -2,8 +2,45 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, IntCounterVec, IntGauge};
-use runtime::metrics::{counter_vec, histogram, int_gauge};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
+use runtime::metrics::{counter_vec, histogram, int_counter, int_gauge, Ops};
+
+/// SMTP commands: `smtp_requests_total{op,outcome}` (`op` the command verb, `outcome` the reply
+/// code), `smtp_errors_total{op,kind}` (4xx and 5xx replies), `smtp_request_seconds{op}` (from the
+/// command read to its reply queued; for DATA and BDAT that includes the delivery),
+/// `smtp_in_flight` (commands being handled) and `smtp_shed_total` (sessions refused at the
+/// session limits).
+pub static OPS: LazyLock<Ops> = LazyLock::new(|| Ops::new("smtp", "SMTP commands"));
+
+pub static RECEIVED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    int_counter(
+        "smtp_received_bytes_total",
+        "message bytes received (as sent, before the trace line) and handed on for delivery",
+    )
+});
+
+/// The verbs counted by name; anything else counts as `other`.
+const VERBS: &[&str] = &[
+    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP",
+    "STARTTLS",
+];
+
+/// Record one command (its line) answered with reply `code` after `elapsed`.
+pub fn record_command(line: &str, code: u16, elapsed: std::time::Duration) {
+    let word = line.split(' ').next().unwrap_or("");
+    let op = VERBS
+        .iter()
+        .find(|v| v.eq_ignore_ascii_case(word))
+        .copied()
+        .unwrap_or("other");
+    let code_text = code.to_string();
+    let outcome = if code >= 400 {
+        Err(code_text.as_str())
+    } else {
+        Ok(code_text.as_str())
+    };
+    OPS.record(op, outcome, elapsed);
+}
 
 pub static SESSIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -63,4 +100,6 @@ pub fn register() {
     LazyLock::force(&REPLIES);
     LazyLock::force(&DELIVERIES);
     LazyLock::force(&DATA_SECONDS);
+    LazyLock::force(&OPS);
+    LazyLock::force(&RECEIVED_BYTES);
 }

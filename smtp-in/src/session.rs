@@ -56,6 +56,8 @@ struct Session {
     tx: Option<Tx>,
     messages: u32,
     errors: u32,
+    /// The code of the last reply queued (for the per-command metrics).
+    last_code: std::sync::atomic::AtomicU16,
 }
 
 /// Serve one connection until QUIT, an error, a timeout or shutdown.
@@ -71,6 +73,7 @@ pub async fn serve(ctx: Arc<Ctx>, io: Box<dyn Io>, peer: SocketAddr, shutdown: S
         tx: None,
         messages: 0,
         errors: 0,
+        last_code: Default::default(),
     };
     let mut conn = Conn::new(io);
     let greeting = format!("220 {} ESMTP megamail ready", s.ctx.cfg.hostname);
@@ -99,7 +102,14 @@ pub async fn serve(ctx: Arc<Ctx>, io: Box<dyn Io>, peer: SocketAddr, shutdown: S
         };
         let flow = match line {
             None => Flow::Continue,
-            Some(cmd) => s.command(&mut conn, &cmd).await,
+            Some(cmd) => {
+                let started = std::time::Instant::now();
+                let _in_flight = metrics::OPS.begin();
+                let flow = s.command(&mut conn, &cmd).await;
+                let code = s.last_code.load(std::sync::atomic::Ordering::Relaxed);
+                metrics::record_command(&cmd, code, started.elapsed());
+                flow
+            }
         };
         match flow {
             Flow::Continue => {}
@@ -165,9 +175,12 @@ fn valid_mailbox(addr: &str) -> bool {
 
 impl Session {
     fn say(&self, conn: &mut Conn, text: &str) {
-        metrics::REPLIES
-            .with_label_values(&[text.get(..3).unwrap_or("???")])
-            .inc();
+        let code = text.get(..3).unwrap_or("???");
+        metrics::REPLIES.with_label_values(&[code]).inc();
+        self.last_code.store(
+            code.parse().unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         conn.reply(text);
     }
 
@@ -549,6 +562,7 @@ impl Session {
         let started = std::time::Instant::now();
         let trace = self.trace();
         self.messages += 1;
+        metrics::RECEIVED_BYTES.inc_by(data.len() as u64);
         let summary = if data.len() <= PARSE_INLINE_MAX {
             message::summarize(&data)
         } else {

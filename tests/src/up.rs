@@ -92,6 +92,12 @@ pub fn ok(out: &Output) -> String {
 
 impl Up {
     pub async fn start() -> Up {
+        Up::start_with_env(&[]).await
+    }
+
+    /// [`Up::start`] with extra environment for mailctl and every process it starts (e.g.
+    /// `RUST_LOG` or `MEGAMAIL_FAULTS`).
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Up {
         ensure_built();
         let tmp = tempfile::tempdir().unwrap();
         let layout = layout(tmp.path());
@@ -104,6 +110,7 @@ impl Up {
             .arg("--config")
             .arg(&layout)
             .env("MEGAMAIL_BIN_DIR", bin_dir())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -4,27 +4,52 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{HistogramVec, IntCounter, IntCounterVec};
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec};
+use rocksdb::perf::{PerfContext, PerfMetric, PerfStatsLevel};
 use rocksdb::statistics::Ticker;
-use runtime::metrics::{counter_vec, histogram_vec, int_counter};
+use runtime::metrics::{counter_vec, histogram_with, int_counter, Ops};
 
 use crate::segment::Segment;
 
-pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "ustore_requests_total",
-        "XFS requests by operation and outcome",
-        &["op", "outcome"],
+/// XFS requests: `ustore_requests_total{op,outcome}`, `ustore_errors_total{op,kind}`,
+/// `ustore_request_seconds{op}`, `ustore_in_flight`, `ustore_shed_total` (answered `Busy` by
+/// admission control).
+pub static OPS: LazyLock<Ops> = LazyLock::new(|| Ops::new("ustore", "XFS requests"));
+
+/// Buckets for block counts per page.
+const PAGE_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+pub static PAGE_READS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram_with(
+        "ustore_page_reads",
+        "RocksDB blocks read from storage (block cache misses) per folder page (ListFolder), \
+         from RocksDB's per-thread perf context",
+        PAGE_BUCKETS,
     )
 });
 
-pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram_vec(
-        "ustore_request_seconds",
-        "XFS request latency by operation, from receipt to reply",
-        &["op"],
+pub static PAGE_BLOCKS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram_with(
+        "ustore_page_blocks",
+        "RocksDB blocks a folder page (ListFolder) touched: block cache hits plus reads",
+        PAGE_BUCKETS,
     )
 });
+
+/// Run one folder page, counting the RocksDB block reads it makes on this thread into
+/// [`PAGE_READS`] and [`PAGE_BLOCKS`].
+pub fn count_page_reads<T>(page: impl FnOnce() -> T) -> T {
+    rocksdb::perf::set_perf_stats(PerfStatsLevel::EnableCount);
+    let mut ctx = PerfContext::default();
+    ctx.reset();
+    let out = page();
+    let reads = ctx.metric(PerfMetric::BlockReadCount);
+    let hits = ctx.metric(PerfMetric::BlockCacheHitCount);
+    rocksdb::perf::set_perf_stats(PerfStatsLevel::Disable);
+    PAGE_READS.observe(reads as f64);
+    PAGE_BLOCKS.observe((reads + hits) as f64);
+    out
+}
 
 pub static FRAME_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -39,6 +64,14 @@ pub static CORRUPT: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "ustore_corrupt_reads_total",
         "records or bodies whose checksum failed on read",
         &["what"],
+    )
+});
+
+pub static ACCOUNT_LIFECYCLE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "ustore_account_lifecycle_total",
+        "accounts soft-deleted, undeleted, purged by the retention sweep, restored from a backup",
+        &["event"],
     )
 });
 
@@ -65,7 +98,8 @@ pub static CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// RocksDB block cache hits and misses over every open segment, read from the segments'
-/// statistics tickers (`BLOCK_CACHE_HIT`, `BLOCK_CACHE_MISS`) when `/metrics` is scraped.
+/// statistics tickers (`BLOCK_CACHE_HIT`, `BLOCK_CACHE_MISS`) when `/metrics` is scraped, with the
+/// hit ratio, and the WAL syncs RocksDB made (`WAL_FILE_SYNCED`: the fsyncs behind synced batches).
 pub static BLOCK_CACHE: LazyLock<BlockCache> = LazyLock::new(|| {
     let c = BlockCache::default();
     if let Err(e) = runtime::metrics::registry().register(Box::new(c.clone())) {
@@ -81,6 +115,8 @@ pub struct BlockCache {
     segments: Arc<Mutex<Vec<Weak<Segment>>>>,
     hits: IntCounter,
     misses: IntCounter,
+    ratio: Gauge,
+    wal_syncs: IntCounter,
 }
 
 const HITS: (&str, &str) = (
@@ -91,6 +127,20 @@ const MISSES: (&str, &str) = (
     "ustore_block_cache_misses_total",
     "RocksDB block cache misses over the open segments",
 );
+const RATIO: (&str, &str) = (
+    "ustore_block_cache_hit_ratio",
+    "RocksDB block cache hits / (hits + misses) over the open segments since start (0 before any)",
+);
+const WAL_SYNCS: (&str, &str) = (
+    "ustore_wal_syncs_total",
+    "WAL fsyncs made by RocksDB over the open segments (synced batches share them)",
+);
+
+fn gauge((name, help): (&str, &str), value: f64) -> Gauge {
+    let g = Gauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g.set(value);
+    g
+}
 
 fn counter((name, help): (&str, &str), value: u64) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -104,6 +154,8 @@ impl Default for BlockCache {
             segments: Arc::default(),
             hits: counter(HITS, 0),
             misses: counter(MISSES, 0),
+            ratio: gauge(RATIO, 0.0),
+            wal_syncs: counter(WAL_SYNCS, 0),
         }
     }
 }
@@ -132,22 +184,37 @@ impl Collector for BlockCache {
             .desc()
             .into_iter()
             .chain(self.misses.desc())
+            .chain(self.ratio.desc())
+            .chain(self.wal_syncs.desc())
             .collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let hits = counter(HITS, self.sum(Ticker::BlockCacheHit));
-        let misses = counter(MISSES, self.sum(Ticker::BlockCacheMiss));
-        hits.collect().into_iter().chain(misses.collect()).collect()
+        let (h, m) = (
+            self.sum(Ticker::BlockCacheHit),
+            self.sum(Ticker::BlockCacheMiss),
+        );
+        let ratio = if h + m == 0 {
+            0.0
+        } else {
+            h as f64 / (h + m) as f64
+        };
+        let mut families = counter(HITS, h).collect();
+        families.extend(counter(MISSES, m).collect());
+        families.extend(gauge(RATIO, ratio).collect());
+        families.extend(counter(WAL_SYNCS, self.sum(Ticker::WalFileSynced)).collect());
+        families
     }
 }
 
 /// Register every metric now, so `/metrics` lists them before their first event.
 pub fn register() {
-    LazyLock::force(&REQUESTS);
-    LazyLock::force(&LATENCY);
+    LazyLock::force(&OPS);
+    LazyLock::force(&PAGE_READS);
+    LazyLock::force(&PAGE_BLOCKS);
     LazyLock::force(&FRAME_ERRORS);
     LazyLock::force(&CORRUPT);
+    LazyLock::force(&ACCOUNT_LIFECYCLE);
     LazyLock::force(&SYNC_WRITES);
     LazyLock::force(&BYTES_WRITTEN);
     LazyLock::force(&CONNECTIONS);

@@ -32,9 +32,42 @@ pub struct Ctx {
     pub max_frame: usize,
 }
 
+/// Close the connections the kernel queued on `listener` before the store could serve (the port
+/// is bound before the segments open, which can take seconds after a restart). Served together
+/// they would be a reconnect storm; closed, their clients come back through their jittered
+/// backoff, as if the port had not been open yet. Returns how many were closed.
+fn close_queued(listener: &TcpListener) -> u64 {
+    use std::os::fd::AsFd;
+    // A second descriptor for the same socket, to accept without waiting (the socket is
+    // non-blocking: an empty queue answers `WouldBlock`).
+    let Ok(fd) = listener.as_fd().try_clone_to_owned() else {
+        return 0;
+    };
+    let queue = std::net::TcpListener::from(fd);
+    if queue.set_nonblocking(true).is_err() {
+        return 0;
+    }
+    let mut closed = 0;
+    while let Ok((stream, _)) = queue.accept() {
+        drop(stream);
+        closed += 1;
+    }
+    closed
+}
+
 /// Accept connections until `shutdown` triggers. Connections are tracked by `shutdown`, so
 /// `shutdown.wait_tasks()` afterwards waits for the requests in flight.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutdown: Shutdown) {
+    let queued = close_queued(&listener);
+    if queued > 0 {
+        metrics::CONNECTIONS
+            .with_label_values(&["closed_at_start"])
+            .inc_by(queued);
+        tracing::info!(
+            closed = queued,
+            "closed connections that queued while the store was opening"
+        );
+    }
     let slots = Arc::new(Semaphore::new(max_conns));
     loop {
         let (stream, peer) = tokio::select! {
@@ -169,22 +202,29 @@ async fn handle_conn(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, shutdow
 
 async fn process(ctx: &Ctx, req: Request) -> Response {
     let started = Instant::now();
+    let _in_flight = metrics::OPS.begin();
     let op = req.op.name();
     let user = req.op.target().map(|t| t.user.clone()).unwrap_or_default();
     let result = run_op(ctx, req.op, started, req.deadline_ms).await;
+    let elapsed = started.elapsed();
     let outcome = match &result {
-        Ok(_) => "ok",
-        Err(e) => e.kind(),
+        Ok(_) => Ok("ok"),
+        Err(e) => Err(e.kind()),
     };
-    metrics::REQUESTS.with_label_values(&[op, outcome]).inc();
-    metrics::LATENCY
-        .with_label_values(&[op])
-        .observe(started.elapsed().as_secs_f64());
+    metrics::OPS.record(op, outcome, elapsed);
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    // Every request is logged with its trace (the caller's request id) at debug, under the
+    // target `ustore::request`: `RUST_LOG=info,ustore::request=debug` follows requests here.
     match &result {
         Err(e @ (XfsError::Corrupt { .. } | XfsError::Unavailable { .. })) => {
-            tracing::warn!(trace = %req.trace, op, %user, error = %e, "request failed")
+            tracing::warn!(target: "ustore::request", trace = %req.trace, op, %user, ms, error = %e,
+                "request failed")
         }
-        _ => tracing::debug!(trace = %req.trace, op, %user, outcome, "request"),
+        _ => {
+            let outcome = outcome.unwrap_or_else(|kind| kind);
+            tracing::debug!(target: "ustore::request", trace = %req.trace, op, %user, ms, outcome,
+                "request")
+        }
     }
     Response { id: req.id, result }
 }
@@ -197,6 +237,7 @@ async fn run_op(
 ) -> Result<Reply, XfsError> {
     // Admission control: refuse at once rather than queue without bound.
     let Some(permit) = ctx.admission.try_acquire() else {
+        metrics::OPS.shed.inc();
         return Err(XfsError::Busy {
             retry_after_ms: BUSY_RETRY_MS,
         });

@@ -1,6 +1,11 @@
 //! The async XFS client: a small pool of pipelined connections per store, request timeouts, and
 //! reconnects spread by exponential backoff with full jitter (so a restarted store is not hit by
 //! every client at the same instant).
+//!
+//! Fault points (see [`CallFaults`]): `xfs.call` / `xfs.call.<op>` fail a call before it is sent,
+//! as if the store could not be reached (`CallError::Unavailable`); `xfs.reply` / `xfs.reply.<op>`
+//! drop the store's reply, as if the connection broke after the store did the work
+//! (`CallError::ConnectionLost`). Either may also delay the call.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,10 +28,51 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Default time a call waits for its reply; also sent to the store as the deadline.
     pub request_timeout: Duration,
-    /// Reconnect delays: uniform in `[0, min(cap, base * 2^failures))`.
+    /// Reconnect delays: uniform in `[0, min(cap, max(base * 2^failures, time unreachable)))`
+    /// (see [`reconnect_delay`]).
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub max_frame: usize,
+    /// The process's fault points, consulted on every call; `None`: no faults.
+    pub faults: Option<CallFaults>,
+}
+
+/// Decides the fault of a named point: `None` when the point is not set, else a delay and whether
+/// this call fails. Processes build it from their fault injection (`runtime::faults::Faults::decide`);
+/// this crate stays a leaf.
+#[derive(Clone)]
+pub struct CallFaults(Arc<Decide>);
+
+/// A point's name → `None` (not set) or its delay and whether this call fails.
+type Decide = dyn Fn(&str) -> Option<(Duration, bool)> + Send + Sync;
+
+impl CallFaults {
+    pub fn new(decide: impl Fn(&str) -> Option<(Duration, bool)> + Send + Sync + 'static) -> Self {
+        CallFaults(Arc::new(decide))
+    }
+
+    /// Apply `stage` (`xfs.call` or `xfs.reply`) and `stage.<op>`: sleep their delays, and say
+    /// which of them failed, if any.
+    async fn apply(&self, stage: &str, op: &str) -> Option<String> {
+        let mut failed = None;
+        for point in [stage.to_string(), format!("{stage}.{op}")] {
+            if let Some((delay, fail)) = (self.0)(&point) {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if fail && failed.is_none() {
+                    failed = Some(point);
+                }
+            }
+        }
+        failed
+    }
+}
+
+impl std::fmt::Debug for CallFaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallFaults")
+    }
 }
 
 impl Default for ClientConfig {
@@ -39,6 +85,7 @@ impl Default for ClientConfig {
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_secs(5),
             max_frame: frame::MAX_FRAME_DEFAULT,
+            faults: None,
         }
     }
 }
@@ -91,6 +138,22 @@ pub fn full_jitter(base: Duration, cap: Duration, attempt: u32) -> Duration {
     Duration::from_nanos(rand::random_range(0..nanos))
 }
 
+/// The wait before the next reconnect attempt, after `failures` failed attempts to a store
+/// unreachable for `down_for`: full jitter over a window that doubles per failed attempt and is
+/// never shorter than the outage so far, capped at `cap`. Attempts are made only when a caller
+/// has a request, so a caller that calls rarely fails rarely; without the floor its window would
+/// stay small through a long outage and it would come back at the first moment, with everyone
+/// else, when the store returns.
+pub fn reconnect_delay(
+    base: Duration,
+    cap: Duration,
+    failures: u32,
+    down_for: Duration,
+) -> Duration {
+    let window = base.saturating_mul(1u32 << failures.min(20)).max(down_for);
+    full_jitter(window, cap, 0)
+}
+
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Reply, XfsError>>>>;
 
 /// One live, pipelined connection.
@@ -111,6 +174,8 @@ struct SlotState {
     conn: Option<Arc<Conn>>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// When the connection was lost (or the first attempt failed); `None` while connected.
+    down_since: Option<Instant>,
 }
 
 /// The connections to one store.
@@ -151,6 +216,15 @@ impl StorePool {
         timeout: Duration,
     ) -> Result<Reply, CallError> {
         let started = Instant::now();
+        let op_name = op.name();
+        if let Some(faults) = &self.cfg.faults {
+            if let Some(point) = faults.apply("xfs.call", op_name).await {
+                return Err(CallError::Unavailable {
+                    addr: self.addr.clone(),
+                    why: format!("injected fault at {point}"),
+                });
+            }
+        }
         let conn = self.conn().await?;
         let left = timeout.saturating_sub(started.elapsed());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -172,7 +246,16 @@ impl StorePool {
             });
         }
         match tokio::time::timeout(left, rx).await {
-            Ok(Ok(result)) => result.map_err(CallError::Remote),
+            Ok(Ok(result)) => {
+                if let Some(faults) = &self.cfg.faults {
+                    if faults.apply("xfs.reply", op_name).await.is_some() {
+                        return Err(CallError::ConnectionLost {
+                            addr: self.addr.clone(),
+                        });
+                    }
+                }
+                result.map_err(CallError::Remote)
+            }
             Ok(Err(_)) => Err(CallError::ConnectionLost {
                 addr: self.addr.clone(),
             }),
@@ -206,7 +289,8 @@ impl StorePool {
                 }
                 // Lost: wait a jittered while before coming back, like everyone else.
                 st.conn = None;
-                st.retry_at = Some(Instant::now() + self.delay(st.failures));
+                st.down_since = Some(Instant::now());
+                st.retry_at = Some(Instant::now() + self.delay(&st));
                 st.failures += 1;
             }
             if let Some(at) = st.retry_at {
@@ -220,13 +304,15 @@ impl StorePool {
                 Ok(Ok(c)) => {
                     st.failures = 0;
                     st.retry_at = None;
+                    st.down_since = None;
                     st.conn = Some(c.clone());
                     return Ok(c);
                 }
                 Ok(Err(why)) => last_err = Some(why),
                 Err(_) => last_err = Some("connect timed out".into()),
             }
-            st.retry_at = Some(Instant::now() + self.delay(st.failures));
+            st.down_since.get_or_insert_with(Instant::now);
+            st.retry_at = Some(Instant::now() + self.delay(&st));
             st.failures += 1;
         }
         Err(CallError::Unavailable {
@@ -235,8 +321,14 @@ impl StorePool {
         })
     }
 
-    fn delay(&self, failures: u32) -> Duration {
-        full_jitter(self.cfg.backoff_base, self.cfg.backoff_cap, failures)
+    fn delay(&self, st: &SlotState) -> Duration {
+        let down_for = st.down_since.map(|t| t.elapsed()).unwrap_or_default();
+        reconnect_delay(
+            self.cfg.backoff_base,
+            self.cfg.backoff_cap,
+            st.failures,
+            down_for,
+        )
     }
 
     async fn connect(&self) -> Result<Arc<Conn>, String> {
@@ -389,6 +481,52 @@ mod tests {
             .filter(|x| **x < Duration::from_millis(500))
             .count();
         assert!(low > 10 && low < 90, "{low} of 100 below the middle");
+    }
+
+    #[test]
+    fn reconnect_window_is_at_least_the_outage() {
+        let base = Duration::from_millis(50);
+        let cap = Duration::from_secs(5);
+        let down = Duration::from_secs(2);
+        let d: Vec<_> = (0..200)
+            .map(|_| reconnect_delay(base, cap, 1, down))
+            .collect();
+        assert!(d.iter().all(|x| *x < down));
+        // Spread over the whole outage, not bunched under base * 2.
+        let late = d.iter().filter(|x| **x > Duration::from_secs(1)).count();
+        assert!(late > 50 && late < 150, "{late} of 200 in the second half");
+        // The cap still holds, and a short outage keeps the exponential window.
+        assert!((0..50).all(|_| reconnect_delay(base, cap, 0, Duration::from_secs(60)) < cap));
+        assert!((0..50).all(|_| reconnect_delay(base, cap, 2, Duration::ZERO) < base * 4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn call_fault_points_delay_then_fail_before_sending() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let faults = CallFaults::new(move |point| {
+            lock(&log).push(point.to_string());
+            match point {
+                "xfs.call" => Some((Duration::from_millis(50), false)),
+                "xfs.call.ping" => Some((Duration::ZERO, true)),
+                _ => None,
+            }
+        });
+        let cfg = ClientConfig {
+            faults: Some(faults),
+            ..Default::default()
+        };
+        // Nothing listens there: the injected failure comes before any connection attempt.
+        let pool = StorePool::new("127.0.0.1:9", Arc::new(cfg));
+        let started = tokio::time::Instant::now();
+        match pool.call(Op::Ping).await {
+            Err(CallError::Unavailable { why, .. }) => {
+                assert_eq!(why, "injected fault at xfs.call.ping")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        assert_eq!(*lock(&seen), vec!["xfs.call", "xfs.call.ping"]);
     }
 
     #[tokio::test]
