@@ -85,27 +85,16 @@ impl Segment {
     }
 
     pub(super) fn undelete(&self, target: &Target) -> Result<Reply, XfsError> {
-        let user = target.user.as_str();
-        let _guard = self.lock(user);
-        let mut acc = self.stored_account(user)?.ok_or(XfsError::NoSuchUser)?;
-        match acc.state {
-            AccountState::Deleted { .. } => {}
-            AccountState::Active if acc.epoch == target.epoch => return Ok(Reply::Done),
-            state => {
-                return Err(bad(format!(
-                    "mailbox {user} is {state:?} at epoch {}: not a deleted mailbox",
-                    acc.epoch
-                )))
-            }
+        let changed = self.activate(
+            target,
+            |state| matches!(state, AccountState::Deleted { .. }),
+            "not a deleted mailbox",
+        )?;
+        if changed {
+            metrics::ACCOUNT_LIFECYCLE
+                .with_label_values(&["undeleted"])
+                .inc();
         }
-        acc.state = AccountState::Active;
-        acc.epoch = target.epoch;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_ACCOUNT), keys::account(user), keys::encode(&acc));
-        self.write(batch)?;
-        metrics::ACCOUNT_LIFECYCLE
-            .with_label_values(&["undeleted"])
-            .inc();
         Ok(Reply::Done)
     }
 

@@ -207,25 +207,41 @@ impl Segment {
     }
 
     pub(super) fn finish_import(&self, target: &Target) -> Result<Reply, XfsError> {
+        self.activate(
+            target,
+            |state| matches!(state, AccountState::Importing { .. }),
+            "not being imported",
+        )?;
+        Ok(Reply::Done)
+    }
+
+    /// Make the mailbox `Active` at `target.epoch` if `from` accepts its current state (an
+    /// import finishing, a deleted account coming back). Idempotent: a mailbox already active at
+    /// that epoch is left alone. True when the state changed.
+    pub(super) fn activate(
+        &self,
+        target: &Target,
+        from: fn(&AccountState) -> bool,
+        refusal: &str,
+    ) -> Result<bool, XfsError> {
         let user = target.user.as_str();
         let _guard = self.lock(user);
-        let mut acc = self.account(user)?;
-        match &acc.state {
-            AccountState::Importing { .. } => {}
-            AccountState::Active if acc.epoch == target.epoch => return Ok(Reply::Done),
-            other => {
-                return Err(bad(format!(
-                    "mailbox {user} is {other:?} at epoch {}, not being imported",
-                    acc.epoch
-                )))
-            }
+        let mut acc = self.stored_account(user)?.ok_or(XfsError::NoSuchUser)?;
+        if acc.state == AccountState::Active && acc.epoch == target.epoch {
+            return Ok(false);
+        }
+        if !from(&acc.state) {
+            return Err(bad(format!(
+                "mailbox {user} is {:?} at epoch {}: {refusal}",
+                acc.state, acc.epoch
+            )));
         }
         acc.state = AccountState::Active;
         acc.epoch = target.epoch;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_ACCOUNT), keys::account(user), keys::encode(&acc));
         self.write(batch)?;
-        Ok(Reply::Done)
+        Ok(true)
     }
 
     pub(super) fn set_moving_state(&self, user: &str, to: Moving) -> Result<Reply, XfsError> {
