@@ -70,8 +70,19 @@ fn now_ms() -> u64 {
 /// `YYYYMMDDTHHMMSSZ` for a Unix time in milliseconds (UTC).
 pub fn backup_id(ms: u64) -> String {
     let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_date(secs / 86_400);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The UTC calendar date (year, month, day) of a day counted from 1970-01-01 (Howard Hinnant's
+/// algorithm).
+pub fn civil_date(days: u64) -> (i64, i64, i64) {
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -80,13 +91,7 @@ pub fn backup_id(ms: u64) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// A `--as-of` value as a comparable backup id: a backup id, or an RFC 3339 UTC time
