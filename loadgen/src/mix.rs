@@ -5,7 +5,7 @@ use base64::Engine as _;
 use rand::Rng;
 
 /// Words the generated text is made of (text compresses like text, not like noise).
-const WORDS: &[&str] = &[
+pub const WORDS: &[&str] = &[
     "quarterly",
     "report",
     "meeting",

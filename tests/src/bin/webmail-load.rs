@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use loadgen::mix::WORDS;
 use mailctl::admin::Hcu;
 use mailctl::plan::Endpoints;
 use serde_json::{json, Value};
@@ -132,29 +133,6 @@ fn user_name(c: &Common, e: &Endpoints, i: usize) -> String {
         .unwrap_or("megamail.test");
     format!("{}{i}@{domain}", c.prefix)
 }
-
-const WORDS: &[&str] = &[
-    "quarterly",
-    "report",
-    "meeting",
-    "lunch",
-    "project",
-    "update",
-    "invoice",
-    "travel",
-    "schedule",
-    "review",
-    "budget",
-    "draft",
-    "notes",
-    "photos",
-    "weekend",
-    "plan",
-    "launch",
-    "contract",
-    "question",
-    "reminder",
-];
 
 fn words(seed: u64, n: usize) -> String {
     let mut x = seed
