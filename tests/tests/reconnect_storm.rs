@@ -14,6 +14,8 @@ const CLIENTS: usize = 500;
 const PING_EVERY: Duration = Duration::from_millis(200);
 /// Reconnect histogram bucket.
 const BUCKET: Duration = Duration::from_millis(100);
+/// How long the store stays dead before it is started again.
+const DOWN_FOR: Duration = Duration::from_secs(2);
 /// All clients must be back within this long after the restart.
 const ALL_BACK_WITHIN: Duration = Duration::from_secs(30);
 
@@ -106,7 +108,9 @@ async fn restarted_store_sees_reconnects_spread_out() {
 
     shared.killed.store(true, Ordering::SeqCst);
     store.proc.kill9();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Down for two seconds, about what a supervisor's restart after a crash takes: long enough
+    // that every client has failed and backed off more than once.
+    tokio::time::sleep(DOWN_FOR).await;
     let restarted = Instant::now();
     store.proc.restart().await.expect("store restarts");
     let ready = restarted.elapsed();
