@@ -226,3 +226,34 @@ pub fn url_addr(url: &str) -> SocketAddr {
         .parse()
         .unwrap()
 }
+
+/// A session from login's JSON API: the front door it sends the user to and the
+/// `Authorization` header value for it.
+pub struct ApiSession {
+    pub door: SocketAddr,
+    pub auth: String,
+}
+
+/// `POST /api/v1/session` to the login server at `login`: the status, and the session on 200.
+pub async fn sign_in(login: SocketAddr, user: &str, password: &str) -> (u16, Option<ApiSession>) {
+    let body = serde_json::json!({"user": user, "password": password}).to_string();
+    let a = mailctl::http::request(
+        login,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("login answers");
+    if a.status != 200 {
+        return (a.status, None);
+    }
+    let session = a.json().expect("a session is JSON");
+    let session = ApiSession {
+        door: url_addr(session["front_door"].as_str().expect("front_door")),
+        auth: format!("Bearer {}", session["token"].as_str().expect("token")),
+    };
+    (200, Some(session))
+}

@@ -11,7 +11,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mailctl::admin::Hcu;
 use mailctl::http;
 use mailctl::plan::Endpoints;
-use megamail_tests::up::{addr, mailctl, ok, Up};
+use megamail_tests::up::{self, addr, mailctl, ok, Up};
 use mserv::{MservError, Policy};
 use serde_json::{json, Value};
 use xfs::{NewAccount, Op, Reply, Target};
@@ -31,18 +31,7 @@ fn days_since(since_ms: u64) -> String {
 }
 
 async fn sign_in(login: std::net::SocketAddr, user: &str) -> u16 {
-    let body = json!({"user": user, "password": "pw"}).to_string();
-    http::request(
-        login,
-        "POST",
-        "/api/v1/session",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap()
-    .status
+    up::sign_in(login, user, "pw").await.0
 }
 
 fn user(store: usize, i: usize) -> String {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mailctl::http;
 use megamail_tests::free_addr;
-use megamail_tests::up::{addr, mailctl, ok, url_addr, Up};
+use megamail_tests::up::{self, addr, mailctl, ok, url_addr, Up};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,21 +96,9 @@ async fn up_runs_every_role_and_a_new_user_gets_mail_through_smtp_and_the_api() 
 
     // ... read through the JSON API after signing in with the new password.
     let login = url_addr(e["login_url"].as_str().unwrap());
-    let body = r#"{"user":"carol@megamail.test","password":"second-password"}"#;
-    let a = http::request(
-        login,
-        "POST",
-        "/api/v1/session",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
-    let session = a.json().unwrap();
-    let door = url_addr(session["front_door"].as_str().unwrap());
-    let auth = format!("Bearer {}", session["token"].as_str().unwrap());
+    let (status, session) = up::sign_in(login, "carol@megamail.test", "second-password").await;
+    assert_eq!(status, 200);
+    let up::ApiSession { door, auth } = session.unwrap();
     let a = http::request(
         door,
         "GET",

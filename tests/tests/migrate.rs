@@ -12,7 +12,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mailctl::admin::Hcu;
 use mailctl::http;
 use mailctl::plan::Endpoints;
-use megamail_tests::up::{addr, mailctl, ok, url_addr, Up};
+use megamail_tests::up::{self, addr, mailctl, ok, url_addr, Up};
 use mserv::Policy;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -417,22 +417,8 @@ async fn api_client(
     stop: Arc<AtomicBool>,
     flagged: Arc<Mutex<Vec<(String, u64)>>>,
 ) {
-    let session = http::request(
-        login,
-        "POST",
-        "/api/v1/session",
-        &[("Content-Type", "application/json")],
-        json!({"user": user, "password": "pw"})
-            .to_string()
-            .as_bytes(),
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap()
-    .json()
-    .unwrap();
-    let door = url_addr(session["front_door"].as_str().unwrap());
-    let auth = format!("Bearer {}", session["token"].as_str().unwrap());
+    let session = up::sign_in(login, &user, "pw").await.1.expect("signed in");
+    let (door, auth) = (session.door, session.auth);
     let mut k = 0usize;
     while !stop.load(Ordering::SeqCst) {
         k += 1;

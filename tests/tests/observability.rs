@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mailctl::http;
 use megamail_tests::http_get;
-use megamail_tests::up::{addr, mailctl, ok, url_addr, Up};
+use megamail_tests::up::{self, addr, mailctl, ok, url_addr, Up};
 use serde_json::Value;
 
 const CAROL: &str = "carol@megamail.test";
@@ -143,35 +143,12 @@ async fn every_role_exports_its_metrics_and_a_request_id_crosses_the_tiers() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "250 550");
     let login = url_addr(e["login_url"].as_str().unwrap());
-    let json = [("Content-Type", "application/json")];
-    let wrong = r#"{"user":"carol@megamail.test","password":"wrong"}"#;
-    let a = http::request(
-        login,
-        "POST",
-        "/api/v1/session",
-        &json,
-        wrong.as_bytes(),
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 401);
-    let right = r#"{"user":"carol@megamail.test","password":"carol-password"}"#;
-    let a = http::request(
-        login,
-        "POST",
-        "/api/v1/session",
-        &json,
-        right.as_bytes(),
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
-    let session = a.json().unwrap();
-    let door_url = session["front_door"].as_str().unwrap();
-    let door = url_addr(door_url);
-    let auth = format!("Bearer {}", session["token"].as_str().unwrap());
+    let (status, _) = up::sign_in(login, "carol@megamail.test", "wrong").await;
+    assert_eq!(status, 401);
+    let (status, session) = up::sign_in(login, "carol@megamail.test", "carol-password").await;
+    assert_eq!(status, 200);
+    let up::ApiSession { door, auth } = session.unwrap();
+    let door_url = format!("http://{door}");
     let a = http::request(
         door,
         "GET",
