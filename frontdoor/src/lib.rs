@@ -18,8 +18,6 @@ pub mod mime;
 pub mod sanitize;
 pub mod web;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,15 +31,12 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use runtime::faults::Faults;
 use runtime::health::Health;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 pub use config::FrontdoorConfig;
 
@@ -396,88 +391,23 @@ pub async fn run_with(
     tracing::info!(http = %addr, admin = %admin_addr, public_url = %ctx.cfg.public_url,
         "frontdoor ready");
 
-    serve(
-        listener,
-        app(ctx),
+    let limits = runtime::http::Limits {
         max_connections,
         header_timeout,
         drain,
+    };
+    let app = app(ctx);
+    runtime::http::serve(
+        listener,
+        limits,
         shutdown.clone(),
+        |_peer| hyper_util::service::TowerToHyperService::new(app.clone()),
         || health.set_draining(),
     )
     .await;
     admin_task.await.context("admin task")??;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Accept connections (at most `max_connections` at once) and serve `app` on each until
-/// `shutdown`; then let requests in flight finish, for at most `drain`.
-async fn serve(
-    listener: TcpListener,
-    app: Router,
-    max_connections: usize,
-    header_timeout: Duration,
-    drain: Duration,
-    shutdown: Shutdown,
-    on_drain: impl FnOnce(),
-) {
-    let limit = Arc::new(Semaphore::new(max_connections));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            () = shutdown.triggered() => break,
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            () = shutdown.triggered() => break,
-            x = runtime::net::accept(&listener) => x,
-        };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = http.serve_connection(TokioIo::new(stream), svc);
-        let token = shutdown.token();
-        connections.spawn(async move {
-            let _permit = permit;
-            let mut conn = std::pin::pin!(conn);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    () = token.cancelled(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
-            }
-            Ok::<(), Infallible>(())
-        });
-    }
-    on_drain();
-    drop(listener);
-    tracing::info!(open = connections.len(), "draining");
-    let drained = tokio::time::timeout(drain, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            open = connections.len(),
-            "connections still open after the drain timeout; closing them"
-        );
-        connections.shutdown().await;
-    }
 }
 
 #[cfg(test)]

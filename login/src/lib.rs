@@ -28,9 +28,7 @@ use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use runtime::faults::Faults;
 use runtime::health::Health;
 use runtime::shutdown::Shutdown;
@@ -129,71 +127,46 @@ pub async fn run_with(
     tracing::info!(http = %addr, admin = %admin_addr, public_url = %cfg.public_url,
         key = %cfg.current_key, "login ready");
 
-    let conns = shutdown.child();
-    accept_loop(listener, web::router(app), conns.clone()).await;
-
-    health.set_draining();
-    tracing::info!("draining");
-    if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), conns.wait_tasks())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain timeout");
-    }
+    let limits = runtime::http::Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_READ_TIMEOUT,
+        drain: DRAIN_TIMEOUT,
+    };
+    let app = web::router(app);
+    runtime::http::serve(
+        listener,
+        limits,
+        shutdown.clone(),
+        |peer| service(app.clone(), peer),
+        || health.set_draining(),
+    )
+    .await;
     admin_task.await.context("admin task")??;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, app: axum::Router, shutdown: Shutdown) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.triggered() => break,
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.triggered() => break,
-            x = runtime::net::accept(&listener) => x,
-        };
+/// The service for one connection from `peer`: the client's address for the handlers (throttling
+/// is per client address), and a time limit on each request.
+fn service(
+    app: axum::Router,
+    peer: std::net::SocketAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = axum::response::Response,
+    Error = Infallible,
+    Future = impl Send,
+> + Send {
+    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
-        let http = http.clone();
-        let sd = shutdown.clone();
-        shutdown.spawn(async move {
-            let _permit = permit;
-            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let app = app.clone();
-                async move {
-                    let res = match tokio::time::timeout(REQUEST_TIMEOUT, app.oneshot(req)).await {
-                        Ok(Ok(res)) => res,
-                        Ok(Err(never)) => match never {},
-                        Err(_) => {
-                            (StatusCode::REQUEST_TIMEOUT, "request timed out\n").into_response()
-                        }
-                    };
-                    Ok::<_, Infallible>(res)
-                }
-            });
-            let conn = http.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = sd.triggered() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
-                }
-            }
-        });
-    }
+        async move {
+            let res = match tokio::time::timeout(REQUEST_TIMEOUT, app.oneshot(req)).await {
+                Ok(Ok(res)) => res,
+                Ok(Err(never)) => match never {},
+                Err(_) => (StatusCode::REQUEST_TIMEOUT, "request timed out\n").into_response(),
+            };
+            Ok::<_, Infallible>(res)
+        }
+    })
 }

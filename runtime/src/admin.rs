@@ -11,7 +11,6 @@
 //! Bad parameters get 400 with the reason, a known path with the wrong method 405, anything else 404.
 
 use std::convert::Infallible;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +18,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::config::Validate as _;
 use crate::faults::{FaultSpec, Faults};
@@ -39,8 +34,6 @@ pub const MAX_CONNECTIONS: usize = 256;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish their request once shutdown is triggered.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause after an accept error that is not about one connection (such as running out of file descriptors).
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -57,90 +50,28 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin server listening");
     }
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let mut connections = JoinSet::new();
-
-    loop {
-        while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            () = shutdown.triggered() => break,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-        };
-        let stream = tokio::select! {
-            () = shutdown.triggered() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(e) if is_per_connection(&e) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::select! {
-                        () = shutdown.triggered() => break,
-                        () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
-                    }
-                }
-            },
-        };
-
-        let health = Arc::clone(&health);
-        let faults = Arc::clone(&faults);
-        let service = service_fn(move |req: Request<Incoming>| {
-            let response = route(&req, &health, &faults);
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let token = shutdown.token();
-        connections.spawn(async move {
-            let _permit = permit;
-            let mut conn = std::pin::pin!(conn);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "admin connection ended with an error");
-                        }
-                        break;
-                    }
-                    () = token.cancelled(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
-            }
-        });
-    }
-
-    drop(listener);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while connections.join_next().await.is_some() {}
-    })
+    let limits = crate::http::Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_READ_TIMEOUT,
+        drain: DRAIN_TIMEOUT,
+    };
+    crate::http::serve(
+        listener,
+        limits,
+        shutdown,
+        |_peer| {
+            let health = Arc::clone(&health);
+            let faults = Arc::clone(&faults);
+            service_fn(move |req: Request<Incoming>| {
+                let response = route(&req, &health, &faults);
+                async move { Ok::<_, Infallible>(response) }
+            })
+        },
+        || {},
+    )
     .await;
-    if drained.is_err() {
-        tracing::warn!(
-            open = connections.len(),
-            "admin connections still open after the drain timeout; closing them"
-        );
-        connections.shutdown().await;
-    }
     tracing::info!("admin server stopped");
     Ok(())
-}
-
-/// Accept errors that concern only the connection being accepted.
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::Interrupted
-    )
 }
 
 fn route<B>(req: &Request<B>, health: &Health, faults: &Faults) -> Response<Full<Bytes>> {

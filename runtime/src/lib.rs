@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod faults;
 pub mod health;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;

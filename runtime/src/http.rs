@@ -1,0 +1,105 @@
+//! One HTTP/1.1 server loop for every web port (front doors, login, the admin port): a bound on
+//! connections served at once, a header read timeout, and on shutdown a graceful close of every
+//! connection with a bounded drain.
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::shutdown::Shutdown;
+
+/// The limits of one HTTP port.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; the next one waits in the listen backlog.
+    pub max_connections: usize,
+    /// A client must send its request headers within this time.
+    pub header_timeout: Duration,
+    /// How long open connections get to finish once shutdown is triggered.
+    pub drain: Duration,
+}
+
+/// Serve HTTP on `listener` until `shutdown`, each connection with the service `service_for`
+/// makes from the client's address. On shutdown: stop accepting, call `on_drain`, ask every open
+/// connection to close after its request in flight, and wait for them at most `limits.drain`
+/// before cutting them off.
+pub async fn serve<F, S, B>(
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: Shutdown,
+    service_for: F,
+    on_drain: impl FnOnce(),
+) where
+    F: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let limit = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            () = shutdown.triggered() => break,
+            p = Arc::clone(&limit).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_closed) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = shutdown.triggered() => break,
+            x = crate::net::accept(&listener) => x,
+        };
+        let conn = http.serve_connection(TokioIo::new(stream), service_for(peer));
+        let token = shutdown.token();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = token.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        });
+    }
+    on_drain();
+    drop(listener);
+    tracing::info!(open = connections.len(), "draining HTTP connections");
+    let drained = tokio::time::timeout(limits.drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after the drain timeout; closing them"
+        );
+        connections.shutdown().await;
+    }
+}
