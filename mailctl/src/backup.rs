@@ -410,15 +410,17 @@ pub fn backup_table(v: &Value) -> String {
         "MS"
     );
     for r in v["segments"].as_array().into_iter().flatten() {
+        // Numbers as integers: a JSON value ignores the column widths.
+        let n = |key: &str| r[key].as_u64().unwrap_or(0);
         out.push_str(&format!(
             "\n{:<10} {:>3} {:>8} {:>12} {:>8} {:>12} {:>8}",
             r["store"].as_str().unwrap_or(""),
-            r["segment"],
-            r["files_copied"],
-            r["bytes_copied"],
-            r["files_reused"],
-            r["bytes_reused"],
-            r["ms"]
+            n("segment"),
+            n("files_copied"),
+            n("bytes_copied"),
+            n("files_reused"),
+            n("bytes_reused"),
+            n("ms")
         ));
     }
     out.push_str(&format!(

@@ -246,7 +246,7 @@ fn print_rows(rows: &[Value]) {
             "{:<40} {:<10} {:>3} {:<18} {:>8}",
             r["user"].as_str().unwrap_or(""),
             r["store"].as_str().unwrap_or(""),
-            r["segment"],
+            r["segment"].as_u64().unwrap_or(0),
             r["last_sign_in"].as_str().unwrap_or(""),
             r["age"].as_str().unwrap_or("")
         );
