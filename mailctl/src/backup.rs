@@ -60,6 +60,33 @@ pub struct Manifest {
     pub segments: Vec<SegmentBackup>,
 }
 
+impl Manifest {
+    /// Every name the manifest joins to a path must stay inside the backup directory: a damaged
+    /// or altered manifest must not make a restore read (or link) files elsewhere.
+    fn check_names(&self) -> anyhow::Result<()> {
+        let plain = |name: &str| {
+            !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+        };
+        let mut names = vec![self.id.as_str()];
+        for s in &self.segments {
+            names.extend([s.store.as_str(), s.identity.as_str()]);
+            names.extend(
+                s.pool_files
+                    .iter()
+                    .chain(&s.own_files)
+                    .map(|f| f.name.as_str()),
+            );
+        }
+        match names.into_iter().find(|n| !plain(n)) {
+            Some(bad) => bail!(
+                "the manifest of backup {} names {bad:?}, which is not a plain file name",
+                self.id
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -185,6 +212,8 @@ pub fn list_backups(dir: &Path) -> anyhow::Result<Vec<Manifest>> {
             .with_context(|| format!("reading {}", path.display()))?;
         let m: Manifest =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        m.check_names()
+            .with_context(|| format!("checking {}", path.display()))?;
         out.push(m);
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -733,6 +762,32 @@ async fn finish_undelete(hcu: &Hcu, user: &str, p: Placement) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_naming_paths_outside_the_backup_is_refused() {
+        let file = |name: &str| FileEntry {
+            name: name.into(),
+            size: 1,
+            crc32: 0,
+        };
+        let manifest = |name: &str| Manifest {
+            id: "20261122T000000Z".into(),
+            created_ms: 0,
+            version: "0".into(),
+            segments: vec![SegmentBackup {
+                store: "store-1".into(),
+                segment: 0,
+                identity: "abc".into(),
+                pool_files: vec![file("000012.sst")],
+                own_files: vec![file(name)],
+            }],
+        };
+        assert!(manifest("CURRENT").check_names().is_ok());
+        for bad in ["../../etc/passwd", "a/b", "..", ""] {
+            let err = manifest(bad).check_names().unwrap_err().to_string();
+            assert!(err.contains("not a plain file name"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn backup_ids_are_utc_and_as_of_accepts_ids_and_times() {
