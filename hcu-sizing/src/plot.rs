@@ -15,6 +15,8 @@ const RIGHT: f64 = 170.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 const COLOURS: [&str; 5] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+/// Dash patterns, so roles with the same count (one ustore and one mserv per HCU) stay visible.
+const DASHES: [&str; 5] = ["none", "none", "none", "7 5", "none"];
 
 /// The service's machines per role at each sampled number of users, from `max_users / SAMPLES`
 /// (at least 1) to `max_users`. The workload keeps its per-user rates at every size.
@@ -152,18 +154,20 @@ pub fn svg(w: &Workload, c: &Capacity, max_users: u64, title: &str) -> Result<St
             .collect();
         let _ = writeln!(
             o,
-            r#"<polyline class="role" data-role="{role}" points="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
+            r#"<polyline class="role" data-role="{role}" points="{}" fill="none" stroke="{}" stroke-width="2" stroke-dasharray="{}"/>"#,
             pts.join(" "),
-            COLOURS[i]
+            COLOURS[i],
+            DASHES[i]
         );
         let ly = TOP + 14.0 + i as f64 * 20.0;
         let lx = LEFT + plot_w + 16.0;
         let last = points.last().map_or(0, |(_, m)| m[i]);
         let _ = writeln!(
             o,
-            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{role} ({last})</text>"#,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="3" stroke-dasharray="{}"/><text x="{:.1}" y="{:.1}">{role} ({last})</text>"#,
             lx + 22.0,
             COLOURS[i],
+            DASHES[i],
             lx + 28.0,
             ly + 4.0
         );
