@@ -27,8 +27,9 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Extension, Form, Json, Router};
 use runtime::health::Health;
+use runtime::http::RequestId;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -83,10 +84,16 @@ pub const FAULT_HTTP: &str = "http.request";
 /// Every request: the `http.request` fault point, metrics per route, one log line at info.
 async fn observe(
     State(app): State<Arc<App>>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let started = std::time::Instant::now();
+    let id = runtime::http::request_id(
+        req.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+    );
+    req.extensions_mut().insert(RequestId(id.clone()));
     let _in_flight = crate::metrics::HTTP.begin();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -108,7 +115,7 @@ async fn observe(
         _ => "OTHER",
     };
     let op = format!("{method_name} {route}");
-    let resp = match app.signin.faults.inject(FAULT_HTTP).await {
+    let mut resp = match app.signin.faults.inject(FAULT_HTTP).await {
         Ok(()) => next.run(req).await,
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -134,7 +141,10 @@ async fn observe(
     }
     if path != "/healthz" && path != pages::CSS_PATH {
         let ms = elapsed.as_secs_f64() * 1000.0;
-        tracing::info!(%method, %path, status = status.as_u16(), ms, "request");
+        tracing::info!(%method, %path, status = status.as_u16(), ms, request_id = %id, "request");
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
     }
     resp
 }
@@ -156,11 +166,6 @@ async fn security_headers(mut res: Response) -> Response {
 /// The client's address (IPv4-mapped IPv6 addresses as IPv4).
 fn client_ip(peer: SocketAddr) -> IpAddr {
     peer.ip().to_canonical()
-}
-
-fn trace_id() -> String {
-    let sid = token::new_sid();
-    format!("login-{}", &sid[..10.min(sid.len())])
 }
 
 /// The value of cookie `name` in the request, if sent once with a sane value.
@@ -287,6 +292,7 @@ struct LoginForm {
 async fn login_form(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(RequestId(trace)): Extension<RequestId>,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
@@ -324,7 +330,6 @@ async fn login_form(
         );
         return form_page(&app, &headers, StatusCode::FORBIDDEN, Some(notice), &shown).await;
     }
-    let trace = trace_id();
     match app
         .signin
         .sign_in(&form.user, &form.password, client_ip(peer), &trace)
@@ -434,6 +439,7 @@ fn json_error(status: StatusCode, error: &str) -> Response {
 async fn login_json(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(RequestId(trace)): Extension<RequestId>,
     body: Result<Json<SessionRequest>, JsonRejection>,
 ) -> Response {
     let req = match body {
@@ -460,7 +466,6 @@ async fn login_json(
             return json_error(status, &why);
         }
     };
-    let trace = trace_id();
     match app
         .signin
         .sign_in(&req.user, &req.password, client_ip(peer), &trace)

@@ -103,3 +103,44 @@ pub async fn serve<F, S, B>(
         connections.shutdown().await;
     }
 }
+
+/// A request's id, carried from the web tiers into the store's logs (an extension of the
+/// request, put there by the role's middleware).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The id of a request whose client sent `sent` in `X-Request-Id`: that value if it is sane (1
+/// to 64 characters of letters, digits, `-`, `_`, `.` and `:`), else a fresh random one.
+pub fn request_id(sent: Option<&str>) -> String {
+    match sent.filter(|v| is_sane_request_id(v)) {
+        Some(v) => v.to_owned(),
+        None => {
+            let bytes: [u8; 8] = rand::random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
+}
+
+fn is_sane_request_id(value: &str) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sane_client_request_id_is_kept_and_anything_else_replaced() {
+        assert_eq!(request_id(Some("abc-123_x.y:z")), "abc-123_x.y:z");
+        for bad in [None, Some(""), Some("a b"), Some("a\u{0}"), Some("é")] {
+            let id = request_id(bad);
+            assert_eq!(id.len(), 16, "{bad:?} → {id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        let long = "x".repeat(65);
+        assert_ne!(request_id(Some(&long)), long);
+    }
+}

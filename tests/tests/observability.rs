@@ -203,6 +203,25 @@ async fn every_role_exports_its_metrics_and_a_request_id_crosses_the_tiers() {
     let given = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(!given.is_empty() && !given.contains(' '), "{given}");
 
+    // A sign-in's id: in login's answer and log, and in the log of the store that checked it.
+    let id = format!("obs-login-{:016x}", rand::random::<u64>());
+    let r = client
+        .post(format!("http://{login}/api/v1/session"))
+        .header("X-Request-Id", &id)
+        .json(&serde_json::json!({"user": CAROL, "password": "carol-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], id.as_str());
+    let line = wait_for_log(&logs.join("login.log"), &id).await;
+    assert!(
+        line.contains("signed in") || line.contains("status=200"),
+        "{line}"
+    );
+    let line = wait_for_log(&logs.join(format!("{store}.log")), &id).await;
+    assert!(line.contains(CAROL), "{line}");
+
     // Every process's /metrics has its role's families.
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for p in processes {
