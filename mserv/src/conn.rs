@@ -1,7 +1,8 @@
 //! A few pipelined connections to one replica, shared by the client, by followers forwarding
 //! writes and by Raft's messages to peers. A lost connection fails its calls in flight; the
-//! next call reconnects after a delay drawn with full jitter (`xfs::client::full_jitter`), so a
-//! restarted replica is not hit by every caller at once.
+//! next call reconnects after a delay drawn with full jitter over a window that grows with the
+//! outage (`xfs::client::reconnect_delay`), so a restarted replica is not hit by every caller at
+//! once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use xfs::client::full_jitter;
+use xfs::client::reconnect_delay;
 use xfs::frame::{self, FrameError};
 
 use crate::proto::{
@@ -26,7 +27,7 @@ pub struct ConnConfig {
     /// Connections kept to the replica; requests are pipelined on each.
     pub conns: usize,
     pub connect_timeout: Duration,
-    /// Reconnect delays: uniform in `[0, min(cap, base * 2^failures))`.
+    /// Reconnect delays: uniform in `[0, min(cap, max(base * 2^failures, time unreachable)))`.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub max_frame: usize,
@@ -96,6 +97,8 @@ impl Conn {
 struct Backoff {
     failures: u32,
     retry_at: Option<Instant>,
+    /// When the replica was lost (or first failed to answer); `None` while connected.
+    down_since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -210,7 +213,8 @@ impl Endpoint {
                     Some(_) => {
                         // Lost: wait a jittered while before coming back, like everyone else.
                         *live = None;
-                        backoff.retry_at = Some(Instant::now() + self.delay(backoff.failures));
+                        backoff.down_since = Some(Instant::now());
+                        backoff.retry_at = Some(Instant::now() + self.delay(&backoff));
                         backoff.failures += 1;
                     }
                     None => {}
@@ -227,13 +231,15 @@ impl Endpoint {
                 Ok(Ok(c)) => {
                     backoff.failures = 0;
                     backoff.retry_at = None;
+                    backoff.down_since = None;
                     *lock(&slot.live) = Some(c.clone());
                     return Ok(c);
                 }
                 Ok(Err(why)) => last_err = why,
                 Err(_) => last_err = "connect timed out".into(),
             }
-            backoff.retry_at = Some(Instant::now() + self.delay(backoff.failures));
+            backoff.down_since.get_or_insert_with(Instant::now);
+            backoff.retry_at = Some(Instant::now() + self.delay(&backoff));
             backoff.failures += 1;
         }
         Err(ConnError::NotSent {
@@ -242,8 +248,17 @@ impl Endpoint {
         })
     }
 
-    fn delay(&self, failures: u32) -> Duration {
-        full_jitter(self.cfg.backoff_base, self.cfg.backoff_cap, failures)
+    /// Full jitter over a window that doubles per failure and is at least as long as the replica
+    /// has been unreachable (`xfs::client::reconnect_delay`), so callers that call rarely spread
+    /// out after a restart as widely as busy ones.
+    fn delay(&self, backoff: &Backoff) -> Duration {
+        let down_for = backoff.down_since.map(|t| t.elapsed()).unwrap_or_default();
+        reconnect_delay(
+            self.cfg.backoff_base,
+            self.cfg.backoff_cap,
+            backoff.failures,
+            down_for,
+        )
     }
 
     async fn connect(&self) -> Result<Arc<Conn>, String> {
