@@ -67,12 +67,26 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A loopback port free at the time of the call.
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768-60999), so no outgoing
+/// connection and no `bind(0)` can take one between the probe and the server's own bind.
+const PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A loopback port free at the time of the call, never the same one twice in a test process.
+/// Each test process starts at its own place in [`PORTS`], so a server of the previous test binary
+/// still shutting down does not meet the next one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = PORTS.end - PORTS.start;
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORTS.start + (offset + i) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?}")
 }
 
 pub fn free_addr() -> SocketAddr {
