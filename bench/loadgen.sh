@@ -14,7 +14,6 @@
 #        smtp_msgs_per_s=<n> disk_per_stored_byte=<x>
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/megamail/target}"
 users="${USERS:-200}"
 sessions="${SESSIONS:-40}"
 smtp_rate="${SMTP_RATE:-20}"
@@ -22,45 +21,13 @@ secs="${SECS:-60}"
 warmup="${WARMUP_SECS:-5}"
 think="${THINK_MS:-200}"
 
-cargo build --release --quiet --workspace --bins
-bin="$CARGO_TARGET_DIR/release"
-
-dir="$(mktemp -d)"
+. bench/hcu.sh
 out="${1:-$dir/measured-capacity.toml}"
-keep_dir=""
-[ -n "${1:-}" ] || keep_dir=1
-up_pid=""
-cleanup() {
-    if [ -n "$up_pid" ]; then
-        kill -TERM "$up_pid" 2>/dev/null || true
-        wait "$up_pid" 2>/dev/null || true
-    fi
-    if [ -n "$keep_dir" ]; then
-        # Keep only the profile.
-        find "$dir" -mindepth 1 -maxdepth 1 ! -name measured-capacity.toml -exec rm -rf {} +
-    else
-        rm -rf "$dir"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-python3 - "$dir/layout.toml" <<'PY'
-import re, sys
-text = open("deploy/local.toml").read()
-text = re.sub(r'"127\.0\.0\.1:(\d+)"', lambda m: '"127.0.0.1:%d"' % (int(m.group(1)) + 22000), text)
-open(sys.argv[1], "w").write(text)
-PY
-
-"$bin/mailctl" --data "$dir/data" up --config "$dir/layout.toml" >"$dir/up.log" 2>&1 &
-up_pid=$!
-start=$(date +%s)
-until [ -f "$dir/data/endpoints.json" ] && "$bin/mailctl" --data "$dir/data" --json probe >/dev/null 2>&1; do
-    if ! kill -0 "$up_pid" 2>/dev/null; then cat "$dir/up.log" >&2; echo "mailctl up exited" >&2; exit 1; fi
-    if [ $(( $(date +%s) - start )) -gt 180 ]; then echo "the HCU did not come up within 180 s" >&2; exit 1; fi
-    sleep 0.2
-done
-echo "HCU up after $(( $(date +%s) - start )) s"
+if [ -z "${1:-}" ]; then
+    # Keep only the profile.
+    trap 'hcu_stop; find "$dir" -mindepth 1 -maxdepth 1 ! -name measured-capacity.toml -exec rm -rf {} +' EXIT
+fi
+hcu_up 22000
 
 if ! "$bin/loadgen" --data "$dir/data" --users "$users" --sessions "$sessions" \
     --smtp-rate "$smtp_rate" --duration "${secs}s" --warmup "${warmup}s" --think-ms "$think" \
@@ -71,9 +38,7 @@ if ! "$bin/loadgen" --data "$dir/data" --users "$users" --sessions "$sessions" \
 fi
 
 # Stop the HCU before planning, so nothing it prints mixes with the plan.
-kill -TERM "$up_pid" 2>/dev/null || true
-wait "$up_pid" 2>/dev/null || true
-up_pid=""
+hcu_stop
 
 echo
 echo "capacity profile ($out):"

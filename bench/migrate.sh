@@ -12,30 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 parallel="${1:-2}"
 rate="${2:-50}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/megamail/target}"
-cargo build --release --quiet --workspace --bins
-bin="$CARGO_TARGET_DIR/release"
-
-dir="$(mktemp -d)"
-up_pid=""
-cleanup() {
-    if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-# deploy/local.toml with every port moved up by 21000.
-python3 - "$dir/layout.toml" <<'PY'
-import re, sys
-text = open("deploy/local.toml").read()
-text = re.sub(r'"127\.0\.0\.1:(\d+)"', lambda m: '"127.0.0.1:%d"' % (int(m.group(1)) + 21000), text)
-open(sys.argv[1], "w").write(text)
-PY
-"$bin/mailctl" --data "$dir/data" up --config "$dir/layout.toml" >"$dir/up.log" 2>&1 &
-up_pid=$!
-until [ -f "$dir/data/endpoints.json" ] && "$bin/mailctl" --data "$dir/data" status >/dev/null 2>&1; do
-    if ! kill -0 "$up_pid" 2>/dev/null; then cat "$dir/up.log"; exit 1; fi
-    sleep 0.2
-done
+. bench/hcu.sh
+# deploy/local.toml with every port moved up by 21000; ready once every process is healthy.
+hcu_layout 21000
+hcu_start
+hcu_wait 180 "$bin/mailctl" --data "$dir/data" status
 "$bin/migrate-bench" --data "$dir/data" setup
 "$bin/migrate-bench" --data "$dir/data" run --mailctl "$bin/mailctl" --parallel "$parallel" --smtp-rate "$rate"

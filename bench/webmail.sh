@@ -13,43 +13,13 @@
 # RESULT inbox_pages_per_s=<n> p99_ms=<n> cache_misses_per_page=<x>
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/megamail/target}"
 users="${USERS:-50}"
 messages="${MESSAGES:-1000}"
 secs="${SECS:-10}"
 warmup="${WARMUP_SECS:-2}"
 
-cargo build --release --quiet --workspace --bins
-bin="$CARGO_TARGET_DIR/release"
-
-dir="$(mktemp -d)"
-up_pid=""
-cleanup() {
-    if [ -n "$up_pid" ]; then
-        kill -TERM "$up_pid" 2>/dev/null || true
-        wait "$up_pid" 2>/dev/null || true
-    fi
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-python3 - "$dir/layout.toml" <<'PY'
-import re, sys
-text = open("deploy/local.toml").read()
-text = re.sub(r'"127\.0\.0\.1:(\d+)"', lambda m: '"127.0.0.1:%d"' % (int(m.group(1)) + 21000), text)
-open(sys.argv[1], "w").write(text)
-PY
-
-"$bin/mailctl" --data "$dir/data" up --config "$dir/layout.toml" >"$dir/up.log" 2>&1 &
-up_pid=$!
-start=$(date +%s)
-until [ -f "$dir/data/endpoints.json" ] && "$bin/mailctl" --data "$dir/data" --json probe >/dev/null 2>&1; do
-    if ! kill -0 "$up_pid" 2>/dev/null; then cat "$dir/up.log" >&2; echo "mailctl up exited" >&2; exit 1; fi
-    if [ $(( $(date +%s) - start )) -gt 180 ]; then echo "the HCU did not come up within 180 s" >&2; exit 1; fi
-    sleep 0.2
-done
-echo "HCU up after $(( $(date +%s) - start )) s"
+. bench/hcu.sh
+hcu_up 21000
 
 load=("$bin/webmail-load")
 "${load[@]}" setup --data "$dir/data" --users "$users" --messages "$messages"
@@ -93,7 +63,5 @@ result=$(grep '^RESULT ' "$dir/run.out" | tail -n 1)
 [ -n "$result" ] || { echo "the load generator printed no RESULT" >&2; exit 1; }
 
 # Stop the HCU before the last line, so nothing it prints follows it.
-kill -TERM "$up_pid" 2>/dev/null || true
-wait "$up_pid" 2>/dev/null || true
-up_pid=""
+hcu_stop
 echo "$result"
