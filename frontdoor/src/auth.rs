@@ -9,15 +9,17 @@
 //! session key) and every state-changing form post is checked; JSON API writes authenticated by
 //! the cookie need it in `X-CSRF-Token`, Bearer-authenticated calls need nothing more.
 
+pub use runtime::time::now_ms;
+pub use runtime::time::now_secs;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use login::token::{Claims, TokenError};
+use session::token::{Claims, TokenError};
 use xfs::AccountState;
 
 use crate::mailbox::{Mailbox, StoreError};
@@ -112,20 +114,6 @@ impl AuthError {
             AuthError::NoSuchUser => "no_such_user",
         }
     }
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The token a request carries: a Bearer header first, else the session cookie.

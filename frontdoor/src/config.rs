@@ -90,13 +90,13 @@ impl Default for FrontdoorConfig {
 
 impl FrontdoorConfig {
     /// The session keys, checked.
-    pub fn session_keys(&self) -> Result<login::token::Keys, String> {
+    pub fn session_keys(&self) -> Result<session::token::Keys, String> {
         let pairs: Vec<(String, String)> = self
             .keys
             .iter()
             .map(|k| (k.id.clone(), k.secret.clone()))
             .collect();
-        login::token::Keys::new(&self.current_key, &pairs)
+        session::token::Keys::new(&self.current_key, &pairs)
     }
 
     /// The relay's host and port.

@@ -43,8 +43,8 @@ pub use config::FrontdoorConfig;
 /// What every request shares.
 pub struct Ctx {
     pub cfg: FrontdoorConfig,
-    pub keys: login::token::Keys,
-    pub router: mserv::Router,
+    pub keys: session::token::Keys,
+    pub router: mserv_client::Router,
     pub xfs: xfs::Client,
     pub faults: Arc<Faults>,
     pub health: Arc<Health>,
@@ -106,16 +106,16 @@ pub fn context(
     let keys = cfg
         .session_keys()
         .map_err(|e| anyhow::anyhow!("session keys: {e}"))?;
-    let mserv_client = mserv::Client::new(
+    let mserv_client = mserv_client::Client::new(
         cfg.mserv.clone(),
-        mserv::ClientConfig {
+        mserv_client::ClientConfig {
             name: "frontdoor".into(),
             cache_ttl: Duration::from_secs(cfg.route_cache_secs),
             request_timeout: Duration::from_secs(3),
             ..Default::default()
         },
     );
-    let router = mserv::Router::new(
+    let router = mserv_client::Router::new(
         Arc::new(mserv_client),
         Duration::from_secs(cfg.store_refresh_secs),
     );

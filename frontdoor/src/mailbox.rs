@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use mserv::RouteError;
+use mserv_client::RouteError;
 use xfs::{
-    AuthRecord, CallError, Delivery, Flags, FolderInfo, FolderPage, IndexEntry, Message, MsgId, Op,
-    Reply, SearchQuery, Target, XfsError,
+    ops, AuthRecord, Call, CallError, Delivery, Flags, FolderInfo, FolderPage, IndexEntry, Message,
+    MsgId, SearchQuery, Target, XfsError,
 };
 
 use crate::{metrics, Ctx};
@@ -51,18 +51,14 @@ pub struct Mailbox<'a> {
     pub trace: &'a str,
 }
 
-fn unexpected(op: &str, reply: Reply) -> StoreError {
-    tracing::error!(op, ?reply, "unexpected store answer");
-    StoreError::Unavailable(format!("unexpected answer to {op}"))
-}
-
 impl<'a> Mailbox<'a> {
     pub fn new(ctx: &'a Ctx, user: &'a str, trace: &'a str) -> Self {
         Mailbox { ctx, user, trace }
     }
 
-    /// Call the user's store with the operation `make` builds for the current route.
-    pub async fn call(&self, make: impl Fn(Target) -> Op) -> Result<Reply, StoreError> {
+    /// Call the user's store with the operation `make` builds for the current route; its typed
+    /// answer.
+    pub async fn call<C: Call>(&self, make: impl Fn(Target) -> C) -> Result<C::Output, StoreError> {
         let mut last = StoreError::Unavailable("no attempt made".into());
         for attempt in 0..MAX_ATTEMPTS {
             let route = match self.ctx.router.route(self.user).await {
@@ -78,7 +74,7 @@ impl<'a> Mailbox<'a> {
                 }
             };
             let op = make(route.target());
-            let name = op.name();
+            let name = C::NAME;
             let started = Instant::now();
             let answer = match self.ctx.faults.inject("frontdoor.store").await {
                 Err(e) => Err(CallError::Unavailable {
@@ -89,7 +85,7 @@ impl<'a> Mailbox<'a> {
                     self.ctx
                         .xfs
                         .pool(&route.xfs_addr)
-                        .call_with(op, self.trace, self.ctx.store_timeout)
+                        .run_with(op, self.trace, self.ctx.store_timeout)
                         .await
                 }
             };
@@ -139,10 +135,7 @@ impl<'a> Mailbox<'a> {
     }
 
     pub async fn auth(&self) -> Result<AuthRecord, StoreError> {
-        match self.call(|target| Op::GetAuth { target }).await? {
-            Reply::Auth(a) => Ok(a),
-            other => Err(unexpected("get_auth", other)),
-        }
+        self.call(|target| ops::GetAuth { target }).await
     }
 
     pub async fn update_account(
@@ -150,22 +143,20 @@ impl<'a> Mailbox<'a> {
         display_name: Option<String>,
         password_hash: Option<String>,
     ) -> Result<(), StoreError> {
-        self.call(|target| Op::UpdateAccount {
+        self.call(|target| ops::UpdateAccount {
             target,
             display_name: display_name.clone(),
             password_hash: password_hash.clone(),
             quota_bytes: None,
         })
         .await
-        .map(drop)
     }
 
     /// Every folder, system folders first (in their usual order), then the user's own by name.
     pub async fn folders(&self) -> Result<Vec<FolderInfo>, StoreError> {
-        match self.call(|target| Op::ListFolders { target }).await? {
-            Reply::Folders(f) => Ok(in_order(f)),
-            other => Err(unexpected("list_folders", other)),
-        }
+        self.call(|target| ops::ListFolders { target })
+            .await
+            .map(in_order)
     }
 
     /// A page of a folder, newest first.
@@ -175,33 +166,23 @@ impl<'a> Mailbox<'a> {
         offset: u32,
         limit: u32,
     ) -> Result<FolderPage, StoreError> {
-        match self
-            .call(|target| Op::ListFolder {
-                target,
-                folder: folder.to_string(),
-                offset,
-                limit,
-                before_uid: None,
-            })
-            .await?
-        {
-            Reply::Page(p) => Ok(p),
-            other => Err(unexpected("list_folder", other)),
-        }
+        self.call(|target| ops::ListFolder {
+            target,
+            folder: folder.to_string(),
+            offset,
+            limit,
+            before_uid: None,
+        })
+        .await
     }
 
     pub async fn fetch(&self, msg: MsgId, mark_seen: bool) -> Result<Message, StoreError> {
-        match self
-            .call(|target| Op::Fetch {
-                target,
-                msg,
-                mark_seen,
-            })
-            .await?
-        {
-            Reply::Message(m) => Ok(m),
-            other => Err(unexpected("fetch", other)),
-        }
+        self.call(|target| ops::Fetch {
+            target,
+            msg,
+            mark_seen,
+        })
+        .await
     }
 
     pub async fn set_flags(
@@ -210,14 +191,13 @@ impl<'a> Mailbox<'a> {
         add: Flags,
         remove: Flags,
     ) -> Result<(), StoreError> {
-        self.call(|target| Op::SetFlags {
+        self.call(|target| ops::SetFlags {
             target,
             msgs: msgs.to_vec(),
             add,
             remove,
         })
         .await
-        .map(drop)
     }
 
     /// Move messages; each message's new uid.
@@ -226,67 +206,50 @@ impl<'a> Mailbox<'a> {
         msgs: &[MsgId],
         folder: &str,
     ) -> Result<Vec<(MsgId, u32)>, StoreError> {
-        match self
-            .call(|target| Op::Move {
-                target,
-                msgs: msgs.to_vec(),
-                to_folder: folder.to_string(),
-            })
-            .await?
-        {
-            Reply::Moved(m) => Ok(m),
-            other => Err(unexpected("move", other)),
-        }
+        self.call(|target| ops::Move {
+            target,
+            msgs: msgs.to_vec(),
+            to_folder: folder.to_string(),
+        })
+        .await
     }
 
     /// Expunge for good; how many were there.
     pub async fn expunge(&self, msgs: &[MsgId]) -> Result<u64, StoreError> {
-        match self
-            .call(|target| Op::Delete {
-                target,
-                msgs: msgs.to_vec(),
-            })
-            .await?
-        {
-            Reply::Count(n) => Ok(n),
-            other => Err(unexpected("delete", other)),
-        }
+        self.call(|target| ops::Expunge {
+            target,
+            msgs: msgs.to_vec(),
+        })
+        .await
     }
 
     pub async fn empty_folder(&self, folder: &str) -> Result<u64, StoreError> {
-        match self
-            .call(|target| Op::EmptyFolder {
-                target,
-                folder: folder.to_string(),
-            })
-            .await?
-        {
-            Reply::Count(n) => Ok(n),
-            other => Err(unexpected("empty_folder", other)),
-        }
+        self.call(|target| ops::EmptyFolder {
+            target,
+            folder: folder.to_string(),
+        })
+        .await
     }
 
     pub async fn create_folder(&self, name: &str) -> Result<(), StoreError> {
-        self.call(|target| Op::CreateFolder {
+        self.call(|target| ops::CreateFolder {
             target,
             name: name.to_string(),
         })
         .await
-        .map(drop)
     }
 
     pub async fn rename_folder(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        self.call(|target| Op::RenameFolder {
+        self.call(|target| ops::RenameFolder {
             target,
             from: from.to_string(),
             to: to.to_string(),
         })
         .await
-        .map(drop)
     }
 
     pub async fn delete_folder(&self, name: &str) -> Result<(), StoreError> {
-        self.call(|target| Op::DeleteFolder {
+        self.call(|target| ops::DeleteFolder {
             target,
             name: name.to_string(),
         })
@@ -295,30 +258,21 @@ impl<'a> Mailbox<'a> {
     }
 
     pub async fn search(&self, query: SearchQuery) -> Result<Vec<IndexEntry>, StoreError> {
-        match self
-            .call(|target| Op::Search {
-                target,
-                query: query.clone(),
-            })
-            .await?
-        {
-            Reply::Hits(h) => Ok(h),
-            other => Err(unexpected("search", other)),
-        }
+        self.call(|target| ops::Search {
+            target,
+            query: query.clone(),
+        })
+        .await
     }
 
     /// Store a message (idempotent by its delivery id); its id.
     pub async fn deliver(&self, delivery: Delivery) -> Result<MsgId, StoreError> {
-        match self
-            .call(|target| Op::Deliver {
-                target,
-                delivery: delivery.clone(),
-            })
-            .await?
-        {
-            Reply::Delivered { msg, .. } => Ok(msg),
-            other => Err(unexpected("deliver", other)),
-        }
+        self.call(|target| ops::Deliver {
+            target,
+            delivery: delivery.clone(),
+        })
+        .await
+        .map(|d| d.msg)
     }
 }
 

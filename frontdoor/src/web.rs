@@ -1483,7 +1483,7 @@ async fn settings_password(
         )
         .await;
     }
-    if new.chars().count() < MIN_PASSWORD || new.len() > login::password::MAX_PASSWORD_BYTES {
+    if new.chars().count() < MIN_PASSWORD || new.len() > session::password::MAX_PASSWORD_BYTES {
         return settings_error(
             &ctx,
             &s,
@@ -1509,7 +1509,7 @@ async fn settings_password(
     };
     // Hashing is deliberately slow: keep it off the request threads.
     let stored = auth_rec.password_hash;
-    let ok = tokio::task::spawn_blocking(move || login::password::verify(&current, &stored))
+    let ok = tokio::task::spawn_blocking(move || session::password::verify(&current, &stored))
         .await
         .unwrap_or(false);
     if !ok {
@@ -1524,7 +1524,7 @@ async fn settings_password(
         )
         .await;
     }
-    let hash = match tokio::task::spawn_blocking(move || login::password::hash(&new)).await {
+    let hash = match tokio::task::spawn_blocking(move || session::password::hash(&new)).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => return settings_error(&ctx, &s, StatusCode::BAD_REQUEST, &e).await,
         Err(e) => return error_page(&ctx, &s, Error::Internal(e.to_string())).await,
@@ -1548,12 +1548,12 @@ async fn settings_password(
         },
     )
     .await;
-    let claims = login::token::Claims {
+    let claims = session::token::Claims {
         user: s.user.clone(),
         gen: new_gen,
         iat: auth::now_secs(),
         exp: s.claims.exp,
-        sid: login::token::new_sid(),
+        sid: session::token::new_sid(),
     };
     let token = ctx.keys.issue(&claims);
     tracing::info!(user = %s.user, gen = new_gen, trace = %s.trace, "password changed");

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use mailctl::admin::Hcu;
-use mailctl::plan::Endpoints;
+use operator::admin::Hcu;
+use operator::endpoints::Endpoints;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -169,7 +169,13 @@ async fn create_users(hcu: &Hcu, args: &Args) -> anyhow::Result<Vec<String>> {
     for i in 0..args.users {
         let user = format!("{}{i}@{domain}", args.prefix);
         match hcu
-            .add_user(&user, &args.password, "", mserv::Policy::LeastLoaded, 0)
+            .add_user(
+                &user,
+                &args.password,
+                "",
+                mserv_client::Policy::LeastLoaded,
+                0,
+            )
             .await
         {
             Ok(_) => {}
@@ -228,7 +234,7 @@ fn today() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let (y, m, d) = mailctl::backup::civil_date(secs / 86_400);
+    let (y, m, d) = runtime::time::civil_date(secs / 86_400);
     format!("{y:04}-{m:02}-{d:02}")
 }
 

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use mailctl::admin::Hcu;
-use mailctl::plan::Endpoints;
-use xfs::{Op, Reply, StoreStats};
+use operator::admin::Hcu;
+use operator::endpoints::Endpoints;
+use xfs::{ops, StoreStats};
 
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,7 +90,7 @@ pub fn label<'a>(sample: &'a str, key: &str) -> Option<&'a str> {
 }
 
 async fn scrape(admin: std::net::SocketAddr, name: &str) -> anyhow::Result<Vec<(String, f64)>> {
-    let a = mailctl::http::get(admin, "/metrics", SCRAPE_TIMEOUT)
+    let a = runtime::http_client::get(admin, "/metrics", SCRAPE_TIMEOUT)
         .await
         .with_context(|| format!("scraping {name}'s /metrics"))?;
     if a.status != 200 {
@@ -103,11 +103,13 @@ async fn scrape(admin: std::net::SocketAddr, name: &str) -> anyhow::Result<Vec<(
 pub async fn store_stats(hcu: &Hcu) -> anyhow::Result<Vec<StoreStats>> {
     let mut out = Vec::new();
     for s in &hcu.endpoints.ustore {
-        match hcu.xfs.pool(&s.xfs.to_string()).call(Op::StoreStats).await {
-            Ok(Reply::StoreStats(st)) => out.push(st),
-            Ok(other) => bail!("{}: StoreStats answered {other:?}", s.name),
-            Err(e) => return Err(e).with_context(|| format!("{}: StoreStats", s.name)),
-        }
+        let st = hcu
+            .xfs
+            .pool(&s.xfs.to_string())
+            .run(ops::StoreStats {})
+            .await
+            .with_context(|| format!("{}: StoreStats", s.name))?;
+        out.push(st);
     }
     Ok(out)
 }
@@ -116,7 +118,7 @@ pub async fn store_stats(hcu: &Hcu) -> anyhow::Result<Vec<StoreStats>> {
 pub async fn snapshot(hcu: &Hcu) -> anyhow::Result<Snapshot> {
     let e = &hcu.endpoints;
     let mut procs = Vec::new();
-    for row in mailctl::status::collect(e).await {
+    for row in operator::status::collect(e).await {
         let (Some(name), Some(role), Some(pid)) = (
             row["name"].as_str(),
             row["role"].as_str(),
@@ -254,11 +256,11 @@ pub async fn flush_stores(hcu: &Hcu) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&base)
                 .with_context(|| format!("creating {}", base.display()))?;
-            let op = Op::Checkpoint {
+            let op = ops::Checkpoint {
                 segment: *seg,
                 dir: dir.display().to_string(),
             };
-            let r = hcu.xfs.pool(&s.xfs.to_string()).call(op).await;
+            let r = hcu.xfs.pool(&s.xfs.to_string()).run(op).await;
             let _ = std::fs::remove_dir_all(&dir);
             r.with_context(|| format!("{} segment {seg}: checkpoint", s.name))?;
         }
@@ -280,14 +282,16 @@ pub async fn stored_bytes(hcu: &Hcu, users: &[String]) -> anyhow::Result<u64> {
             Some(s) => s.xfs.to_string(),
             None => hcu.store_addr(&p.store).await?,
         };
-        let op = Op::ListFolders {
+        let op = ops::ListFolders {
             target: xfs::Target::new(user, p.segment, p.epoch),
         };
-        match hcu.xfs.pool(&addr).call(op).await {
-            Ok(Reply::Folders(f)) => total += f.iter().map(|f| f.bytes).sum::<u64>(),
-            Ok(other) => bail!("{user}: ListFolders answered {other:?}"),
-            Err(e) => return Err(e).with_context(|| format!("{user}: ListFolders")),
-        }
+        let folders = hcu
+            .xfs
+            .pool(&addr)
+            .run(op)
+            .await
+            .with_context(|| format!("{user}: ListFolders"))?;
+        total += folders.iter().map(|f| f.bytes).sum::<u64>();
     }
     Ok(total)
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
 use serde::{Deserialize, Serialize};
 
-use crate::token::Keys;
+use session::token::Keys;
 
 /// One session signing key: an id (named in every token it signs) and a hex secret.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use rand::seq::IndexedRandom as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::metrics;
@@ -43,14 +41,14 @@ struct Clusters {
 
 /// The front doors of every cluster and their health.
 pub struct FrontDoors {
-    mserv: Arc<mserv::Client>,
+    mserv: Arc<mserv_client::Client>,
     clusters: RwLock<Clusters>,
     refreshing: tokio::sync::Mutex<()>,
     health: Cache<String, bool>,
 }
 
 impl FrontDoors {
-    pub fn new(mserv: Arc<mserv::Client>) -> FrontDoors {
+    pub fn new(mserv: Arc<mserv_client::Client>) -> FrontDoors {
         FrontDoors {
             mserv,
             clusters: RwLock::new(Clusters {
@@ -133,7 +131,7 @@ impl FrontDoors {
         Ok(c.by_name.get(cluster).cloned().unwrap_or_default())
     }
 
-    async fn refresh(&self) -> Result<(), mserv::MservError> {
+    async fn refresh(&self) -> Result<(), mserv_client::MservError> {
         let started = Instant::now();
         let _g = self.refreshing.lock().await;
         if self
@@ -225,36 +223,28 @@ pub async fn probe(base: &str) -> bool {
     healthy
 }
 
-async fn probe_inner(base: &str) -> std::io::Result<bool> {
+async fn probe_inner(base: &str) -> anyhow::Result<bool> {
     let Some(b) = parse_base(base) else {
         tracing::warn!(base, "a front door base URL that cannot be probed");
         return Ok(false);
     };
-    let mut s = TcpStream::connect(&b.connect).await?;
     if b.tls {
+        // Reachable is all we can tell without a TLS client here.
+        tokio::net::TcpStream::connect(&b.connect).await?;
         return Ok(true);
     }
-    let req = format!(
-        "GET {}/healthz HTTP/1.1\r\nHost: {}\r\nUser-Agent: megamail-login\r\nConnection: close\r\n\r\n",
-        b.prefix, b.authority
-    );
-    s.write_all(req.as_bytes()).await?;
-    // Only the status line matters.
-    let mut buf = Vec::with_capacity(64);
-    let mut chunk = [0u8; 64];
-    while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 256 {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = String::from_utf8_lossy(&buf);
-    let mut parts = line.split_whitespace();
-    Ok(matches!(
-        (parts.next(), parts.next()),
-        (Some(v), Some("200")) if v.starts_with("HTTP/1.")
-    ))
+    let path = format!("{}/healthz", b.prefix);
+    let answer = runtime::http_client::request_to(
+        &b.connect,
+        &b.authority,
+        "GET",
+        &path,
+        &[("User-Agent", "megamail-login")],
+        b"",
+        PROBE_TIMEOUT,
+    )
+    .await?;
+    Ok(answer.status == 200)
 }
 
 #[cfg(test)]
@@ -286,6 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_probe_needs_a_200_in_time() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio::net::TcpListener;
         async fn serve(reply: &'static str, delay: Duration) -> String {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

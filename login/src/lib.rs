@@ -6,17 +6,14 @@
 //! cluster (or, for `POST /api/v1/session`, returns the token as JSON). It keeps no state but
 //! short-lived failure counters: kill it at any moment and nothing is lost.
 //!
-//! Also the home of what signs and checks sessions ([`token`]) and passwords ([`password`]),
-//! shared with the front doors and mailctl.
+//! Tokens, password hashing and the throttle come from the `session` crate, shared with the
+//! front doors and mailctl.
 
 pub mod config;
 pub mod frontdoors;
 pub mod metrics;
 pub mod pages;
-pub mod password;
 pub mod signin;
-pub mod throttle;
-pub mod token;
 pub mod web;
 
 use std::convert::Infallible;
@@ -33,7 +30,6 @@ use runtime::faults::Faults;
 use runtime::health::Health;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
 pub use config::LoginConfig;
@@ -73,16 +69,16 @@ pub async fn run_with(
     ));
 
     let name = format!("login {}", cfg.public_url);
-    let mserv_client = Arc::new(mserv::Client::new(
+    let mserv_client = Arc::new(mserv_client::Client::new(
         cfg.mserv.clone(),
-        mserv::ClientConfig {
+        mserv_client::ClientConfig {
             name: name.clone(),
             cache_ttl: Duration::from_secs(60),
             request_timeout: Duration::from_secs(3),
             ..Default::default()
         },
     ));
-    let router = mserv::Router::new(mserv_client.clone(), Duration::from_secs(10));
+    let router = mserv_client::Router::new(mserv_client.clone(), Duration::from_secs(10));
     let xfs = xfs::Client::new(xfs::ClientConfig {
         name,
         conns_per_store: 2,
@@ -95,16 +91,16 @@ pub async fn run_with(
         }),
         ..Default::default()
     });
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let dummy_hash = tokio::task::spawn_blocking(|| password::hash("no such user"))
+    let hashing = session::password::Hashing::for_this_machine();
+    let dummy_hash = hashing
+        .hash("no such user")
         .await
-        .context("hashing the stand-in password")?
-        .map_err(|e| anyhow!("hashing the stand-in password: {e}"))?;
+        .context("hashing the stand-in password")?;
     let signin = signin::SignIn {
         router,
         xfs,
         keys,
-        throttle: throttle::Throttle::new(
+        throttle: session::throttle::Throttle::new(
             cfg.max_failures_per_user,
             cfg.max_failures_per_client,
             Duration::from_secs(cfg.failure_window_secs),
@@ -112,7 +108,7 @@ pub async fn run_with(
         front_doors: frontdoors::FrontDoors::new(mserv_client),
         faults,
         session_ttl: Duration::from_secs(cfg.session_ttl_secs),
-        hashing: Semaphore::new(2 * cores),
+        hashing,
         dummy_hash,
     };
     let app = Arc::new(web::App {

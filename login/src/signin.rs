@@ -7,25 +7,25 @@
 //! apart. Anything that keeps the verdict from being known (index, store or front doors down) is
 //! [`SignInError::Unavailable`], never a refusal.
 
+use runtime::time::now_ms;
+pub use runtime::time::now_secs;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use mserv::{RouteError, StoreState};
+use mserv_client::{RouteError, StoreState};
 use runtime::faults::Faults;
-use tokio::sync::Semaphore;
-use xfs::{AccountState, AuthRecord, CallError, Op, Reply, XfsError};
+use xfs::{ops, AccountState, AuthRecord, Call, CallError, XfsError};
 
 use crate::frontdoors::{FrontDoors, PickError};
 use crate::metrics;
-use crate::password;
-use crate::throttle::Throttle;
-use crate::token::{self, Claims, Keys};
+use session::password::{Hashing, HashingError};
+use session::throttle::Throttle;
+use session::token::{self, Claims, Keys};
 
 /// Longest a store call takes.
 const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest an attempt waits for a hashing slot.
-const HASH_SLOT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Route changes followed for one sign-in before giving up for now.
 const MAX_REROUTES: usize = 3;
 /// The fault point every store call of a sign-in passes.
@@ -76,15 +76,15 @@ impl SignInError {
 
 /// What every sign-in shares.
 pub struct SignIn {
-    pub router: mserv::Router,
+    pub router: mserv_client::Router,
     pub xfs: xfs::Client,
     pub keys: Keys,
     pub throttle: Throttle,
     pub front_doors: FrontDoors,
     pub faults: Arc<Faults>,
     pub session_ttl: Duration,
-    /// Bounds the password checks running at once (each holds a core and 19 MiB).
-    pub hashing: Semaphore,
+    /// Runs the password checks, a bounded number at once (each holds a core and 19 MiB).
+    pub hashing: Hashing,
     /// A hash checked against when the user does not exist, so that costs the same.
     pub dummy_hash: String,
 }
@@ -92,21 +92,7 @@ pub struct SignIn {
 /// The user id as the index spells it: the full address, trimmed and lowercased. A bare local
 /// part is refused, never completed with a default domain.
 pub fn normalize(user: &str) -> Result<String, SignInError> {
-    mserv::normalize_user(user).map_err(|_| SignInError::BadAddress)
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    mserv_client::normalize_user(user).map_err(|_| SignInError::BadAddress)
 }
 
 impl SignIn {
@@ -210,7 +196,7 @@ impl SignIn {
         &self,
         user: &str,
         trace: &str,
-    ) -> Result<Option<(AuthRecord, mserv::Route)>, SignInError> {
+    ) -> Result<Option<(AuthRecord, mserv_client::Route)>, SignInError> {
         let mut missing_once = false;
         for _ in 0..MAX_REROUTES {
             let route = match self.router.route(user).await {
@@ -229,13 +215,13 @@ impl SignIn {
             }
             let answer = self.call(
                 &route,
-                Op::GetAuth {
+                ops::GetAuth {
                     target: route.target(),
                 },
                 trace,
             );
             match answer.await {
-                Ok(Reply::Auth(rec)) => match rec.state {
+                Ok(rec) => match rec.state {
                     // A mailbox frozen for the last instant of a move can still be signed into.
                     AccountState::Active | AccountState::Frozen => return Ok(Some((rec, route))),
                     AccountState::MovedOut { .. } => self.router.invalidate(user).await,
@@ -247,11 +233,6 @@ impl SignIn {
                         ))
                     }
                 },
-                Ok(other) => {
-                    return Err(SignInError::Unavailable(format!(
-                        "unexpected answer to GetAuth: {other:?}"
-                    )))
-                }
                 Err(CallError::Remote(XfsError::Moved { .. })) => {
                     self.router.invalidate(user).await
                 }
@@ -279,8 +260,12 @@ impl SignIn {
 
     /// Record the sign-in at the store. A mailbox frozen for a move cannot take the write now;
     /// the sign-in goes ahead (the next one records it).
-    async fn record_login(&self, route: &mserv::Route, trace: &str) -> Result<(), SignInError> {
-        let op = Op::RecordLogin {
+    async fn record_login(
+        &self,
+        route: &mserv_client::Route,
+        trace: &str,
+    ) -> Result<(), SignInError> {
+        let op = ops::RecordLogin {
             target: route.target(),
             at_ms: now_ms(),
         };
@@ -304,7 +289,12 @@ impl SignIn {
         }
     }
 
-    async fn call(&self, route: &mserv::Route, op: Op, trace: &str) -> Result<Reply, CallError> {
+    async fn call<C: Call>(
+        &self,
+        route: &mserv_client::Route,
+        call: C,
+        trace: &str,
+    ) -> Result<C::Output, CallError> {
         if let Err(e) = self.faults.inject(FAULT_STORE).await {
             return Err(CallError::Unavailable {
                 addr: route.xfs_addr.clone(),
@@ -313,22 +303,23 @@ impl SignIn {
         }
         self.xfs
             .pool(&route.xfs_addr)
-            .call_with(op, trace, STORE_TIMEOUT)
+            .run_with(call, trace, STORE_TIMEOUT)
             .await
     }
 
-    /// Check `password` against `hash` on a blocking thread, at most as many at once as the
-    /// hashing semaphore allows.
+    /// Check `password` against `hash` on the bounded hashing pool.
     async fn verify(&self, password: &str, hash: String) -> Result<bool, SignInError> {
         let started = Instant::now();
-        let _slot = tokio::time::timeout(HASH_SLOT_TIMEOUT, self.hashing.acquire())
+        let ok = self
+            .hashing
+            .verify(password, hash)
             .await
-            .map_err(|_| SignInError::Unavailable("every hashing slot is busy".into()))?
-            .map_err(|_| SignInError::Unavailable("shutting down".into()))?;
-        let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
-            .await
-            .map_err(|e| SignInError::Unavailable(format!("password check failed: {e}")))?;
+            .map_err(|e| match e {
+                HashingError::Busy => SignInError::Unavailable(e.to_string()),
+                HashingError::Failed(why) => {
+                    SignInError::Unavailable(format!("password check failed: {why}"))
+                }
+            })?;
         metrics::VERIFY_SECONDS.observe(started.elapsed().as_secs_f64());
         Ok(ok)
     }

@@ -36,7 +36,7 @@ use serde_json::json;
 use crate::frontdoors::parse_base;
 use crate::pages::{self, Notice};
 use crate::signin::{Session, SignIn, SignInError};
-use crate::token;
+use session::token;
 
 /// The session cookie the front doors read.
 pub const SESSION_COOKIE: &str = "mm_session";

@@ -16,6 +16,8 @@
 //! otherwise; every crc checked) and asks the live store to stream the mailbox out of it
 //! (`RestoreMailbox`): the store owns mailboxes on disk, mailctl never opens RocksDB itself.
 
+use runtime::time::civil_date;
+use runtime::time::now_ms;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -23,10 +25,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use mserv::{MservError, Placement, Policy, StoreState};
+use mserv_client::{MservError, Placement, Policy, StoreState};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use xfs::{AccountInfo, AccountState, CallError, Op, Reply, Target, XfsError};
+use xfs::{ops, AccountInfo, AccountState, CallError, Target, XfsError};
 
 use crate::admin::Hcu;
 
@@ -87,13 +89,6 @@ impl Manifest {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// `YYYYMMDDTHHMMSSZ` for a Unix time in milliseconds (UTC).
 pub fn backup_id(ms: u64) -> String {
     let secs = ms / 1000;
@@ -105,20 +100,6 @@ pub fn backup_id(ms: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// The UTC calendar date (year, month, day) of a day counted from 1970-01-01 (Howard Hinnant's
-/// algorithm).
-pub fn civil_date(days: u64) -> (i64, i64, i64) {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// A `--as-of` value as a comparable backup id: a backup id, or an RFC 3339 UTC time
@@ -279,11 +260,11 @@ pub async fn backup(hcu: &Hcu, only: Option<&str>, dir: &Path) -> anyhow::Result
             for &seg in &store.segments {
                 let t = Instant::now();
                 let cp = staging.join(format!("{}-{seg}", store.name));
-                let op = Op::Checkpoint {
+                let op = ops::Checkpoint {
                     segment: seg,
                     dir: cp.to_string_lossy().to_string(),
                 };
-                pool.call_with(op, "backup", LONG_CALL)
+                pool.run_with(op, "backup", LONG_CALL)
                     .await
                     .with_context(|| format!("checkpoint of {} segment {seg}", store.name))?;
                 let (sb, rep) = copy_segment(&dir, &tmp, &cp, &store.name, seg, &mut known, t)?;
@@ -504,9 +485,8 @@ async fn account_record(
     target: Target,
 ) -> anyhow::Result<Option<AccountInfo>> {
     let addr = hcu.store_addr(store).await?;
-    match hcu.xfs.pool(&addr).call(Op::AccountRecord { target }).await {
-        Ok(Reply::Account(a)) => Ok(Some(a)),
-        Ok(other) => bail!("unexpected answer to AccountRecord: {other:?}"),
+    match hcu.xfs.pool(&addr).run(ops::AccountRecord { target }).await {
+        Ok(a) => Ok(Some(a)),
         Err(CallError::Remote(XfsError::NoSuchUser)) => Ok(None),
         Err(e) => Err(anyhow::Error::new(e).context(format!("asking {store}"))),
     }
@@ -555,7 +535,7 @@ pub async fn restore_from_backup(
     to: Option<Policy>,
 ) -> anyhow::Result<Value> {
     let started = Instant::now();
-    let user = mserv::normalize_user(user)?;
+    let user = mserv_client::normalize_user(user)?;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("no backup directory {}", dir.display()))?;
@@ -597,20 +577,12 @@ pub async fn restore_from_backup(
                     Some(a) => a,
                     None => first_store_addr(hcu).await?,
                 };
-                let op = Op::BackupAccount {
+                let op = ops::BackupAccount {
                     dir: into.to_string_lossy().to_string(),
                     user: user.clone(),
                 };
-                let found = match hcu
-                    .xfs
-                    .pool(&addr)
-                    .call_with(op, "restore", LONG_CALL)
-                    .await
-                {
-                    Ok(Reply::Account(a)) => {
-                        matches!(a.state, AccountState::Active | AccountState::Frozen)
-                    }
-                    Ok(other) => bail!("unexpected answer to BackupAccount: {other:?}"),
+                let found = match hcu.xfs.pool(&addr).run_with(op, "restore", LONG_CALL).await {
+                    Ok(a) => matches!(a.state, AccountState::Active | AccountState::Frozen),
                     Err(CallError::Remote(XfsError::NoSuchUser)) => false,
                     Err(e) => return Err(anyhow::Error::new(e).context("reading the backup")),
                 };
@@ -629,7 +601,7 @@ pub async fn restore_from_backup(
                     }
                 };
                 let target = Target::new(&user, p.segment, p.epoch);
-                let op = Op::RestoreMailbox {
+                let op = ops::RestoreMailbox {
                     target,
                     dir: into.to_string_lossy().to_string(),
                 };
@@ -637,11 +609,10 @@ pub async fn restore_from_backup(
                 let records = match hcu
                     .xfs
                     .pool(&paddr)
-                    .call_with(op, "restore", LONG_CALL)
+                    .run_with(op, "restore", LONG_CALL)
                     .await
                 {
-                    Ok(Reply::Count(n)) => n,
-                    Ok(other) => bail!("unexpected answer to RestoreMailbox: {other:?}"),
+                    Ok(n) => n,
                     Err(e) => {
                         return Err(anyhow::Error::new(e).context(format!(
                             "restoring into {} segment {} (run the same command again to retry)",
@@ -696,7 +667,7 @@ async fn original_or_least(hcu: &Hcu, store: &str, segment: u32) -> anyhow::Resu
 /// Bring back an account deleted by `gc-inactive --apply` (still within the retention period):
 /// the store that holds it marks it active and the index places it there again.
 pub async fn undelete(hcu: &Hcu, user: &str) -> anyhow::Result<Value> {
-    let user = mserv::normalize_user(user)?;
+    let user = mserv_client::normalize_user(user)?;
     // A placement already there: either a re-created user (refuse) or a half-done undelete.
     if let Some((p, a)) = current(hcu, &user).await? {
         match a {
@@ -745,12 +716,12 @@ pub async fn undelete(hcu: &Hcu, user: &str) -> anyhow::Result<Value> {
 
 async fn finish_undelete(hcu: &Hcu, user: &str, p: Placement) -> anyhow::Result<Value> {
     let addr = hcu.store_addr(&p.store).await?;
-    let op = Op::Undelete {
+    let op = ops::Undelete {
         target: Target::new(user, p.segment, p.epoch),
     };
     hcu.xfs
         .pool(&addr)
-        .call(op)
+        .run(op)
         .await
         .map_err(anyhow::Error::new)
         .with_context(|| format!("undeleting {user} on {}", p.store))?;

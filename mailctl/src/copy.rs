@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use xfs::{
-    CallError, ExportChunk, ExportCursor, ExportPart, MailboxDigest, Op, Reply, StorePool, Target,
+    ops, Call, CallError, ExportChunk, ExportCursor, ExportPart, MailboxDigest, StorePool, Target,
 };
 
 /// Largest chunk asked for.
@@ -30,8 +30,14 @@ pub struct Side {
 }
 
 impl Side {
-    pub async fn call(&self, op: Op) -> Result<Reply, CallError> {
+    /// Any operation, its reply untyped (for tools that relay operations they do not inspect).
+    pub async fn call_op(&self, op: xfs::Op) -> Result<xfs::Reply, CallError> {
         self.pool.call_with(op, "migrate", CALL_TIMEOUT).await
+    }
+
+    /// One typed call to this side's store for the mailbox being moved.
+    pub async fn call<C: Call>(&self, call: C) -> Result<C::Output, CallError> {
+        self.pool.run_with(call, "migrate", CALL_TIMEOUT).await
     }
 
     async fn export(
@@ -40,21 +46,16 @@ impl Side {
         after: Option<ExportCursor>,
         keys_only: bool,
     ) -> anyhow::Result<ExportChunk> {
-        let op = Op::Export {
+        let op = ops::Export {
             target: self.target.clone(),
             part,
             after,
             max_bytes: CHUNK_BYTES,
             keys_only,
         };
-        match self
-            .call(op)
+        self.call(op)
             .await
-            .with_context(|| format!("exporting from {}", self.store))?
-        {
-            Reply::Export(c) => Ok(c),
-            other => bail!("unexpected answer to Export: {other:?}"),
-        }
+            .with_context(|| format!("exporting from {}", self.store))
     }
 
     async fn import(
@@ -63,7 +64,7 @@ impl Side {
         delete: Vec<(String, Vec<u8>)>,
         reset_records: bool,
     ) -> anyhow::Result<()> {
-        let op = Op::Import {
+        let op = ops::Import {
             target: self.target.clone(),
             records,
             delete,
@@ -76,17 +77,12 @@ impl Side {
     }
 
     pub async fn digest(&self) -> anyhow::Result<MailboxDigest> {
-        let op = Op::Digest {
+        let op = ops::Digest {
             target: self.target.clone(),
         };
-        match self
-            .call(op)
+        self.call(op)
             .await
-            .with_context(|| format!("digest at {}", self.store))?
-        {
-            Reply::Digest(d) => Ok(d),
-            other => bail!("unexpected answer to Digest: {other:?}"),
-        }
+            .with_context(|| format!("digest at {}", self.store))
     }
 
     /// Every key of one part (values left out).

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use mserv::{MservError, Policy};
+use mserv_client::{MservError, Policy};
 
 use crate::admin::Hcu;
 

@@ -12,12 +12,13 @@
 //! or undoes it. The other order could leave a live mailbox that no route reaches and that a
 //! re-created user of the same name would shadow.
 
+use runtime::time::now_ms;
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
-use mserv::MservError;
+use mserv_client::MservError;
 use serde_json::{json, Value};
-use xfs::{AccountBrief, AccountState, CallError, Op, Reply, Target, XfsError};
+use xfs::{ops, AccountBrief, AccountState, CallError, Target, XfsError};
 
 use crate::admin::Hcu;
 
@@ -40,13 +41,6 @@ struct StoreScan {
     deleted: Vec<(u32, String)>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The last sign-in, or the creation when the user never signed in.
 fn last_seen(a: &AccountBrief) -> u64 {
     if a.last_login_ms > 0 {
@@ -67,15 +61,12 @@ async fn scan_store(
     for &segment in segments {
         let mut after: Option<String> = None;
         loop {
-            let op = Op::ListAccounts {
+            let op = ops::ListAccounts {
                 segment,
                 after: after.clone(),
                 limit: PAGE,
             };
-            let page = match pool.call(op).await? {
-                Reply::Accounts(a) => a,
-                other => bail!("unexpected answer to ListAccounts: {other:?}"),
-            };
+            let page = pool.run(op).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.user.clone());
             for a in page {
@@ -268,10 +259,10 @@ async fn delete_one(hcu: &Hcu, store: &str, seg: u32, user: &str) -> anyhow::Res
         );
     }
     let addr = hcu.store_addr(store).await?;
-    let op = Op::SoftDelete {
+    let op = ops::SoftDelete {
         target: Target::new(user, seg, p.epoch),
     };
-    match hcu.xfs.pool(&addr).call(op).await {
+    match hcu.xfs.pool(&addr).run(op).await {
         Ok(_) => {}
         Err(CallError::Remote(XfsError::NoSuchUser)) => {}
         Err(e) => return Err(anyhow::Error::new(e).context("marking it deleted")),

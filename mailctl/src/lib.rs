@@ -2,17 +2,14 @@
 //! the other commands administer users and stores, show every process's state, and run the
 //! end-to-end probe, against the endpoints a running `mailctl up` wrote.
 
-pub mod admin;
 pub mod backup;
 pub mod copy;
 pub mod demo;
 pub mod gc;
-pub mod http;
 pub mod layout;
 pub mod migrate;
 pub mod plan;
 pub mod probe;
-pub mod status;
 pub mod up;
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -21,9 +18,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use mserv::{Policy, StoreState};
+use mserv_client::{Policy, StoreState};
 use runtime::shutdown::Shutdown;
 use serde_json::json;
+
+pub use operator::{admin, status};
+pub use runtime::http_client as http;
 
 #[derive(Parser, Debug)]
 #[command(name = "mailctl", version = runtime::VERSION, about = "Run and administer a megamail HCU.")]

@@ -13,17 +13,18 @@
 //! A mailbox is never lost and never live in two places: the source stays live until the index
 //! names the target, and the target is `Importing` (callers wait) until then.
 
+use runtime::time::now_ms;
 use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use mserv::{MservError, Placement, StoreState};
+use mserv_client::{MservError, Placement, StoreState};
 use serde::{Deserialize, Serialize};
-use xfs::{CallError, ExportCursor, Op, Reply, Target, XfsError};
+use xfs::{ops, Call, CallError, ExportCursor, Target, XfsError};
 
 use crate::admin::Hcu;
 use crate::copy::{self, Rate, Side};
@@ -99,13 +100,6 @@ pub const CRASH_POINTS: [&str; 10] = [
     "redirected",
     "purging",
 ];
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn jobs_dir(data: &Path) -> PathBuf {
     data.join("migrations")
@@ -237,7 +231,7 @@ impl Progress {
     }
 }
 
-fn store_addr(stores: &[mserv::StoreLoad], name: &str) -> anyhow::Result<String> {
+fn store_addr(stores: &[mserv_client::StoreLoad], name: &str) -> anyhow::Result<String> {
     stores
         .iter()
         .find(|s| s.info.name == name)
@@ -247,7 +241,7 @@ fn store_addr(stores: &[mserv::StoreLoad], name: &str) -> anyhow::Result<String>
 
 /// Choose the target of a new move, or refuse: the store must be active and not the user's own.
 pub fn check_target(
-    stores: &[mserv::StoreLoad],
+    stores: &[mserv_client::StoreLoad],
     p: &Placement,
     to_store: &str,
     to_segment: Option<u32>,
@@ -278,8 +272,8 @@ pub fn check_target(
     Ok(Some(seg))
 }
 
-async fn xfs_ok(side: &Side, op: Op) -> anyhow::Result<Reply> {
-    side.call(op)
+async fn xfs_ok<C: Call>(side: &Side, call: C) -> anyhow::Result<C::Output> {
+    side.call(call)
         .await
         .with_context(|| format!("at {}", side.store))
 }
@@ -308,7 +302,7 @@ pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::R
         progress,
         stop,
     } = *run;
-    let user = mserv::normalize_user(user)?;
+    let user = mserv_client::normalize_user(user)?;
     let stores = hcu.mserv.list_stores().await?;
     let p = hcu.mserv.lookup_uncached(&user).await?;
     let mut job = match load(data, &user)? {
@@ -393,7 +387,7 @@ pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::R
         };
         // After a crash in the final delta the source is live again until the next freeze.
         match src
-            .call(Op::Unfreeze {
+            .call(ops::Unfreeze {
                 target: src.target.clone(),
             })
             .await
@@ -406,7 +400,7 @@ pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::R
             save(data, &job)?;
         }
         match dst
-            .call(Op::BeginImport {
+            .call(ops::BeginImport {
                 target: dst.target.clone(),
                 from: job.from_store.clone(),
             })
@@ -440,7 +434,7 @@ pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::R
         let frozen_at = Instant::now();
         xfs_ok(
             &src,
-            Op::Freeze {
+            ops::Freeze {
                 target: src.target.clone(),
             },
         )
@@ -463,7 +457,7 @@ pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::R
             Err(e) => {
                 // Not committed: the source goes back to work; a rerun tries again.
                 let _ = src
-                    .call(Op::Unfreeze {
+                    .call(ops::Unfreeze {
                         target: src.target.clone(),
                     })
                     .await;
@@ -485,7 +479,7 @@ pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::R
                 let now = hcu.mserv.lookup_uncached(&user).await?;
                 if !(now.store == job.to_store && now.epoch == job.epoch + 1) {
                     let _ = src
-                        .call(Op::Unfreeze {
+                        .call(ops::Unfreeze {
                             target: src.target.clone(),
                         })
                         .await;
@@ -496,7 +490,7 @@ pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::R
             }
             Err(e) => {
                 let _ = src
-                    .call(Op::Unfreeze {
+                    .call(ops::Unfreeze {
                         target: src.target.clone(),
                     })
                     .await;
@@ -511,7 +505,7 @@ pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::R
         // (6) live at the target, redirect at the source.
         xfs_ok(
             &dst,
-            Op::FinishImport {
+            ops::FinishImport {
                 target: dst.target.clone(),
             },
         )
@@ -519,7 +513,7 @@ pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::R
         crash_point("live");
         xfs_ok(
             &src,
-            Op::MarkMoved {
+            ops::MarkMoved {
                 target: src.target.clone(),
                 to: job.to_store.clone(),
                 epoch: job.epoch + 1,
@@ -531,13 +525,13 @@ pub async fn move_user(run: &Run<'_>, user: &str, to: Option<Dest>) -> anyhow::R
     } else {
         xfs_ok(
             &dst,
-            Op::FinishImport {
+            ops::FinishImport {
                 target: dst.target.clone(),
             },
         )
         .await?;
         match src
-            .call(Op::MarkMoved {
+            .call(ops::MarkMoved {
                 target: src.target.clone(),
                 to: job.to_store.clone(),
                 epoch: job.epoch + 1,
@@ -579,10 +573,10 @@ pub async fn purge_due(hcu: &Hcu, data: &Path) -> anyhow::Result<(usize, usize)>
         }
         crash_point("purging");
         let src = hcu.xfs.pool(&store_addr(&stores, &job.from_store)?);
-        let op = Op::Purge {
+        let op = ops::Purge {
             target: Target::new(&job.user, job.from_segment, job.epoch),
         };
-        match src.call(op).await {
+        match src.run(op).await {
             Ok(_) | Err(CallError::Remote(XfsError::NoSuchUser)) => {}
             Err(e) => {
                 return Err(e).with_context(|| format!("purging the old copy of {}", job.user))
@@ -621,7 +615,7 @@ pub async fn users_of(hcu: &Hcu, data: &Path, store: &str) -> anyhow::Result<Vec
 /// Targets for an evacuation: each user to the active store (not `from`) with the fewest users,
 /// counting the ones assigned in this run.
 pub fn spread(
-    stores: &[mserv::StoreLoad],
+    stores: &[mserv_client::StoreLoad],
     from: &str,
     users: &[String],
 ) -> anyhow::Result<Vec<(String, String)>> {
@@ -654,22 +648,22 @@ pub async fn mailbox_bytes(hcu: &Hcu, user: &str) -> u64 {
     let Ok(addr) = hcu.store_addr(&p.store).await else {
         return 0;
     };
-    let op = Op::GetAccount {
+    let op = ops::GetAccount {
         target: Target::new(user, p.segment, p.epoch),
     };
-    match hcu.xfs.pool(&addr).call(op).await {
-        Ok(Reply::Account(a)) => a.used_bytes,
-        _ => 0,
+    match hcu.xfs.pool(&addr).run(op).await {
+        Ok(a) => a.used_bytes,
+        Err(_) => 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mserv::StoreInfo;
+    use mserv_client::StoreInfo;
 
-    fn load(name: &str, users: u64, state: StoreState) -> mserv::StoreLoad {
-        mserv::StoreLoad {
+    fn load(name: &str, users: u64, state: StoreState) -> mserv_client::StoreLoad {
+        mserv_client::StoreLoad {
             info: StoreInfo {
                 name: name.into(),
                 xfs_addr: String::new(),

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use mserv::{MservError, Policy};
+use mserv_client::{MservError, Policy};
 use serde_json::{json, Value};
 
 use crate::admin::Hcu;
-use crate::http;
+use runtime::http_client as http;
 
 /// How long the message may take to show through the front door.
 const SEEN_TIMEOUT: Duration = Duration::from_secs(15);

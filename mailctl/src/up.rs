@@ -10,7 +10,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use mserv::{StoreInfo, StoreState};
+use mserv_client::{StoreInfo, StoreState};
 use prometheus::IntCounterVec;
 use runtime::backoff::Backoff;
 use runtime::faults::Faults;
@@ -185,7 +185,7 @@ async fn supervise(
 
 async fn healthy(admin: std::net::SocketAddr) -> bool {
     matches!(
-        crate::http::get(admin, "/healthz", Duration::from_secs(2)).await,
+        runtime::http_client::get(admin, "/healthz", Duration::from_secs(2)).await,
         Ok(a) if a.status == 200
     )
 }

@@ -7,14 +7,10 @@
 //! never calls a store: a caller holding a stale placement is fenced by the store (`Moved`),
 //! drops its cached entry and looks the user up again.
 
-pub mod client;
 pub mod config;
-pub mod conn;
 pub mod metrics;
 pub mod network;
 pub mod node;
-pub mod proto;
-pub mod route;
 pub mod server;
 pub mod state;
 pub mod storage;
@@ -30,13 +26,14 @@ use runtime::health::Health;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
-pub use client::{Client, ClientConfig, Membership};
 pub use config::{MservConfig, PeerConfig};
-pub use proto::{
-    normalize_user, ClusterInfo, MservError, Placement, Policy, RaftStatus, ReplicaId, Stats,
-    StoreInfo, StoreLoad, StoreState, UserPage,
+// The protocol and the client are the index's contract with other roles and live in their own
+// crate; the replica uses them as any caller does.
+pub use mserv_client::{client, conn, proto, route};
+pub use mserv_client::{
+    normalize_user, Client, ClientConfig, ClusterInfo, Membership, MservError, Placement, Policy,
+    RaftStatus, ReplicaId, Stats, StoreInfo, StoreLoad, StoreState, UserPage,
 };
-pub use route::{Route, RouteError, Router};
 
 openraft::declare_raft_types!(
     /// The Raft types of the member index: commands in, their outcomes out.

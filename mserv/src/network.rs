@@ -21,26 +21,23 @@ use runtime::faults::Faults;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::conn::{ConnError, Endpoint, Endpoints};
+use crate::conn::{Endpoint, Endpoints};
 use crate::proto::{Op, RaftRpc, ReplicaId, Reply};
 use crate::TypeConfig;
+use xfs::conn::ConnError;
 
 /// How long openraft waits before messaging an unreachable peer again.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Encode an openraft message for [`RaftRpc`].
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| e.to_string())
+    xfs::codec::encode(v).map_err(|e| e.to_string())
 }
 
-/// Decode an openraft message carried in [`RaftRpc`] or [`Reply::Raft`].
+/// Decode an openraft message carried in [`RaftRpc`] or [`Reply::Raft`] (lengths inside are
+/// never trusted beyond the message's size).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (v, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
-    if used != bytes.len() {
-        return Err(format!("{} trailing bytes", bytes.len() - used));
-    }
-    Ok(v)
+    xfs::codec::decode(bytes).map_err(|e| e.to_string())
 }
 
 /// Makes a [`PeerClient`] per replication stream; connections are shared per address.
@@ -91,7 +88,7 @@ impl PeerClient {
         let bytes = encode(req).map_err(network)?;
         let reply = match self
             .endpoint
-            .call(Op::Raft(wrap(bytes)), option.hard_ttl())
+            .call(Op::Raft(wrap(bytes)), "", option.hard_ttl())
             .await
         {
             Ok(r) => r,

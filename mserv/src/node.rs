@@ -18,7 +18,7 @@ use runtime::shutdown::Shutdown;
 use serde_json::json;
 
 use crate::config::MservConfig;
-use crate::conn::{ConnConfig, Endpoints};
+use crate::conn::{into_mserv, Endpoints};
 use crate::metrics;
 use crate::network::{self, Network};
 use crate::proto::{
@@ -27,6 +27,7 @@ use crate::proto::{
 };
 use crate::storage::{self, LogStore, Shared, StateMachineStore};
 use crate::TypeConfig;
+use xfs::conn::PoolConfig;
 
 /// A running replica.
 pub struct Node {
@@ -68,7 +69,7 @@ impl Node {
         }
         .validate()
         .context("Raft settings")?;
-        let peers = Arc::new(Endpoints::new(ConnConfig {
+        let peers = Arc::new(Endpoints::new(PoolConfig {
             name: format!("mserv-{}", cfg.id),
             conns: 2,
             connect_timeout: Duration::from_millis(cfg.election_timeout_min_ms.max(100)),
@@ -277,14 +278,14 @@ impl Node {
     }
 
     async fn forward(&self, addr: &str, op: Op, timeout: Duration) -> Result<Reply, MservError> {
-        let result = self.peers.get(addr).call(op, timeout).await;
+        let result = self.peers.get(addr).call(op, "", timeout).await;
         let outcome = match &result {
             Ok(Ok(_)) => "ok",
             Ok(Err(e)) => e.kind(),
             Err(_) => "failed",
         };
         metrics::FORWARDED.with_label_values(&[outcome]).inc();
-        result.map_err(|e| e.into_mserv())?
+        result.map_err(into_mserv)?
     }
 
     /// Add a replica as a learner, wait until it has caught up (from a snapshot if the log it

@@ -1,6 +1,7 @@
-//! The replica's TCP server, for clients and peers alike: accepts connections up to a limit,
-//! checks the hello, reads pipelined requests and writes each answer as it is ready. Lookups and
-//! pings are answered inline, in arrival order; everything else runs as its own task. Client
+//! The replica's TCP server, for clients and peers alike, on the shared accept loop and
+//! connection layer (`runtime::server`, `xfs::serve`: connection limit, hello, pipelining, idle
+//! timeout, drain). Lookups and pings are answered inline, in arrival order; everything else runs
+//! as its own task. Client
 //! requests pass admission control (`Busy` at once past the limit); Raft's messages never do.
 //! A bad frame closes the connection with a logged, counted error.
 
@@ -11,10 +12,8 @@ use std::time::{Duration, Instant};
 use runtime::admission::Admission;
 use runtime::faults::Faults;
 use runtime::shutdown::Shutdown;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use xfs::frame::{self, FrameError};
+use tokio::net::TcpListener;
+use xfs::serve::{self, ConnLimits, Incoming};
 
 use crate::metrics;
 use crate::node::Node;
@@ -23,8 +22,6 @@ use crate::proto::{
     PROTOCOL_VERSION,
 };
 
-/// How long a new connection has to send its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The deadline of a request that names none.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -35,142 +32,72 @@ pub struct Ctx {
     pub max_frame: usize,
 }
 
-/// Accept connections until `shutdown` triggers. Connections are tracked by `shutdown`, so
+/// Accept connections until `shutdown` triggers (the shared accept loop and connection layer:
+/// `runtime::server`, `xfs::serve`). Connections are tracked by `shutdown`, so
 /// `shutdown.wait_tasks()` afterwards waits for the requests in flight.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutdown: Shutdown) {
-    let slots = Arc::new(Semaphore::new(max_conns));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.triggered() => break,
-            x = runtime::net::accept(&listener) => x,
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics::CONNECTIONS.with_label_values(&["refused"]).inc();
-            tracing::warn!(%peer, "connection limit reached, closing new connection");
-            continue;
-        };
-        metrics::CONNECTIONS.with_label_values(&["accepted"]).inc();
-        let ctx = ctx.clone();
-        let sd = shutdown.clone();
-        shutdown.spawn(async move {
-            let _permit = permit;
-            handle_conn(stream, peer, ctx, sd).await;
-        });
-    }
-}
-
-fn frame_error(peer: SocketAddr, e: &FrameError) {
-    metrics::FRAME_ERRORS.with_label_values(&[e.kind()]).inc();
-    tracing::warn!(%peer, error = %e, "closing connection after a bad frame");
-}
-
-async fn handle_conn(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, shutdown: Shutdown) {
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(64 * 1024, rd);
-    let mut wr = BufWriter::new(wr);
-    let hello = tokio::time::timeout(
-        HELLO_TIMEOUT,
-        frame::read_msg::<_, ClientFrame>(&mut rd, ctx.max_frame),
+    let limits = ConnLimits {
+        max_frame: ctx.max_frame,
+        // Peers and clients keep their connections for good; Raft heartbeats keep them busy.
+        max_pipeline: 4096,
+        ..Default::default()
+    };
+    let stop = shutdown.token();
+    runtime::server::serve(
+        listener,
+        max_conns,
+        metrics::CONNECTIONS.clone(),
+        shutdown,
+        move |stream, peer| {
+            let (ctx, limits, stop) = (ctx.clone(), limits.clone(), stop.clone());
+            async move { serve::connection(stream, peer, ctx, &limits, stop).await }
+        },
     )
-    .await;
-    let client = match hello {
-        Ok(Ok(Some(ClientFrame::Hello(h)))) => h,
-        Ok(Err(e)) => return frame_error(peer, &e),
-        Ok(Ok(Some(ClientFrame::Request(_)))) => {
-            metrics::FRAME_ERRORS.with_label_values(&["no_hello"]).inc();
-            tracing::warn!(%peer, "request before hello, closing");
-            return;
-        }
-        Ok(Ok(None)) => return,
-        Err(_) => {
-            tracing::debug!(%peer, "no hello in time, closing");
-            return;
-        }
-    };
-    let reply = if client.version == PROTOCOL_VERSION {
-        ServerFrame::Hello(ServerHello {
-            version: PROTOCOL_VERSION,
-            replica: ctx.node.id,
-        })
-    } else {
-        metrics::FRAME_ERRORS.with_label_values(&["version"]).inc();
-        tracing::warn!(%peer, version = client.version, "refusing a client of another protocol version");
-        ServerFrame::Refused {
-            reason: format!(
-                "protocol version {} not supported; this replica speaks {PROTOCOL_VERSION}",
-                client.version
-            ),
-        }
-    };
-    let refused = matches!(reply, ServerFrame::Refused { .. });
-    if frame::write_msg(&mut wr, &reply).await.is_err() || wr.flush().await.is_err() || refused {
-        return;
-    }
-    tracing::debug!(%peer, client = %client.client, "connection open");
-
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4096);
-    let writer = tokio::spawn(async move {
-        while let Some(buf) = rx.recv().await {
-            if wr.write_all(&buf).await.is_err() {
-                return;
-            }
-            while let Ok(more) = rx.try_recv() {
-                if wr.write_all(&more).await.is_err() {
-                    return;
-                }
-            }
-            if wr.flush().await.is_err() {
-                return;
-            }
-        }
-    });
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.triggered() => break,
-            r = frame::read_msg::<_, ClientFrame>(&mut rd, ctx.max_frame) => r,
-        };
-        match msg {
-            Ok(Some(ClientFrame::Request(req))) => {
-                if matches!(req.op, Op::Lookup { .. } | Op::Ping) {
-                    // Fast and local: answer in order, without a task.
-                    let resp = process(&ctx, req).await;
-                    if send(&tx, resp).await.is_err() {
-                        break;
-                    }
-                } else {
-                    let (ctx, tx) = (ctx.clone(), tx.clone());
-                    shutdown.spawn(async move {
-                        let resp = process(&ctx, req).await;
-                        let _ = send(&tx, resp).await;
-                    });
-                }
-            }
-            Ok(Some(ClientFrame::Hello(_))) => {
-                metrics::FRAME_ERRORS
-                    .with_label_values(&["second_hello"])
-                    .inc();
-                tracing::warn!(%peer, "second hello, closing");
-                break;
-            }
-            Ok(None) => break,
-            Err(e) => {
-                frame_error(peer, &e);
-                break;
-            }
-        }
-    }
-    // The writer ends once every request in flight has sent its response.
-    drop(tx);
-    let _ = writer.await;
+    .await
 }
 
-async fn send(tx: &mpsc::Sender<Vec<u8>>, resp: Response) -> Result<(), ()> {
-    match frame::encode(&ServerFrame::Response(resp)) {
-        Ok(buf) => tx.send(buf).await.map_err(|_| ()),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode a response");
-            Err(())
+impl serve::Service for Ctx {
+    type ClientFrame = ClientFrame;
+    type ServerFrame = ServerFrame;
+    type Request = Request;
+
+    fn incoming(frame: ClientFrame) -> Incoming<Request> {
+        match frame {
+            ClientFrame::Hello(h) => Incoming::Hello {
+                version: h.version,
+                client: h.client,
+            },
+            ClientFrame::Request(r) => Incoming::Request(r),
         }
+    }
+
+    fn hello(&self, version: u32, _client: &str) -> Result<ServerFrame, ServerFrame> {
+        if version == PROTOCOL_VERSION {
+            Ok(ServerFrame::Hello(ServerHello {
+                version: PROTOCOL_VERSION,
+                replica: self.node.id,
+            }))
+        } else {
+            Err(ServerFrame::Refused {
+                reason: format!(
+                    "protocol version {version} not supported; this replica speaks {PROTOCOL_VERSION}"
+                ),
+            })
+        }
+    }
+
+    fn inline(&self, req: &Request) -> bool {
+        // Fast and local: answered in order, without a task.
+        matches!(req.op, Op::Lookup { .. } | Op::Ping)
+    }
+
+    async fn handle(self: Arc<Self>, req: Request) -> ServerFrame {
+        ServerFrame::Response(process(&self, req).await)
+    }
+
+    fn frame_error(&self, peer: SocketAddr, kind: &'static str, error: &str) {
+        metrics::FRAME_ERRORS.with_label_values(&[kind]).inc();
+        tracing::warn!(%peer, error, "closing connection after a bad frame");
     }
 }
 

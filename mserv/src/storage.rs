@@ -73,39 +73,26 @@ fn sto_err(
     StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
 }
 
-/// `crc32 | bincode` of a value.
+/// `crc32 | bincode` of a value (the one record codec, `xfs::codec`).
 pub(crate) fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut buf = vec![0u8; 4];
-    // Encoding into a Vec fails only for types serde cannot express, which ours are not.
-    if let Err(e) =
-        bincode::serde::encode_into_std_write(value, &mut buf, bincode::config::standard())
-    {
-        tracing::error!(error = %e, "cannot encode a record");
+    match xfs::codec::encode_record(value) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            // Only for types serde cannot express, which ours are not.
+            tracing::error!(error = %e, "cannot encode a record");
+            Vec::new()
+        }
     }
-    let crc = crc32fast::hash(&buf[4..]);
-    buf[..4].copy_from_slice(&crc.to_be_bytes());
-    buf
 }
 
-/// Check and decode a `crc32 | bincode` record.
+/// Check and decode a `crc32 | bincode` record; a bad checksum is counted.
 pub(crate) fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    if bytes.len() < 4 {
-        return Err(format!("record of {} bytes is truncated", bytes.len()));
-    }
-    let expected = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let actual = crc32fast::hash(&bytes[4..]);
-    if expected != actual {
-        metrics::CORRUPT.inc();
-        return Err(format!(
-            "record checksum mismatch: stored {expected:#010x}, computed {actual:#010x}"
-        ));
-    }
-    let (v, used) = bincode::serde::decode_from_slice(&bytes[4..], bincode::config::standard())
-        .map_err(|e| format!("undecodable record: {e}"))?;
-    if used != bytes.len() - 4 {
-        return Err("trailing bytes after a record".into());
-    }
-    Ok(v)
+    xfs::codec::decode_record(bytes).map_err(|e| {
+        if e.is_checksum() {
+            metrics::CORRUPT.inc();
+        }
+        format!("record {e}")
+    })
 }
 
 fn index_key(index: u64) -> [u8; 8] {

@@ -12,10 +12,13 @@ pub mod config;
 pub mod faults;
 pub mod health;
 pub mod http;
+pub mod http_client;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod server;
 pub mod shutdown;
+pub mod time;
 
 /// The version every process reports in its logs and in `/healthz`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mserv::{Route, RouteError, StoreState};
+use mserv_client::{Route, RouteError, StoreState};
 use tokio::time::Instant;
 use xfs::{AccountState, CallError, Delivery, Op, Reply, XfsError};
 

@@ -33,7 +33,7 @@ const VERIFIED_TTL: Duration = Duration::from_secs(5);
 /// What every session shares.
 pub struct Ctx {
     pub cfg: SmtpInConfig,
-    pub router: mserv::Router,
+    pub router: mserv_client::Router,
     pub xfs: xfs::Client,
     pub tls: Option<TlsAcceptor>,
     pub faults: Arc<Faults>,
@@ -126,16 +126,16 @@ pub async fn run_with(
         Some(t) => Some(tls::acceptor(&t.cert, &t.key)?),
         None => None,
     };
-    let mserv_client = mserv::Client::new(
+    let mserv_client = mserv_client::Client::new(
         cfg.mserv.clone(),
-        mserv::ClientConfig {
+        mserv_client::ClientConfig {
             name: format!("smtp-in {}", cfg.hostname),
             cache_ttl: Duration::from_secs(cfg.route_cache_secs),
             request_timeout: Duration::from_secs(3),
             ..Default::default()
         },
     );
-    let router = mserv::Router::new(
+    let router = mserv_client::Router::new(
         Arc::new(mserv_client),
         Duration::from_secs(cfg.store_refresh_secs),
     );

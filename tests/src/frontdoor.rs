@@ -2,13 +2,14 @@
 //! tokens minted the way the login servers mint them (same keys as the front door's config), an
 //! HTTP client that does not follow redirects, and mail sent in through smtp-in.
 
+pub use runtime::time::now_secs;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use lettre::address::Envelope;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use login::token::{Claims, Keys};
+use session::token::{Claims, Keys};
 use xfs::{Op, Reply, Target};
 
 use crate::hcu::Hcu;
@@ -23,13 +24,6 @@ pub const LOGIN_URL: &str = "http://127.0.0.1:9/login";
 /// The keys a test front door checks sessions with.
 pub fn keys() -> Keys {
     Keys::new(KEY_ID, &[(KEY_ID.into(), KEY_SECRET.into())]).expect("test key")
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 /// A running front door.
@@ -185,7 +179,7 @@ pub fn claims(user: &str, gen: u64, exp: u64) -> Claims {
         gen,
         iat: now_secs(),
         exp,
-        sid: login::token::new_sid(),
+        sid: session::token::new_sid(),
     }
 }
 
@@ -226,7 +220,7 @@ pub async fn session_gen(hcu: &Hcu, user: &str) -> anyhow::Result<u64> {
 
 /// Give `user` a real password (argon2id), as login would check it. Bumps the generation.
 pub async fn set_password(hcu: &Hcu, user: &str, password: &str) -> anyhow::Result<()> {
-    let hash = login::password::hash(password).map_err(anyhow::Error::msg)?;
+    let hash = session::password::hash(password).map_err(anyhow::Error::msg)?;
     let p = hcu.client.lookup(user).await?;
     let op = Op::UpdateAccount {
         target: Target::new(user, p.segment, p.epoch),

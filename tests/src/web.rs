@@ -21,8 +21,8 @@ pub const KEY_ID: &str = "test-1";
 pub const KEY_SECRET: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
 
 /// The keys a test login server signs with.
-pub fn keys() -> login::token::Keys {
-    login::token::Keys::new(KEY_ID, &[(KEY_ID.into(), KEY_SECRET.into())]).expect("test key")
+pub fn keys() -> session::token::Keys {
+    session::token::Keys::new(KEY_ID, &[(KEY_ID.into(), KEY_SECRET.into())]).expect("test key")
 }
 
 /// How a test login server is configured.
@@ -204,7 +204,7 @@ pub async fn add_user_with_password(
 /// Change `user`'s password at their store.
 pub async fn set_password(hcu: &Hcu, user: &str, password: &str) -> anyhow::Result<()> {
     let p = hcu.client.lookup(user).await?;
-    let hash = login::password::hash(password).map_err(anyhow::Error::msg)?;
+    let hash = session::password::hash(password).map_err(anyhow::Error::msg)?;
     let op = Op::UpdateAccount {
         target: Target::new(user, p.segment, p.epoch),
         display_name: None,

@@ -436,7 +436,7 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
         frontdoor::session_gen(&hcu, ALICE).await.unwrap(),
         now_secs() - 5,
     ));
-    let other_keys = login::token::Keys::new("k9", &[("k9".into(), "99".repeat(32))]).unwrap();
+    let other_keys = session::token::Keys::new("k9", &[("k9".into(), "99".repeat(32))]).unwrap();
     let unknown_key = other_keys.issue(&claims(ALICE, 99, now_secs() + 3600));
     for (what, bad) in [
         ("wrong signature", forged.as_str()),
@@ -634,7 +634,7 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
             other => panic!("{other:?}"),
         }
     };
-    assert!(login::password::verify(
+    assert!(session::password::verify(
         "new secret words",
         &auth.password_hash
     ));

@@ -3,9 +3,10 @@
 //! refuses a run over the fraction and deletes nothing; `--apply` under it deletes restorably, and
 //! `mailctl restore --user U` brings one back with its mail, while a re-created name refuses.
 
+use runtime::time::now_ms;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mailctl::admin::Hcu;
@@ -17,13 +18,6 @@ use serde_json::{json, Value};
 use xfs::{NewAccount, Op, Reply, Target};
 
 const PER_STORE: usize = 100;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// `--days` for "no sign-in since `since_ms`".
 fn days_since(since_ms: u64) -> String {
@@ -74,7 +68,7 @@ async fn gc_lists_refuses_over_the_fraction_deletes_restorably_and_restores() {
 
     // PER_STORE users on each store, over both segments, with one password hash.
     let started = Instant::now();
-    let hash = login::password::hash("pw").unwrap();
+    let hash = session::password::hash("pw").unwrap();
     let mut all = Vec::new();
     for store in 1..=2 {
         for i in 0..PER_STORE {

@@ -2,8 +2,10 @@
 //! front door, and a plain HTTP client. Every session issued is checked with the same keys the
 //! front doors use, and every login recorded is read back from the store.
 
+use runtime::time::now_ms;
+use runtime::time::now_secs;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use megamail_tests::hcu::{Hcu, HcuOpts, CLUSTER};
 use megamail_tests::web::{
@@ -53,20 +55,6 @@ async fn add(env: &Env, user: &str, password: &str) {
     add_user_with_password(&env.hcu, user, "store-1", 0, password)
         .await
         .unwrap();
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// `POST /api/v1/session`; the status, headers and JSON body.

@@ -36,7 +36,7 @@ fn delivery(i: usize, size: usize) -> Delivery {
 }
 
 async fn ok(side: &Side, op: Op) -> Reply {
-    side.call(op.clone())
+    side.call_op(op.clone())
         .await
         .unwrap_or_else(|e| panic!("{} {op:?}: {e}", side.store))
 }
@@ -186,7 +186,7 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     // The target refuses an import before it is begun, and a live mailbox is never purged.
     assert!(matches!(
         err(dst
-            .call(Op::Import {
+            .call_op(Op::Import {
                 target: dst.target.clone(),
                 records: vec![],
                 delete: vec![],
@@ -197,7 +197,7 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     ));
     assert!(matches!(
         err(src
-            .call(Op::Purge {
+            .call_op(Op::Purge {
                 target: src.target.clone()
             })
             .await),
@@ -232,7 +232,7 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     }
     ok(
         &src,
-        Op::Delete {
+        Op::Expunge {
             target: src.target.clone(),
             msgs: vec![ids[12], ids[45]],
         },
@@ -252,7 +252,7 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     // The importing copy is not live: every caller is told to wait.
     assert!(matches!(
         err(dst
-            .call(Op::ListFolders {
+            .call_op(Op::ListFolders {
                 target: dst.target.clone()
             })
             .await),
@@ -269,7 +269,7 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     .await;
     assert!(matches!(
         err(src
-            .call(Op::Deliver {
+            .call_op(Op::Deliver {
                 target: src.target.clone(),
                 delivery: delivery(99, 100)
             })
@@ -322,7 +322,7 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     )
     .await;
     match err(src
-        .call(Op::ListFolders {
+        .call_op(Op::ListFolders {
             target: src.target.clone(),
         })
         .await)
@@ -391,7 +391,7 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     .await;
     assert!(matches!(
         err(src
-            .call(Op::GetAccount {
+            .call_op(Op::GetAccount {
                 target: src.target.clone()
             })
             .await),
@@ -438,7 +438,7 @@ async fn a_bad_import_is_refused_and_changes_nothing() {
     };
     for (bad, what) in [(damaged, "crc"), (outside, "outside"), (unknown, "cf")] {
         let r = dst
-            .call(Op::Import {
+            .call_op(Op::Import {
                 target: dst.target.clone(),
                 records: vec![good.clone(), bad],
                 delete: vec![],
@@ -480,7 +480,7 @@ async fn a_bad_import_is_refused_and_changes_nothing() {
     .await;
     assert!(matches!(
         err(dst
-            .call(Op::GetAccount {
+            .call_op(Op::GetAccount {
                 target: dst.target.clone()
             })
             .await),

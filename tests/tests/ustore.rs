@@ -320,7 +320,7 @@ async fn every_operation_round_trips() {
     assert_eq!(page(&pool, u, "Inbox").await.folder.unread, 2);
 
     // Move keeps the body and the flags, gives a new uid in the target folder.
-    let Reply::Moved(moved) = pool
+    let Reply::NewUids(moved) = pool
         .call(Op::Move {
             target: t(),
             msgs: vec![m2],
@@ -384,7 +384,7 @@ async fn every_operation_round_trips() {
         Some(XfsError::NoSuchMessage { .. })
     ));
     assert_eq!(
-        pool.call(Op::Delete {
+        pool.call(Op::Expunge {
             target: t(),
             msgs: vec![m1, m3]
         })

@@ -81,25 +81,19 @@ pub fn change(user: &str, modseq: u64) -> Vec<u8> {
     msg(user, modseq)
 }
 
-/// `crc32 | bincode(record)`.
+/// `crc32 | bincode(record)`, with the one record codec every role shares (`xfs::codec`).
 pub fn encode<T: Serialize>(rec: &T) -> Vec<u8> {
-    let mut buf = vec![0u8; 4];
-    // Encoding our own plain records into a Vec cannot fail.
-    bincode::serde::encode_into_std_write(rec, &mut buf, bincode::config::standard())
-        .expect("encoding a record into memory");
-    let crc = crc32fast::hash(&buf[4..]);
-    buf[0..4].copy_from_slice(&crc.to_be_bytes());
-    buf
+    // Our own plain records always encode into memory.
+    xfs::codec::encode_record(rec).expect("encoding a record into memory")
 }
 
-/// Check the crc and decode; a mismatch is `Corrupt`, never data.
+/// Check the crc and decode (no length inside trusted beyond the record's size); a mismatch is
+/// `Corrupt`, never data.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, XfsError> {
     let payload = checked(bytes, what)?;
-    bincode::serde::decode_from_slice(payload, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| XfsError::Corrupt {
-            what: format!("{what}: {e}"),
-        })
+    xfs::codec::decode(payload).map_err(|e| XfsError::Corrupt {
+        what: format!("{what}: {e}"),
+    })
 }
 
 /// `crc32 | raw bytes` for message bodies (no serialization layer: the bytes are stored as given).
@@ -110,23 +104,14 @@ pub fn encode_body(body: &[u8]) -> Vec<u8> {
     buf
 }
 
-/// The payload of a `crc | payload` value after checking its crc.
+/// The payload of a `crc | payload` value after checking its crc; a mismatch is counted.
 pub fn checked<'a>(bytes: &'a [u8], what: &str) -> Result<&'a [u8], XfsError> {
-    if bytes.len() < 4 {
-        return Err(XfsError::Corrupt {
-            what: format!("{what}: record of {} bytes", bytes.len()),
-        });
-    }
-    let (head, payload) = bytes.split_at(4);
-    let expected = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    let actual = crc32fast::hash(payload);
-    if expected != actual {
+    xfs::codec::checked(bytes).map_err(|e| {
         crate::metrics::CORRUPT.with_label_values(&[what]).inc();
-        return Err(XfsError::Corrupt {
-            what: format!("{what}: crc {actual:#010x}, expected {expected:#010x}"),
-        });
-    }
-    Ok(payload)
+        XfsError::Corrupt {
+            what: format!("{what}: {e}"),
+        }
+    })
 }
 
 #[cfg(test)]

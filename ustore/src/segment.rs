@@ -509,9 +509,9 @@ impl Segment {
                 for m in msgs {
                     moved.push((m, tx.move_msg(m, to)?));
                 }
-                Ok(Reply::Moved(moved))
+                Ok(Reply::NewUids(moved))
             }),
-            Op::Delete { target, msgs } => self.mutate(&target.user, |tx| {
+            Op::Expunge { target, msgs } => self.mutate(&target.user, |tx| {
                 let mut n = 0;
                 for m in msgs {
                     if tx.expunge(m)? {
@@ -1149,7 +1149,7 @@ impl Tx<'_> {
         let uid = self.add_entry(to, &e)?;
         let from = folder_name_of(&self.folders, loc.folder);
         let to = folder_name_of(&self.folders, to);
-        self.log(ChangeKind::Moved { msg, from, to, uid });
+        self.log(ChangeKind::Refiled { msg, from, to, uid });
         Ok(uid)
     }
 

@@ -1,5 +1,6 @@
-//! The XFS server: accepts connections, checks the hello, reads pipelined requests, runs each one
-//! under admission control on a blocking thread, and writes responses as they complete.
+//! The XFS server: the shared accept loop and connection layer (hello, pipelining, idle timeout,
+//! drain) around the store's own part: each request under admission control, its fault point and
+//! deadline, on a blocking thread.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,22 +9,15 @@ use std::time::{Duration, Instant};
 use runtime::admission::Admission;
 use runtime::faults::Faults;
 use runtime::shutdown::Shutdown;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use xfs::frame::{self, FrameError};
+use tokio::net::TcpListener;
+use xfs::serve::{self, ConnLimits, Incoming};
 use xfs::{ClientFrame, Reply, Request, Response, ServerFrame, ServerHello, XfsError};
 
 use crate::metrics;
 use crate::store::Store;
 
-/// How long a new connection has to send its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a shed caller is told to wait.
 const BUSY_RETRY_MS: u32 = 20;
-/// Requests one connection may have in flight; past it the server stops reading that connection
-/// until replies drain (a client that never reads its replies cannot grow the server's memory).
-const MAX_PIPELINE: usize = 1024;
 
 pub struct Ctx {
     pub store: Arc<Store>,
@@ -55,7 +49,8 @@ fn close_queued(listener: &TcpListener) -> u64 {
     closed
 }
 
-/// Accept connections until `shutdown` triggers. Connections are tracked by `shutdown`, so
+/// Accept connections until `shutdown` triggers (the shared accept loop and connection layer:
+/// `runtime::server`, `xfs::serve`). Connections are tracked by `shutdown`, so
 /// `shutdown.wait_tasks()` afterwards waits for the requests in flight.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutdown: Shutdown) {
     let queued = close_queued(&listener);
@@ -68,136 +63,64 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutd
             "closed connections that queued while the store was opening"
         );
     }
-    let slots = Arc::new(Semaphore::new(max_conns));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.triggered() => break,
-            x = runtime::net::accept(&listener) => x,
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics::CONNECTIONS.with_label_values(&["refused"]).inc();
-            tracing::warn!(%peer, "connection limit reached, closing new connection");
-            continue;
-        };
-        metrics::CONNECTIONS.with_label_values(&["accepted"]).inc();
-        let ctx = ctx.clone();
-        let sd = shutdown.clone();
-        shutdown.spawn(async move {
-            let _permit = permit;
-            handle_conn(stream, peer, ctx, sd).await;
-        });
-    }
-}
-
-fn frame_error(peer: SocketAddr, e: &FrameError) {
-    metrics::FRAME_ERRORS.with_label_values(&[e.kind()]).inc();
-    tracing::warn!(%peer, error = %e, "closing XFS connection after a bad frame");
-}
-
-async fn handle_conn(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, shutdown: Shutdown) {
-    let (mut rd, wr) = stream.into_split();
-    let mut wr = BufWriter::new(wr);
-    let hello = tokio::time::timeout(
-        HELLO_TIMEOUT,
-        frame::read_msg::<_, ClientFrame>(&mut rd, ctx.max_frame),
+    let limits = ConnLimits {
+        max_frame: ctx.max_frame,
+        ..Default::default()
+    };
+    let stop = shutdown.token();
+    runtime::server::serve(
+        listener,
+        max_conns,
+        metrics::CONNECTIONS.clone(),
+        shutdown,
+        move |stream, peer| {
+            let (ctx, limits, stop) = (ctx.clone(), limits.clone(), stop.clone());
+            async move { serve::connection(stream, peer, ctx, &limits, stop).await }
+        },
     )
-    .await;
-    let client = match hello {
-        Ok(Ok(Some(ClientFrame::Hello(h)))) => h,
-        Ok(Err(e)) => return frame_error(peer, &e),
-        Ok(Ok(Some(ClientFrame::Request(_)))) => {
-            metrics::FRAME_ERRORS.with_label_values(&["no_hello"]).inc();
-            tracing::warn!(%peer, "request before hello, closing");
-            return;
-        }
-        Ok(Ok(None)) => return,
-        Err(_) => {
-            tracing::debug!(%peer, "no hello in time, closing");
-            return;
-        }
-    };
-    let reply = if client.version == xfs::PROTOCOL_VERSION {
-        ServerFrame::Hello(ServerHello {
-            version: xfs::PROTOCOL_VERSION,
-            store: ctx.store.name().to_string(),
-            segments: ctx.store.segment_ids(),
-        })
-    } else {
-        ServerFrame::Refused {
-            reason: format!(
-                "protocol version {} not supported; this store speaks {}",
-                client.version,
-                xfs::PROTOCOL_VERSION
-            ),
-        }
-    };
-    let refused = matches!(reply, ServerFrame::Refused { .. });
-    if frame::write_msg(&mut wr, &reply).await.is_err() || wr.flush().await.is_err() || refused {
-        return;
-    }
-    tracing::debug!(%peer, client = %client.client, "XFS connection open");
+    .await
+}
 
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_PIPELINE);
-    let pipeline = Arc::new(Semaphore::new(MAX_PIPELINE));
-    let writer = tokio::spawn(async move {
-        while let Some(buf) = rx.recv().await {
-            if wr.write_all(&buf).await.is_err() {
-                return;
-            }
-            while let Ok(more) = rx.try_recv() {
-                if wr.write_all(&more).await.is_err() {
-                    return;
-                }
-            }
-            if wr.flush().await.is_err() {
-                return;
-            }
-        }
-    });
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.triggered() => break,
-            r = frame::read_msg::<_, ClientFrame>(&mut rd, ctx.max_frame) => r,
-        };
-        match msg {
-            Ok(Some(ClientFrame::Request(req))) => {
-                let slot = tokio::select! {
-                    _ = shutdown.triggered() => break,
-                    p = pipeline.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                };
-                let ctx = ctx.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let resp = process(&ctx, req).await;
-                    match frame::encode(&ServerFrame::Response(resp)) {
-                        Ok(buf) => {
-                            let _ = tx.send(buf).await;
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot encode a response"),
-                    }
-                });
-            }
-            Ok(Some(ClientFrame::Hello(_))) => {
-                metrics::FRAME_ERRORS
-                    .with_label_values(&["second_hello"])
-                    .inc();
-                tracing::warn!(%peer, "second hello, closing");
-                break;
-            }
-            Ok(None) => break,
-            Err(e) => {
-                frame_error(peer, &e);
-                break;
-            }
+impl serve::Service for Ctx {
+    type ClientFrame = ClientFrame;
+    type ServerFrame = ServerFrame;
+    type Request = Request;
+
+    fn incoming(frame: ClientFrame) -> Incoming<Request> {
+        match frame {
+            ClientFrame::Hello(h) => Incoming::Hello {
+                version: h.version.into(),
+                client: h.client,
+            },
+            ClientFrame::Request(r) => Incoming::Request(r),
         }
     }
-    // The writer ends once every request in flight has sent its response.
-    drop(tx);
-    let _ = writer.await;
+
+    fn hello(&self, version: u32, _client: &str) -> Result<ServerFrame, ServerFrame> {
+        if version == u32::from(xfs::PROTOCOL_VERSION) {
+            Ok(ServerFrame::Hello(ServerHello {
+                version: xfs::PROTOCOL_VERSION,
+                store: self.store.name().to_string(),
+                segments: self.store.segment_ids(),
+            }))
+        } else {
+            Err(ServerFrame::Refused {
+                reason: format!(
+                    "protocol version {version} not supported; this store speaks {}",
+                    xfs::PROTOCOL_VERSION
+                ),
+            })
+        }
+    }
+
+    async fn handle(self: Arc<Self>, req: Request) -> ServerFrame {
+        ServerFrame::Response(process(&self, req).await)
+    }
+
+    fn frame_error(&self, peer: SocketAddr, kind: &'static str, error: &str) {
+        metrics::FRAME_ERRORS.with_label_values(&[kind]).inc();
+        tracing::warn!(%peer, error, "closing XFS connection after a bad frame");
+    }
 }
 
 async fn process(ctx: &Ctx, req: Request) -> Response {

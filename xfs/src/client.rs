@@ -8,15 +8,11 @@
 //! (`CallError::ConnectionLost`). Either may also delay the call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
-
-use crate::frame::{self, FrameError};
+use crate::conn::{ConnError, Pool, PoolConfig, Protocol};
+use crate::frame;
 use crate::proto::*;
 
 #[derive(Debug, Clone)]
@@ -128,79 +124,78 @@ impl CallError {
     }
 }
 
-/// A delay uniform in `[0, min(cap, base * 2^attempt))`: exponential backoff with full jitter.
-pub fn full_jitter(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << attempt.min(20)).min(cap);
-    let nanos = ceiling.as_nanos() as u64;
-    if nanos == 0 {
-        return Duration::ZERO;
+pub use crate::conn::{full_jitter, reconnect_delay};
+
+/// XFS as the connection layer sees it.
+pub struct Xfs;
+
+impl Protocol for Xfs {
+    type ClientFrame = ClientFrame;
+    type ServerFrame = ServerFrame;
+    type Op = Op;
+    type Answer = Result<Reply, XfsError>;
+    const PEER: &'static str = "store";
+
+    fn hello(client: &str) -> ClientFrame {
+        ClientFrame::Hello(ClientHello {
+            version: PROTOCOL_VERSION,
+            client: client.to_string(),
+        })
     }
-    Duration::from_nanos(rand::random_range(0..nanos))
-}
 
-/// The wait before the next reconnect attempt, after `failures` failed attempts to a store
-/// unreachable for `down_for`: full jitter over a window that doubles per failed attempt and is
-/// never shorter than the outage so far, capped at `cap`. Attempts are made only when a caller
-/// has a request, so a caller that calls rarely fails rarely; without the floor its window would
-/// stay small through a long outage and it would come back at the first moment, with everyone
-/// else, when the store returns.
-pub fn reconnect_delay(
-    base: Duration,
-    cap: Duration,
-    failures: u32,
-    down_for: Duration,
-) -> Duration {
-    let window = base.saturating_mul(1u32 << failures.min(20)).max(down_for);
-    full_jitter(window, cap, 0)
-}
+    fn accept_hello(frame: ServerFrame) -> Result<(), String> {
+        match frame {
+            ServerFrame::Hello(h) if h.version == PROTOCOL_VERSION => Ok(()),
+            ServerFrame::Hello(h) => Err(format!("store speaks protocol version {}", h.version)),
+            ServerFrame::Refused { reason } => Err(format!("refused: {reason}")),
+            ServerFrame::Response(_) => Err("response before hello".into()),
+        }
+    }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Reply, XfsError>>>>;
+    fn request(id: u64, deadline_ms: u32, trace: &str, op: Op) -> ClientFrame {
+        ClientFrame::Request(Request {
+            id,
+            deadline_ms,
+            trace: trace.to_string(),
+            op,
+        })
+    }
 
-/// One live, pipelined connection.
-struct Conn {
-    frames: mpsc::Sender<Vec<u8>>,
-    pending: Arc<Pending>,
-    dead: Arc<AtomicBool>,
-}
-
-impl Conn {
-    fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::SeqCst)
+    fn response(frame: ServerFrame) -> Result<(u64, Self::Answer), ServerFrame> {
+        match frame {
+            ServerFrame::Response(r) => Ok((r.id, r.result)),
+            other => Err(other),
+        }
     }
 }
 
-#[derive(Default)]
-struct SlotState {
-    conn: Option<Arc<Conn>>,
-    failures: u32,
-    retry_at: Option<Instant>,
-    /// When the connection was lost (or the first attempt failed); `None` while connected.
-    down_since: Option<Instant>,
+impl From<ConnError> for CallError {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::NotSent { addr, why } => CallError::Unavailable { addr, why },
+            ConnError::Lost { addr } => CallError::ConnectionLost { addr },
+            ConnError::Timeout { addr, timeout } => CallError::Timeout { addr, timeout },
+            ConnError::Protocol { addr, why } => CallError::Protocol { addr, why },
+        }
+    }
 }
 
-/// The connections to one store.
+/// The connections to one store, with the caller's fault points and default timeout.
 pub struct StorePool {
-    addr: String,
+    pool: Pool<Xfs>,
     cfg: Arc<ClientConfig>,
-    slots: Vec<tokio::sync::Mutex<SlotState>>,
-    next_slot: AtomicUsize,
-    next_id: AtomicU64,
 }
 
 impl StorePool {
     pub fn new(addr: impl Into<String>, cfg: Arc<ClientConfig>) -> Self {
-        let n = cfg.conns_per_store.max(1);
         StorePool {
-            addr: addr.into(),
-            slots: (0..n).map(|_| Default::default()).collect(),
+            pool: Pool::new(addr, Arc::new(cfg.pool_config())),
             cfg,
-            next_slot: AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
         }
     }
 
     pub fn addr(&self) -> &str {
-        &self.addr
+        self.pool.addr()
     }
 
     /// Call with the default timeout and no trace id.
@@ -220,201 +215,57 @@ impl StorePool {
         if let Some(faults) = &self.cfg.faults {
             if let Some(point) = faults.apply("xfs.call", op_name).await {
                 return Err(CallError::Unavailable {
-                    addr: self.addr.clone(),
+                    addr: self.addr().to_string(),
                     why: format!("injected fault at {point}"),
                 });
             }
         }
-        let conn = self.conn().await?;
         let left = timeout.saturating_sub(started.elapsed());
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let req = ClientFrame::Request(Request {
-            id,
-            deadline_ms: left.as_millis().min(u32::MAX as u128) as u32,
-            trace: trace.to_string(),
-            op,
-        });
-        let buf = frame::encode(&req).map_err(|e| self.protocol(e))?;
-        let (tx, rx) = oneshot::channel();
-        lock(&conn.pending).insert(id, tx);
-        // The connection task marks itself dead before draining `pending`: checking after the
-        // insert means we either get drained or see the mark.
-        if conn.is_dead() || conn.frames.send(buf).await.is_err() {
-            lock(&conn.pending).remove(&id);
-            return Err(CallError::ConnectionLost {
-                addr: self.addr.clone(),
-            });
-        }
-        match tokio::time::timeout(left, rx).await {
-            Ok(Ok(result)) => {
-                if let Some(faults) = &self.cfg.faults {
-                    if faults.apply("xfs.reply", op_name).await.is_some() {
-                        return Err(CallError::ConnectionLost {
-                            addr: self.addr.clone(),
-                        });
-                    }
-                }
-                result.map_err(CallError::Remote)
-            }
-            Ok(Err(_)) => Err(CallError::ConnectionLost {
-                addr: self.addr.clone(),
-            }),
-            Err(_) => {
-                lock(&conn.pending).remove(&id);
-                Err(CallError::Timeout {
-                    addr: self.addr.clone(),
-                    timeout,
-                })
+        let result = self.pool.call(op, trace, left).await.map_err(|e| match e {
+            // Report the caller's whole timeout, not what was left of it.
+            ConnError::Timeout { addr, .. } => CallError::Timeout { addr, timeout },
+            other => other.into(),
+        })?;
+        if let Some(faults) = &self.cfg.faults {
+            if faults.apply("xfs.reply", op_name).await.is_some() {
+                return Err(CallError::ConnectionLost {
+                    addr: self.addr().to_string(),
+                });
             }
         }
+        result.map_err(CallError::Remote)
     }
 
-    fn protocol(&self, e: impl std::fmt::Display) -> CallError {
-        CallError::Protocol {
-            addr: self.addr.clone(),
-            why: e.to_string(),
-        }
+    /// One typed call: the reply the operation answers with, or an error; a reply of another
+    /// shape is a protocol error here, so no caller ever matches on one.
+    pub async fn run<C: Call>(&self, call: C) -> Result<C::Output, CallError> {
+        self.run_with(call, "", self.cfg.request_timeout).await
     }
 
-    /// A live connection: an open one, or a new one from a slot whose backoff has run out.
-    async fn conn(&self) -> Result<Arc<Conn>, CallError> {
-        let n = self.slots.len();
-        let start = self.next_slot.fetch_add(1, Ordering::Relaxed);
-        let mut last_err = None;
-        for i in 0..n {
-            let mut st = self.slots[(start + i) % n].lock().await;
-            if let Some(c) = &st.conn {
-                if !c.is_dead() {
-                    return Ok(c.clone());
-                }
-                // Lost: wait a jittered while before coming back, like everyone else.
-                st.conn = None;
-                st.down_since = Some(Instant::now());
-                st.retry_at = Some(Instant::now() + self.delay(&st));
-                st.failures += 1;
-            }
-            if let Some(at) = st.retry_at {
-                let now = Instant::now();
-                if now < at {
-                    last_err = Some(format!("reconnecting in {:?}", at - now));
-                    continue;
-                }
-            }
-            match tokio::time::timeout(self.cfg.connect_timeout, self.connect()).await {
-                Ok(Ok(c)) => {
-                    st.failures = 0;
-                    st.retry_at = None;
-                    st.down_since = None;
-                    st.conn = Some(c.clone());
-                    return Ok(c);
-                }
-                Ok(Err(why)) => last_err = Some(why),
-                Err(_) => last_err = Some("connect timed out".into()),
-            }
-            st.down_since.get_or_insert_with(Instant::now);
-            st.retry_at = Some(Instant::now() + self.delay(&st));
-            st.failures += 1;
-        }
-        Err(CallError::Unavailable {
-            addr: self.addr.clone(),
-            why: last_err.unwrap_or_else(|| "no connection".into()),
+    /// [`StorePool::run`] with a trace id and a timeout.
+    pub async fn run_with<C: Call>(
+        &self,
+        call: C,
+        trace: &str,
+        timeout: Duration,
+    ) -> Result<C::Output, CallError> {
+        let reply = self.call_with(call.into(), trace, timeout).await?;
+        C::output(reply).map_err(|other| CallError::Protocol {
+            addr: self.addr().to_string(),
+            why: format!("{} answered with {other:?}", C::NAME),
         })
     }
-
-    fn delay(&self, st: &SlotState) -> Duration {
-        let down_for = st.down_since.map(|t| t.elapsed()).unwrap_or_default();
-        reconnect_delay(
-            self.cfg.backoff_base,
-            self.cfg.backoff_cap,
-            st.failures,
-            down_for,
-        )
-    }
-
-    async fn connect(&self) -> Result<Arc<Conn>, String> {
-        let stream = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        stream.set_nodelay(true).ok();
-        let (mut rd, wr) = stream.into_split();
-        let mut wr = BufWriter::new(wr);
-        let hello = ClientFrame::Hello(ClientHello {
-            version: PROTOCOL_VERSION,
-            client: self.cfg.name.clone(),
-        });
-        frame::write_msg(&mut wr, &hello)
-            .await
-            .map_err(|e| format!("hello: {e}"))?;
-        wr.flush().await.map_err(|e| format!("hello: {e}"))?;
-        match frame::read_msg::<_, ServerFrame>(&mut rd, self.cfg.max_frame).await {
-            Ok(Some(ServerFrame::Hello(h))) if h.version == PROTOCOL_VERSION => {}
-            Ok(Some(ServerFrame::Hello(h))) => {
-                return Err(format!("store speaks protocol version {}", h.version))
-            }
-            Ok(Some(ServerFrame::Refused { reason })) => return Err(format!("refused: {reason}")),
-            Ok(Some(ServerFrame::Response(_))) => return Err("response before hello".into()),
-            Ok(None) => return Err("closed during hello".into()),
-            Err(e) => return Err(format!("hello: {e}")),
-        }
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
-        let conn = Arc::new(Conn {
-            frames: tx,
-            pending: Arc::new(Mutex::new(HashMap::new())),
-            dead: Arc::new(AtomicBool::new(false)),
-        });
-        let pending = conn.pending.clone();
-        let dead = conn.dead.clone();
-        let addr = self.addr.clone();
-        let max = self.cfg.max_frame;
-        tokio::spawn(async move {
-            let outcome = tokio::select! {
-                r = write_loop(wr, rx) => r,
-                r = read_loop(&mut rd, max, &pending) => r,
-            };
-            if let Err(e) = outcome {
-                tracing::debug!(store = %addr, error = %e, "xfs connection closed");
-            }
-            dead.store(true, Ordering::SeqCst);
-            // Dropping the senders tells every waiting caller the connection is gone.
-            lock(&pending).clear();
-        });
-        Ok(conn)
-    }
 }
 
-async fn write_loop(
-    mut wr: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-) -> Result<(), FrameError> {
-    while let Some(buf) = rx.recv().await {
-        wr.write_all(&buf).await?;
-        // Pipelining: write what is queued, flush once.
-        while let Ok(more) = rx.try_recv() {
-            wr.write_all(&more).await?;
-        }
-        wr.flush().await?;
-    }
-    Ok(())
-}
-
-async fn read_loop(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-    max: usize,
-    pending: &Pending,
-) -> Result<(), FrameError> {
-    loop {
-        match frame::read_msg::<_, ServerFrame>(rd, max).await? {
-            None => return Ok(()),
-            Some(ServerFrame::Response(resp)) => {
-                if let Some(tx) = lock(pending).remove(&resp.id) {
-                    let _ = tx.send(resp.result);
-                }
-            }
-            Some(other) => {
-                return Err(FrameError::Decode(format!(
-                    "unexpected frame after hello: {other:?}"
-                )))
-            }
+impl ClientConfig {
+    fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            name: self.name.clone(),
+            conns: self.conns_per_store,
+            connect_timeout: self.connect_timeout,
+            backoff_base: self.backoff_base,
+            backoff_cap: self.backoff_cap,
+            max_frame: self.max_frame,
         }
     }
 }
@@ -453,52 +304,16 @@ impl Client {
     pub async fn call(&self, addr: &str, op: Op) -> Result<Reply, CallError> {
         self.pool(addr).call(op).await
     }
+
+    /// One typed call to the store at `addr` ([`StorePool::run`]).
+    pub async fn run<C: Call>(&self, addr: &str, call: C) -> Result<C::Output, CallError> {
+        self.pool(addr).run(call).await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_stays_under_the_ceiling() {
-        let base = Duration::from_millis(10);
-        let cap = Duration::from_millis(300);
-        for attempt in 0..40 {
-            let ceiling = base.saturating_mul(1 << attempt.min(20)).min(cap);
-            for _ in 0..50 {
-                assert!(full_jitter(base, cap, attempt) < ceiling.max(Duration::from_nanos(1)));
-            }
-        }
-    }
-
-    #[test]
-    fn jitter_spreads() {
-        let d: Vec<_> = (0..100)
-            .map(|_| full_jitter(Duration::from_secs(1), Duration::from_secs(1), 0))
-            .collect();
-        let low = d
-            .iter()
-            .filter(|x| **x < Duration::from_millis(500))
-            .count();
-        assert!(low > 10 && low < 90, "{low} of 100 below the middle");
-    }
-
-    #[test]
-    fn reconnect_window_is_at_least_the_outage() {
-        let base = Duration::from_millis(50);
-        let cap = Duration::from_secs(5);
-        let down = Duration::from_secs(2);
-        let d: Vec<_> = (0..200)
-            .map(|_| reconnect_delay(base, cap, 1, down))
-            .collect();
-        assert!(d.iter().all(|x| *x < down));
-        // Spread over the whole outage, not bunched under base * 2.
-        let late = d.iter().filter(|x| **x > Duration::from_secs(1)).count();
-        assert!(late > 50 && late < 150, "{late} of 200 in the second half");
-        // The cap still holds, and a short outage keeps the exponential window.
-        assert!((0..50).all(|_| reconnect_delay(base, cap, 0, Duration::from_secs(60)) < cap));
-        assert!((0..50).all(|_| reconnect_delay(base, cap, 2, Duration::ZERO) < base * 4));
-    }
 
     #[tokio::test(start_paused = true)]
     async fn call_fault_points_delay_then_fail_before_sending() {
@@ -552,5 +367,114 @@ mod tests {
             ),
             other => panic!("{other}"),
         }
+    }
+
+    /// A store stand-in that answers every request `Pong`, on the shared connection layer.
+    struct PongStore;
+
+    impl crate::serve::Service for PongStore {
+        type ClientFrame = ClientFrame;
+        type ServerFrame = ServerFrame;
+        type Request = Request;
+
+        fn incoming(frame: ClientFrame) -> crate::serve::Incoming<Request> {
+            match frame {
+                ClientFrame::Hello(h) => crate::serve::Incoming::Hello {
+                    version: h.version.into(),
+                    client: h.client,
+                },
+                ClientFrame::Request(r) => crate::serve::Incoming::Request(r),
+            }
+        }
+
+        fn hello(&self, _version: u32, _client: &str) -> Result<ServerFrame, ServerFrame> {
+            Ok(ServerFrame::Hello(ServerHello {
+                version: PROTOCOL_VERSION,
+                store: "pong".into(),
+                segments: vec![],
+            }))
+        }
+
+        async fn handle(self: Arc<Self>, req: Request) -> ServerFrame {
+            ServerFrame::Response(Response {
+                id: req.id,
+                result: Ok(Reply::Pong),
+            })
+        }
+
+        fn frame_error(&self, _peer: std::net::SocketAddr, _kind: &'static str, _error: &str) {}
+    }
+
+    /// Serve `PongStore` on `listener` until `stop`; dropping the task closes every connection.
+    fn pong_store(
+        listener: tokio::net::TcpListener,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let (stream, peer) = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = listener.accept() => r.unwrap(),
+                };
+                let stop = stop.clone();
+                conns.spawn(async move {
+                    let limits = crate::serve::ConnLimits::default();
+                    crate::serve::connection(stream, peer, Arc::new(PongStore), &limits, stop).await
+                });
+            }
+            conns.shutdown().await;
+        })
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_the_first_call_goes_out_on_a_fresh_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cfg = ClientConfig {
+            conns_per_store: 2,
+            // A backoff this long would fail the test if a found-dead connection waited it out.
+            backoff_base: Duration::from_secs(30),
+            backoff_cap: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let pool = StorePool::new(addr.to_string(), Arc::new(cfg));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = pong_store(listener, stop.clone());
+        for _ in 0..4 {
+            assert_eq!(pool.run(crate::ops::Ping {}).await.unwrap(), ());
+        }
+        // The store dies: every connection is closed under the pool's feet.
+        stop.cancel();
+        server.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ... and comes back on the same port.
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = pong_store(listener, stop.clone());
+        for i in 0..4 {
+            let r = pool.run(crate::ops::Ping {}).await;
+            assert!(r.is_ok(), "call {i} after the restart: {r:?}");
+        }
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reply_of_another_shape_is_a_protocol_error_not_a_match_arm() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = pong_store(listener, stop.clone());
+        let pool = StorePool::new(addr.to_string(), Arc::new(ClientConfig::default()));
+        let target = Target::new("a@b.test", 1, 1);
+        match pool.run(crate::ops::ListFolders { target }).await {
+            Err(CallError::Protocol { why, .. }) => {
+                assert_eq!(why, "list_folders answered with Pong")
+            }
+            other => panic!("{other:?}"),
+        }
+        stop.cancel();
+        server.await.unwrap();
     }
 }

@@ -6,6 +6,8 @@
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::codec;
+
 /// The default bound on one frame's payload (a message body plus its summary fits well inside).
 pub const MAX_FRAME_DEFAULT: usize = 64 * 1024 * 1024;
 
@@ -42,15 +44,10 @@ impl FrameError {
     }
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
-}
-
 /// Encode a message as one complete frame (header and payload).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut buf = vec![0u8; HEADER_LEN];
-    bincode::serde::encode_into_std_write(msg, &mut buf, config())
-        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    codec::encode_into(msg, &mut buf).map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = buf.len() - HEADER_LEN;
     let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge {
         len,
@@ -62,17 +59,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     Ok(buf)
 }
 
-/// Decode a payload (checksum already verified by [`read_frame`]).
+/// Decode a payload (checksum already verified by [`read_frame`]); no length inside it is
+/// trusted beyond the payload's own size ([`codec::decode`]).
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    let (msg, used) = bincode::serde::decode_from_slice(payload, config())
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
-    if used != payload.len() {
-        return Err(FrameError::Decode(format!(
-            "{} trailing bytes after the message",
-            payload.len() - used
-        )));
-    }
-    Ok(msg)
+    codec::decode(payload).map_err(|e| FrameError::Decode(e.to_string()))
 }
 
 /// Read one frame's payload, verifying length and checksum. `Ok(None)` is a clean end of stream
@@ -214,6 +204,20 @@ mod tests {
     fn garbage_payload_with_good_crc_is_a_decode_error() {
         let err = decode::<ClientFrame>(&[0xfe, 0xff, 0x01]).unwrap_err();
         assert!(matches!(err, FrameError::Decode(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_hello_claiming_a_huge_string_is_a_decode_error() {
+        // The 19-byte frame that used to abort a store: a hello whose client name claims 2^62
+        // bytes. Frame header (length 11, crc), then variant 0, version 1, the length varint.
+        let mut payload = vec![0u8, 1u8, 0xfd];
+        payload.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        let mut buf = (payload.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+        buf.extend_from_slice(&payload);
+        assert_eq!(buf.len(), 19);
+        let got = read_msg::<_, ClientFrame>(&mut &buf[..], MAX_FRAME_DEFAULT).await;
+        assert!(matches!(got, Err(FrameError::Decode(_))), "{got:?}");
     }
 
     #[test]

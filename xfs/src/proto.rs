@@ -277,7 +277,8 @@ pub enum ChangeKind {
         msg: MsgId,
         flags: Flags,
     },
-    Moved {
+    /// A message moved to another folder (it keeps its id; `uid` is its uid there).
+    Refiled {
         msg: MsgId,
         from: String,
         to: String,
@@ -370,237 +371,270 @@ pub struct StoreStats {
     pub block_cache_misses: u64,
 }
 
-/// The operations a store serves.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Op {
-    Ping,
-    CreateAccount {
+/// Defines [`Op`] and its typed twins in [`ops`] from one list:
+/// `Name "label" { field: Type, ... } -> Output { Reply pattern => output }`.
+macro_rules! operations {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident $label:literal $({ $($field:ident : $ty:ty),* $(,)? })?
+            -> $out:ty { $pat:pat => $val:expr }
+    )*) => {
+        /// The operations a store serves.
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub enum Op {
+            $( $(#[$doc])* $name $({ $($field: $ty),* })?, )*
+        }
+
+        impl Op {
+            /// A short name, for metrics, logs and fault points.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Op::$name { .. } => $label, )*
+                }
+            }
+        }
+
+        /// One struct per operation, carrying its fields; [`Call`] names its reply.
+        pub mod ops {
+            use super::*;
+            $(
+                $(#[$doc])*
+                #[derive(Debug, Clone)]
+                pub struct $name { $($(pub $field: $ty),*)? }
+
+                impl From<$name> for Op {
+                    fn from(call: $name) -> Op {
+                        let $name { $($($field),*)? } = call;
+                        Op::$name $({ $($field),* })?
+                    }
+                }
+
+                impl Call for $name {
+                    type Output = $out;
+                    const NAME: &'static str = $label;
+                    fn output(reply: Reply) -> Result<$out, Reply> {
+                        #[allow(unreachable_patterns)]
+                        match reply {
+                            $pat => Ok($val),
+                            other => Err(other),
+                        }
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// A typed operation: what it is on the wire, and the reply it answers with.
+pub trait Call: Into<Op> {
+    type Output;
+    const NAME: &'static str;
+    /// The typed reply, or the reply given back when it has another shape.
+    fn output(reply: Reply) -> Result<Self::Output, Reply>;
+}
+
+/// What a delivery answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub msg: MsgId,
+    pub folder: String,
+    pub uid: u32,
+    /// True when this delivery id was seen before: nothing new was stored.
+    pub duplicate: bool,
+}
+
+// The operations a store serves, each with its name (for metrics, logs and fault points) and
+// the reply it answers with. One list makes both the wire enum `Op` and, in `ops`, one struct
+// per operation whose `Call` impl names its reply type: callers get the type they asked for,
+// never a `Reply` to match on. The structs' names shadow the reply types of the same name
+// inside `ops`, hence the two `crate::proto::` paths.
+operations! {
+    Ping "ping" -> () { Reply::Pong => () }
+    CreateAccount "create_account" {
         target: Target,
         account: NewAccount,
-    },
-    DeleteAccount {
+    } -> AccountInfo { Reply::Account(a) => a }
+    DeleteAccount "delete_account" {
         target: Target,
-    },
-    GetAccount {
+    } -> () { Reply::Done => () }
+    GetAccount "get_account" {
         target: Target,
-    },
-    GetAuth {
+    } -> AccountInfo { Reply::Account(a) => a }
+    GetAuth "get_auth" {
         target: Target,
-    },
-    RecordLogin {
+    } -> AuthRecord { Reply::Auth(a) => a }
+    RecordLogin "record_login" {
         target: Target,
         at_ms: u64,
-    },
+    } -> () { Reply::Done => () }
     /// Change any of the given fields; a new password hash bumps the session generation.
-    UpdateAccount {
+    UpdateAccount "update_account" {
         target: Target,
         display_name: Option<String>,
         password_hash: Option<String>,
         quota_bytes: Option<u64>,
-    },
-    Deliver {
+    } -> () { Reply::Done => () }
+    Deliver "deliver" {
         target: Target,
         delivery: Delivery,
-    },
-    ListFolders {
+    } -> Delivered {
+        Reply::Delivered { msg, folder, uid, duplicate } => Delivered { msg, folder, uid, duplicate }
+    }
+    ListFolders "list_folders" {
         target: Target,
-    },
+    } -> Vec<FolderInfo> { Reply::Folders(f) => f }
     /// A page of a folder, newest first: skip `offset` entries below `before_uid` (or from the top).
-    ListFolder {
+    ListFolder "list_folder" {
         target: Target,
         folder: String,
         offset: u32,
         limit: u32,
         before_uid: Option<u32>,
-    },
-    Fetch {
+    } -> FolderPage { Reply::Page(p) => p }
+    Fetch "fetch" {
         target: Target,
         msg: MsgId,
         mark_seen: bool,
-    },
-    SetFlags {
+    } -> Message { Reply::Message(m) => m }
+    SetFlags "set_flags" {
         target: Target,
         msgs: Vec<MsgId>,
         add: Flags,
         remove: Flags,
-    },
-    Move {
+    } -> () { Reply::Done => () }
+    Move "move" {
         target: Target,
         msgs: Vec<MsgId>,
         to_folder: String,
-    },
+    } -> Vec<(MsgId, u32)> { Reply::NewUids(u) => u }
     /// Expunge for good (moving to Trash is a `Move`).
-    Delete {
+    Expunge "expunge" {
         target: Target,
         msgs: Vec<MsgId>,
-    },
+    } -> u64 { Reply::Count(n) => n }
     /// Expunge every message of a folder (empty Trash).
-    EmptyFolder {
+    EmptyFolder "empty_folder" {
         target: Target,
         folder: String,
-    },
-    CreateFolder {
+    } -> u64 { Reply::Count(n) => n }
+    CreateFolder "create_folder" {
         target: Target,
         name: String,
-    },
-    RenameFolder {
+    } -> () { Reply::Done => () }
+    RenameFolder "rename_folder" {
         target: Target,
         from: String,
         to: String,
-    },
+    } -> () { Reply::Done => () }
     /// Deletes the folder and expunges its messages. System folders refuse.
-    DeleteFolder {
+    DeleteFolder "delete_folder" {
         target: Target,
         name: String,
-    },
-    Search {
+    } -> u64 { Reply::Count(n) => n }
+    Search "search" {
         target: Target,
         query: SearchQuery,
-    },
-    MailboxStats {
+    } -> Vec<IndexEntry> { Reply::Hits(h) => h }
+    MailboxStats "mailbox_stats" {
         target: Target,
-    },
+    } -> crate::proto::MailboxStats { Reply::Stats(s) => s }
     /// The change log after `since`, at most `limit` entries.
-    Changes {
+    Changes "changes" {
         target: Target,
         since: u64,
         limit: u32,
-    },
-    StoreStats,
+    } -> ChangePage { Reply::Changes(c) => c }
+    StoreStats "store_stats" -> crate::proto::StoreStats { Reply::StoreStats(s) => s }
     /// Migration, source side: a chunk of the mailbox's records or bodies after `after`, at most
     /// about `max_bytes` (always at least one record); with `keys_only` values are left empty.
-    Export {
+    Export "export" {
         target: Target,
         part: ExportPart,
         after: Option<ExportCursor>,
         max_bytes: u32,
         keys_only: bool,
-    },
+    } -> ExportChunk { Reply::Export(c) => c }
     /// Migration, target side: make an empty mailbox in state `Importing{from}` (idempotent).
-    BeginImport {
+    BeginImport "begin_import" {
         target: Target,
         from: String,
-    },
+    } -> () { Reply::Done => () }
     /// Write exported records (each value's crc checked) and delete `delete`, atomically; with
     /// `reset_records` every non-body record of the mailbox is removed first. Only into a mailbox
     /// that is `Importing`; an imported account record keeps the `Importing` state.
-    Import {
+    Import "import" {
         target: Target,
         records: Vec<RawRecord>,
         delete: Vec<(String, Vec<u8>)>,
         reset_records: bool,
-    },
+    } -> u64 { Reply::Count(n) => n }
     /// Migration commit at the target: `Importing` → `Active` at `target.epoch` (idempotent).
-    FinishImport {
+    FinishImport "finish_import" {
         target: Target,
-    },
+    } -> () { Reply::Done => () }
     /// Writes answer `Frozen`, reads are served (idempotent).
-    Freeze {
+    Freeze "freeze" {
         target: Target,
-    },
-    Unfreeze {
+    } -> () { Reply::Done => () }
+    Unfreeze "unfreeze" {
         target: Target,
-    },
+    } -> () { Reply::Done => () }
     /// The mailbox now lives at `to` under `epoch`: every caller is answered `Moved`.
-    MarkMoved {
+    MarkMoved "mark_moved" {
         target: Target,
         to: String,
         epoch: u64,
-    },
+    } -> () { Reply::Done => () }
     /// Remove a mailbox that is `MovedOut` (after the grace period) or `Importing` (an abandoned
     /// copy). A live mailbox is refused.
-    Purge {
+    Purge "purge" {
         target: Target,
-    },
+    } -> () { Reply::Done => () }
     /// The content summary two copies are compared by.
-    Digest {
+    Digest "digest" {
         target: Target,
-    },
+    } -> MailboxDigest { Reply::Digest(d) => d }
     /// An online RocksDB checkpoint of one segment into `dir` (a path on the store's machine that
     /// must not exist yet).
-    Checkpoint {
+    Checkpoint "checkpoint" {
         segment: u32,
         dir: String,
-    },
+    } -> () { Reply::Done => () }
     /// A page of a segment's accounts in user order after `after`, at most `limit`, deleted ones
     /// included (for the inactivity GC: one range scan, no per-user round trip).
-    ListAccounts {
+    ListAccounts "list_accounts" {
         segment: u32,
         after: Option<String>,
         limit: u32,
-    },
+    } -> Vec<AccountBrief> { Reply::Accounts(a) => a }
     /// Soft delete: the account answers `NoSuchUser` to every caller while its data stays, until
     /// the store's retention sweep purges it or `Undelete` brings it back (idempotent).
-    SoftDelete {
+    SoftDelete "soft_delete" {
         target: Target,
-    },
+    } -> () { Reply::Done => () }
     /// A soft-deleted account becomes `Active` again at `target.epoch` (idempotent).
-    Undelete {
+    Undelete "undelete" {
         target: Target,
-    },
+    } -> () { Reply::Done => () }
     /// The account record in whatever state, a deleted one included (for operators).
-    AccountRecord {
+    AccountRecord "account_record" {
         target: Target,
-    },
+    } -> AccountInfo { Reply::Account(a) => a }
     /// The account of `user` in the checkpoint at `dir` (opened read-only), or `NoSuchUser`.
-    BackupAccount {
+    BackupAccount "backup_account" {
         dir: String,
         user: String,
-    },
+    } -> AccountInfo { Reply::Account(a) => a }
     /// Bring `target.user`'s mailbox back from the checkpoint at `dir` through the import path
     /// (each value's crc checked); it goes live at `target.epoch` only once complete. Refused if
     /// the user has a mailbox in this segment already.
-    RestoreMailbox {
+    RestoreMailbox "restore_mailbox" {
         target: Target,
         dir: String,
-    },
+    } -> u64 { Reply::Count(n) => n }
 }
 
 impl Op {
-    /// A short name, for metrics and logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::Ping => "ping",
-            Op::CreateAccount { .. } => "create_account",
-            Op::DeleteAccount { .. } => "delete_account",
-            Op::GetAccount { .. } => "get_account",
-            Op::GetAuth { .. } => "get_auth",
-            Op::RecordLogin { .. } => "record_login",
-            Op::UpdateAccount { .. } => "update_account",
-            Op::Deliver { .. } => "deliver",
-            Op::ListFolders { .. } => "list_folders",
-            Op::ListFolder { .. } => "list_folder",
-            Op::Fetch { .. } => "fetch",
-            Op::SetFlags { .. } => "set_flags",
-            Op::Move { .. } => "move",
-            Op::Delete { .. } => "delete",
-            Op::EmptyFolder { .. } => "empty_folder",
-            Op::CreateFolder { .. } => "create_folder",
-            Op::RenameFolder { .. } => "rename_folder",
-            Op::DeleteFolder { .. } => "delete_folder",
-            Op::Search { .. } => "search",
-            Op::MailboxStats { .. } => "mailbox_stats",
-            Op::Changes { .. } => "changes",
-            Op::StoreStats => "store_stats",
-            Op::Checkpoint { .. } => "checkpoint",
-            Op::Export { .. } => "export",
-            Op::BeginImport { .. } => "begin_import",
-            Op::Import { .. } => "import",
-            Op::FinishImport { .. } => "finish_import",
-            Op::Freeze { .. } => "freeze",
-            Op::Unfreeze { .. } => "unfreeze",
-            Op::MarkMoved { .. } => "mark_moved",
-            Op::Purge { .. } => "purge",
-            Op::Digest { .. } => "digest",
-            Op::ListAccounts { .. } => "list_accounts",
-            Op::SoftDelete { .. } => "soft_delete",
-            Op::Undelete { .. } => "undelete",
-            Op::AccountRecord { .. } => "account_record",
-            Op::BackupAccount { .. } => "backup_account",
-            Op::RestoreMailbox { .. } => "restore_mailbox",
-        }
-    }
-
     /// The mailbox this operation is about, if any.
     pub fn target(&self) -> Option<&Target> {
         match self {
@@ -621,7 +655,7 @@ impl Op {
             | Op::Fetch { target, .. }
             | Op::SetFlags { target, .. }
             | Op::Move { target, .. }
-            | Op::Delete { target, .. }
+            | Op::Expunge { target, .. }
             | Op::EmptyFolder { target, .. }
             | Op::CreateFolder { target, .. }
             | Op::RenameFolder { target, .. }
@@ -664,7 +698,7 @@ pub enum Reply {
     Page(FolderPage),
     Message(Message),
     /// For moves: each message's new uid in the target folder.
-    Moved(Vec<(MsgId, u32)>),
+    NewUids(Vec<(MsgId, u32)>),
     Count(u64),
     Hits(Vec<IndexEntry>),
     Stats(MailboxStats),

@@ -1,28 +1,28 @@
 //! User and store administration against a running HCU: the member index through
-//! `mserv::Client`, mailboxes through XFS.
+//! `mserv_client::Client`, mailboxes through XFS.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use mserv::{MservError, Placement, Policy, StoreInfo, StoreState};
+use mserv_client::{MservError, Placement, Policy, StoreInfo, StoreState};
 use serde_json::{json, Value};
-use xfs::{CallError, NewAccount, Op, Reply, Target, XfsError};
+use xfs::{ops, Call, CallError, NewAccount, Target, XfsError};
 
-use crate::plan::Endpoints;
+use crate::endpoints::Endpoints;
 
 /// Clients of one HCU.
 pub struct Hcu {
     pub endpoints: Endpoints,
-    pub mserv: Arc<mserv::Client>,
+    pub mserv: Arc<mserv_client::Client>,
     pub xfs: xfs::Client,
 }
 
 impl Hcu {
     pub fn new(endpoints: Endpoints) -> Hcu {
-        let mserv = mserv::Client::new(
+        let mserv = mserv_client::Client::new(
             endpoints.mserv_addrs(),
-            mserv::ClientConfig {
+            mserv_client::ClientConfig {
                 name: "mailctl".into(),
                 cache_ttl: Duration::ZERO,
                 request_timeout: Duration::from_secs(10),
@@ -58,9 +58,10 @@ impl Hcu {
             .with_context(|| format!("no store named {store} is registered"))
     }
 
-    async fn call(&self, store: &str, op: Op) -> anyhow::Result<Reply> {
+    /// One typed call to the store named `store`.
+    pub async fn call<C: Call>(&self, store: &str, call: C) -> anyhow::Result<C::Output> {
         let addr = self.store_addr(store).await?;
-        Ok(self.xfs.pool(&addr).call(op).await?)
+        Ok(self.xfs.pool(&addr).run(call).await?)
     }
 
     /// Create `user` with `password`: place it through the index, then create the mailbox at its
@@ -73,7 +74,7 @@ impl Hcu {
         policy: Policy,
         quota_bytes: u64,
     ) -> anyhow::Result<Placement> {
-        let user = mserv::normalize_user(user)?;
+        let user = mserv_client::normalize_user(user)?;
         let domain = user.rsplit_once('@').map(|x| x.1).unwrap_or("");
         if !self.endpoints.domains.iter().any(|d| d == domain) {
             bail!(
@@ -82,7 +83,7 @@ impl Hcu {
             );
         }
         let pw = password.to_string();
-        let hash = tokio::task::spawn_blocking(move || login::password::hash(&pw))
+        let hash = tokio::task::spawn_blocking(move || session::password::hash(&pw))
             .await?
             .map_err(|e| anyhow::anyhow!(e))?;
         let placement = match self.mserv.create_user(&user, policy).await {
@@ -91,7 +92,7 @@ impl Hcu {
             Err(MservError::AlreadyExists { placement }) => placement,
             Err(e) => return Err(e.into()),
         };
-        let op = Op::CreateAccount {
+        let op = ops::CreateAccount {
             target: Target::new(&user, placement.segment, placement.epoch),
             account: NewAccount {
                 password_hash: hash,
@@ -115,8 +116,8 @@ impl Hcu {
     pub async fn del_user(&self, user: &str) -> anyhow::Result<Placement> {
         let p = self.mserv.lookup_uncached(user).await?;
         self.mserv.delete_user(user).await?;
-        let op = Op::DeleteAccount {
-            target: Target::new(mserv::normalize_user(user)?, p.segment, p.epoch),
+        let op = ops::DeleteAccount {
+            target: Target::new(mserv_client::normalize_user(user)?, p.segment, p.epoch),
         };
         match self.call(&p.store, op).await {
             Ok(_) => Ok(p),
@@ -132,13 +133,10 @@ impl Hcu {
 
     /// Placement, account and folders of `user`.
     pub async fn show_user(&self, user: &str) -> anyhow::Result<Value> {
-        let user = mserv::normalize_user(user)?;
+        let user = mserv_client::normalize_user(user)?;
         let p = self.mserv.lookup_uncached(&user).await?;
         let target = Target::new(&user, p.segment, p.epoch);
-        let stats = match self.call(&p.store, Op::MailboxStats { target }).await? {
-            Reply::Stats(s) => s,
-            other => bail!("unexpected answer {other:?}"),
-        };
+        let stats = self.call(&p.store, ops::MailboxStats { target }).await?;
         let folders: Vec<Value> = stats
             .folders
             .iter()
@@ -163,13 +161,13 @@ impl Hcu {
 
     /// Set a new password (which also ends the user's sessions).
     pub async fn passwd(&self, user: &str, password: &str) -> anyhow::Result<()> {
-        let user = mserv::normalize_user(user)?;
+        let user = mserv_client::normalize_user(user)?;
         let p = self.mserv.lookup_uncached(&user).await?;
         let pw = password.to_string();
-        let hash = tokio::task::spawn_blocking(move || login::password::hash(&pw))
+        let hash = tokio::task::spawn_blocking(move || session::password::hash(&pw))
             .await?
             .map_err(|e| anyhow::anyhow!(e))?;
-        let op = Op::UpdateAccount {
+        let op = ops::UpdateAccount {
             target: Target::new(&user, p.segment, p.epoch),
             display_name: None,
             password_hash: Some(hash),
@@ -198,7 +196,7 @@ impl Hcu {
         // The store must answer before it takes users.
         self.xfs
             .pool(xfs_addr)
-            .call(Op::Ping)
+            .run(ops::Ping {})
             .await
             .with_context(|| format!("store {name} does not answer at {xfs_addr}"))?;
         self.mserv
@@ -217,7 +215,7 @@ impl Hcu {
         Ok(self.mserv.set_store_state(name, state).await?)
     }
 
-    pub async fn store_list(&self) -> anyhow::Result<Vec<mserv::StoreLoad>> {
+    pub async fn store_list(&self) -> anyhow::Result<Vec<mserv_client::StoreLoad>> {
         Ok(self.mserv.list_stores().await?)
     }
 }

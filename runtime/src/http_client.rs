@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 client for loopback admin ports and APIs: one request per connection,
-//! `Connection: close`, body read to the end.
+//! The one small HTTP/1.1 client every process and tool uses for admin ports, health probes and
+//! loopback APIs: one request per connection, `Connection: close`, the answer read to its end
+//! (at most [`MAX_ANSWER`] bytes) within a time limit.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,6 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The largest answer read; a longer one is an error.
+pub const MAX_ANSWER: u64 = 64 * 1024 * 1024;
 
 /// An answer: status, headers (names lowercased), body.
 #[derive(Debug)]
@@ -29,7 +33,7 @@ impl Answer {
             format!(
                 "answer {} is not JSON: {}",
                 self.status,
-                String::from_utf8_lossy(&self.body[..self.body.len().min(200)])
+                String::from_utf8_lossy(self.body.get(..200).unwrap_or(&self.body))
             )
         })
     }
@@ -59,12 +63,34 @@ pub async fn request(
     body: &[u8],
     timeout: Duration,
 ) -> anyhow::Result<Answer> {
+    request_to(
+        &addr.to_string(),
+        &addr.to_string(),
+        method,
+        path,
+        headers,
+        body,
+        timeout,
+    )
+    .await
+}
+
+/// [`request`] to `connect` (`host:port`, a name or an address) with `host` as the `Host`.
+pub async fn request_to(
+    connect: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<Answer> {
     tokio::time::timeout(timeout, async {
-        let mut s = TcpStream::connect(addr)
+        let mut s = TcpStream::connect(connect)
             .await
-            .with_context(|| format!("connecting to {addr}"))?;
+            .with_context(|| format!("connecting to {connect}"))?;
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
         for (k, v) in headers {
@@ -74,13 +100,17 @@ pub async fn request(
         s.write_all(req.as_bytes()).await?;
         s.write_all(body).await?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
+        (&mut s).take(MAX_ANSWER + 1).read_to_end(&mut raw).await?;
+        if raw.len() as u64 > MAX_ANSWER {
+            bail!("the answer from {connect} is over {MAX_ANSWER} bytes");
+        }
         parse(&raw)
     })
     .await
-    .with_context(|| format!("no answer from {addr} within {timeout:?}"))?
+    .with_context(|| format!("no answer from {connect} within {timeout:?}"))?
 }
 
+/// A GET with no headers of our own.
 pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<Answer> {
     request(addr, "GET", path, &[], b"", timeout).await
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::plan::Endpoints;
+use crate::endpoints::Endpoints;
 
 /// One row per process (the supervisor first): name, role, state, raft role, load, operations
 /// shed so far, version.
@@ -23,7 +23,7 @@ pub async fn collect(e: &Endpoints) -> Vec<Value> {
             .map(|p| (p.name.clone(), p.role.clone(), p.admin)),
     );
     let checks = targets.into_iter().map(|(name, role, admin)| async move {
-        let answer = crate::http::get(admin, "/healthz", Duration::from_secs(2)).await;
+        let answer = runtime::http_client::get(admin, "/healthz", Duration::from_secs(2)).await;
         let report = answer.as_ref().ok().and_then(|a| a.json().ok());
         let state = match (&answer, &report) {
             (Err(_), _) => "down".to_string(),

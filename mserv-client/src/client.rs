@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use xfs::client::full_jitter;
+use xfs::conn::full_jitter;
 
-use crate::conn::{ConnConfig, ConnError, Endpoint};
+use xfs::conn::{ConnError, PoolConfig};
+
+use crate::conn::{into_mserv, Endpoint};
 use crate::metrics;
 use crate::proto::{
     normalize_user, Applied, ClusterInfo, Command, MservError, Op, Placement, Policy, ReplicaId,
@@ -85,7 +87,7 @@ impl Client {
     /// A client of the replicas at `addrs` (any order; one is enough, all is better). Nothing
     /// connects until the first call.
     pub fn new(addrs: Vec<String>, cfg: ClientConfig) -> Client {
-        let conn = Arc::new(ConnConfig {
+        let conn = Arc::new(PoolConfig {
             name: cfg.name.clone(),
             conns: cfg.conns_per_replica.max(1),
             connect_timeout: cfg.connect_timeout,
@@ -133,17 +135,17 @@ impl Client {
         loop {
             let at = self.current.load(Ordering::Relaxed) % n;
             let left = timeout.saturating_sub(started.elapsed());
-            let result = self.replicas[at].call(op.clone(), left).await;
+            let result = self.replicas[at].call(op.clone(), "", left).await;
             let (err, give_up) = match result {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(e)) if e.is_retryable() => (e, false),
                 Ok(Err(e)) => return Err(e),
-                Err(e @ ConnError::NotSent { .. }) => (e.into_mserv(), false),
+                Err(e @ ConnError::NotSent { .. }) => (into_mserv(e), false),
                 // The request may have been applied: only reads go again.
                 Err(e @ (ConnError::Lost { .. } | ConnError::Timeout { .. })) => {
-                    (e.into_mserv(), retry == Retry::Write)
+                    (into_mserv(e), retry == Retry::Write)
                 }
-                Err(e @ ConnError::Protocol { .. }) => (e.into_mserv(), true),
+                Err(e @ ConnError::Protocol { .. }) => (into_mserv(e), true),
             };
             // Move on from this replica (unless another caller already has).
             if self
