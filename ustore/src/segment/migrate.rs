@@ -6,10 +6,19 @@
 //! the final delta, under freeze, replaces every other record and copies the bodies still missing.
 //! Two copies are compared by [`xfs::MailboxDigest`].
 
+use rocksdb::WriteBatch;
 use sha2::{Digest as _, Sha256};
-use xfs::{ExportChunk, ExportCursor, ExportPart, MailboxDigest, RawRecord};
+use xfs::{
+    AccountState, ExportChunk, ExportCursor, ExportPart, MailboxDigest, RawRecord, Reply, Target,
+    XfsError,
+};
 
-use super::*;
+use super::records::{AccountRec, EntryRec};
+use super::{bad, now_ms, Segment};
+use crate::keys::{
+    self, prefix, prefix_end, ALL_CFS, CF_ACCOUNT, CF_BODY, CF_CHANGES, CF_DEDUPE, CF_FOLDER,
+    CF_INDEX, CF_MSGLOC,
+};
 
 /// The column families of the `Records` part after the account, in export order.
 const RECORD_CFS: [&str; 5] = [CF_FOLDER, CF_INDEX, CF_MSGLOC, CF_DEDUPE, CF_CHANGES];
@@ -134,24 +143,10 @@ impl Segment {
                 }),
             },
             None => {
-                let now = now_ms();
-                let acc = AccountRec {
-                    display_name: String::new(),
-                    password_hash: String::new(),
-                    created_ms: now,
-                    last_login_ms: 0,
-                    quota_bytes: 0,
-                    used_bytes: 0,
-                    messages: 0,
-                    state: AccountState::Importing {
-                        from: from.to_string(),
-                    },
-                    session_gen: 1,
-                    epoch: target.epoch,
-                    modseq: 0,
-                    next_msg: 1,
-                    next_folder: FIRST_USER_FOLDER,
+                let state = AccountState::Importing {
+                    from: from.to_string(),
                 };
+                let acc = AccountRec::new(state, target.epoch, now_ms());
                 let mut batch = WriteBatch::default();
                 batch.put_cf(self.cf(CF_ACCOUNT), keys::account(user), keys::encode(&acc));
                 self.write(batch)?;
@@ -286,10 +281,7 @@ impl Segment {
             }
         }
         let mut batch = WriteBatch::default();
-        batch.delete_cf(self.cf(CF_ACCOUNT), keys::account(user));
-        for cf in ALL_CFS.iter().filter(|c| **c != CF_ACCOUNT) {
-            batch.delete_range_cf(self.cf(cf), prefix(user), prefix_end(user));
-        }
+        self.purge_into(&mut batch, user);
         self.write(batch)?;
         Ok(Reply::Done)
     }
@@ -329,3 +321,4 @@ impl Segment {
         Ok(Reply::Digest(d))
     }
 }
+
