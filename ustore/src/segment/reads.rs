@@ -147,15 +147,20 @@ impl Segment {
         Ok(body.to_vec())
     }
 
-    /// Overwrite a stored body with `bytes`, keeping its old checksum: a stand-in for a disk
-    /// that returned damaged data, used by tests (on a segment no server has open).
+    /// For tests of corruption handling: damage the stored body of `user`'s message `msg` in
+    /// place, as a disk returning bad data would. It flips bit 0x20 of the last byte of the stored
+    /// value `crc32 | bytes` (the body's last byte; the crc's own for an empty body) and writes
+    /// the value back, so every later read of that body fails its crc check and answers
+    /// `Corrupt`. The write is one synced batch through the `ustore.disk.write` fault point; use
+    /// it on a segment no server has open. `NoSuchMessage` if there is no such body.
     pub fn damage_body(&self, user: &str, msg: MsgId) -> Result<(), XfsError> {
         let key = keys::msg(user, msg);
         let mut raw = self
             .get(CF_BODY, &key)?
             .ok_or(XfsError::NoSuchMessage { msg })?;
-        let last = raw.len() - 1;
-        raw[last] ^= 0x20;
+        if let Some(last) = raw.last_mut() {
+            *last ^= 0x20;
+        }
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_BODY), key, raw);
         self.write(batch)
