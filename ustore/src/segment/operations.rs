@@ -108,3 +108,74 @@ impl Segment {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use xfs::{Op, Reply, Target, XfsError};
+
+    use crate::segment::fixture::{t, Fixture, ALICE};
+
+    #[test]
+    fn the_store_answers_ping_and_a_segment_refuses_what_is_not_about_a_mailbox() {
+        let f = Fixture::new();
+        assert_eq!(f.ok(Op::Ping), Reply::Pong);
+        let not_mailbox = [
+            Op::Ping,
+            Op::StoreStats,
+            Op::Checkpoint {
+                segment: 0,
+                dir: f.path("cp").display().to_string(),
+            },
+            Op::ListAccounts {
+                segment: 0,
+                after: None,
+                limit: 10,
+            },
+            Op::BackupAccount {
+                dir: f.path("cp").display().to_string(),
+                user: ALICE.into(),
+            },
+        ];
+        for op in not_mailbox {
+            let name = op.name();
+            assert_eq!(
+                f.seg().execute(op),
+                Err(XfsError::BadRequest {
+                    why: "not a mailbox operation".into()
+                }),
+                "{name}"
+            );
+        }
+        assert!(!f.path("cp").exists());
+    }
+
+    #[test]
+    fn a_bad_user_id_or_an_unknown_segment_is_refused_before_any_work() {
+        let f = Fixture::new();
+        f.create(ALICE);
+        assert_eq!(
+            f.err(Op::GetAccount {
+                target: t("Alice@example.test")
+            }),
+            XfsError::BadRequest {
+                why: "not a valid user id: \"Alice@example.test\"".into()
+            }
+        );
+        assert_eq!(
+            f.err(Op::GetAccount {
+                target: Target::new(ALICE, 7, 1)
+            }),
+            XfsError::BadRequest {
+                why: "segment 7 is not served by store test-store".into()
+            }
+        );
+        assert_eq!(
+            f.err(Op::SoftDelete {
+                target: t("no-at-sign")
+            }),
+            XfsError::BadRequest {
+                why: "not a valid user id: \"no-at-sign\"".into()
+            }
+        );
+        assert_eq!(f.account(ALICE).state, xfs::AccountState::Active);
+    }
+}

@@ -148,3 +148,246 @@ impl Tx<'_> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use xfs::{ChangeKind, Op, Reply, XfsError};
+
+    use crate::keys::{self, CF_FOLDER};
+    use crate::segment::fixture::{body, mail, t, Fixture, ALICE};
+    use crate::segment::MAX_FOLDER_NAME;
+
+    fn create(f: &Fixture, name: &str) -> Result<Reply, XfsError> {
+        f.exec(Op::CreateFolder {
+            target: t(ALICE),
+            name: name.into(),
+        })
+    }
+
+    fn rename(f: &Fixture, from: &str, to: &str) -> Result<Reply, XfsError> {
+        f.exec(Op::RenameFolder {
+            target: t(ALICE),
+            from: from.into(),
+            to: to.into(),
+        })
+    }
+
+    fn delete(f: &Fixture, name: &str) -> Result<Reply, XfsError> {
+        f.exec(Op::DeleteFolder {
+            target: t(ALICE),
+            name: name.into(),
+        })
+    }
+
+    fn names(f: &Fixture) -> Vec<String> {
+        f.folders(ALICE).into_iter().map(|f| f.name).collect()
+    }
+
+    #[test]
+    fn list_folder_pages_newest_first_with_the_totals() {
+        let f = Fixture::new();
+        f.create(ALICE);
+        for n in 1..=5 {
+            f.deliver(ALICE, mail(n));
+        }
+        let uids = |offset, limit, before| -> Vec<u32> {
+            f.page(ALICE, "Inbox", offset, limit, before)
+                .entries
+                .iter()
+                .map(|e| e.uid)
+                .collect()
+        };
+        assert_eq!(uids(0, 2, None), vec![5, 4]);
+        assert_eq!(uids(2, 2, None), vec![3, 2]);
+        assert_eq!(uids(4, 2, None), vec![1]);
+        assert_eq!(uids(5, 2, None), Vec::<u32>::new());
+        assert_eq!(uids(0, 2, Some(3)), vec![2, 1]);
+        assert_eq!(uids(1, 10, Some(5)), vec![3, 2, 1]);
+        assert_eq!(uids(0, 0, None), Vec::<u32>::new());
+        let p = f.page(ALICE, "inbox", 0, 1, None);
+        let total: u64 = (1..=5).map(|n| body(n).len() as u64).sum();
+        assert_eq!(
+            (
+                p.folder.name.as_str(),
+                p.folder.total,
+                p.folder.unread,
+                p.folder.bytes
+            ),
+            ("Inbox", 5, 5, total)
+        );
+        assert_eq!(p.folders, f.folders(ALICE));
+        let e = &p.entries[0];
+        assert_eq!(
+            (e.msg, e.folder.as_str(), e.uid, e.size, &e.summary),
+            (5, "Inbox", 5, body(5).len() as u64, &mail(5).summary)
+        );
+        assert_eq!(
+            f.err(Op::ListFolder {
+                target: t(ALICE),
+                folder: "Nowhere".into(),
+                offset: 0,
+                limit: 10,
+                before_uid: None
+            }),
+            XfsError::NoSuchFolder {
+                name: "Nowhere".into()
+            }
+        );
+    }
+
+    #[test]
+    fn list_folders_gives_system_folders_first_then_the_users_by_name() {
+        let f = Fixture::new();
+        f.create(ALICE);
+        for name in ["zeta", "Alpha", "beta"] {
+            assert_eq!(create(&f, name), Ok(Reply::Done));
+        }
+        assert_eq!(
+            names(&f),
+            ["Inbox", "Sent", "Drafts", "Junk", "Trash", "Alpha", "beta", "zeta"]
+        );
+        let z = f.folder(ALICE, "zeta");
+        assert_eq!((z.uidnext, z.total, z.unread, z.bytes), (1, 0, 0, 0));
+    }
+
+    #[test]
+    fn create_folder_refuses_duplicates_and_bad_names() {
+        let f = Fixture::new();
+        f.create(ALICE);
+        create(&f, "Work").unwrap();
+        assert_eq!(
+            create(&f, "work"),
+            Err(XfsError::AlreadyExists {
+                what: "folder work".into()
+            })
+        );
+        assert!(matches!(
+            create(&f, "INBOX"),
+            Err(XfsError::AlreadyExists { .. })
+        ));
+        let longest = "x".repeat(MAX_FOLDER_NAME);
+        assert_eq!(create(&f, &longest), Ok(Reply::Done));
+        for bad in ["", "   ", "a\nb", &"y".repeat(MAX_FOLDER_NAME + 1)] {
+            assert!(
+                matches!(create(&f, bad), Err(XfsError::BadRequest { .. })),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(f.folders(ALICE).len(), 7);
+        let modseq = f.account(ALICE).modseq;
+        assert_eq!(
+            f.changes(ALICE, modseq - 1, 1).changes[0].kind,
+            ChangeKind::FolderCreated { name: longest }
+        );
+    }
+
+    #[test]
+    fn rename_folder_keeps_its_messages_and_refuses_system_folders_and_clashes() {
+        let f = Fixture::new();
+        f.create(ALICE);
+        create(&f, "Work").unwrap();
+        create(&f, "Play").unwrap();
+        let mut d = mail(1);
+        d.folder = Some("Work".into());
+        f.deliver(ALICE, d);
+        assert_eq!(rename(&f, "Work", "Jobs"), Ok(Reply::Done));
+        assert_eq!(f.uids(ALICE, "Jobs"), vec![1]);
+        assert_eq!(f.fetch(ALICE, 1).unwrap().entry.folder, "Jobs");
+        assert_eq!(
+            f.page(ALICE, "Jobs", 0, 1, None).folder.total,
+            1,
+            "the counts stay with the folder"
+        );
+        assert!(matches!(
+            f.exec(Op::ListFolder {
+                target: t(ALICE),
+                folder: "Work".into(),
+                offset: 0,
+                limit: 1,
+                before_uid: None
+            }),
+            Err(XfsError::NoSuchFolder { .. })
+        ));
+        // Only the case changes: allowed.
+        assert_eq!(rename(&f, "Jobs", "JOBS"), Ok(Reply::Done));
+        for (from, to) in [("Inbox", "Mail"), ("trash", "Bin"), ("JOBS", "Sent")] {
+            assert!(
+                matches!(rename(&f, from, to), Err(XfsError::BadRequest { .. })),
+                "{from} → {to}"
+            );
+        }
+        assert!(matches!(
+            rename(&f, "JOBS", ""),
+            Err(XfsError::BadRequest { .. })
+        ));
+        assert_eq!(
+            rename(&f, "JOBS", "play"),
+            Err(XfsError::AlreadyExists {
+                what: "folder play".into()
+            })
+        );
+        assert_eq!(
+            rename(&f, "Gone", "New"),
+            Err(XfsError::NoSuchFolder {
+                name: "Gone".into()
+            })
+        );
+        assert_eq!(
+            names(&f),
+            ["Inbox", "Sent", "Drafts", "Junk", "Trash", "JOBS", "Play"]
+        );
+        let modseq = f.account(ALICE).modseq;
+        assert_eq!(
+            f.changes(ALICE, modseq - 1, 1).changes[0].kind,
+            ChangeKind::FolderRenamed {
+                from: "Jobs".into(),
+                to: "JOBS".into()
+            }
+        );
+    }
+
+    #[test]
+    fn delete_folder_expunges_its_messages_and_system_folders_refuse() {
+        let f = Fixture::new();
+        f.create(ALICE);
+        create(&f, "Work").unwrap();
+        for n in 1..=2 {
+            let mut d = mail(n);
+            d.folder = Some("Work".into());
+            f.deliver(ALICE, d);
+        }
+        f.deliver(ALICE, mail(3));
+        for system in ["Inbox", "inbox", "Sent", "Drafts", "Junk", "Trash"] {
+            assert_eq!(
+                delete(&f, system),
+                Err(XfsError::BadRequest {
+                    why: format!("{system} is a system folder")
+                })
+            );
+        }
+        assert_eq!(
+            delete(&f, "Nowhere"),
+            Err(XfsError::NoSuchFolder {
+                name: "Nowhere".into()
+            })
+        );
+        assert_eq!(delete(&f, "Work"), Ok(Reply::Count(2)));
+        assert_eq!(names(&f), ["Inbox", "Sent", "Drafts", "Junk", "Trash"]);
+        assert_eq!(f.raw(CF_FOLDER, &keys::folder(ALICE, 16)), None);
+        let a = f.account(ALICE);
+        assert_eq!((a.messages, a.used_bytes), (1, body(3).len() as u64));
+        assert_eq!(
+            f.fetch(ALICE, 1).unwrap_err(),
+            XfsError::NoSuchMessage { msg: 1 }
+        );
+        assert_eq!(
+            f.changes(ALICE, a.modseq - 1, 1).changes[0].kind,
+            ChangeKind::FolderDeleted {
+                name: "Work".into()
+            }
+        );
+        // A new folder of the same name is a new folder: a new id, empty.
+        create(&f, "Work").unwrap();
+        assert!(f.raw(CF_FOLDER, &keys::folder(ALICE, 17)).is_some());
+        assert_eq!(f.counts(ALICE, "Work"), (0, 0, 0));
+    }
+}
