@@ -167,3 +167,457 @@ impl Segment {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use xfs::{Flags, Op, Reply, SearchQuery, Target, XfsError};
+
+    use crate::keys::{
+        self, CF_ACCOUNT, CF_BODY, CF_CHANGES, CF_DEDUPE, CF_FOLDER, CF_INDEX, CF_MSGLOC,
+    };
+    use crate::metrics;
+    use crate::segment::fixture::{body, mail, t, Fixture, ALICE, BOB};
+
+    /// Every operation that reads a live mailbox, on message 1 and folder Work.
+    fn reads(target: &Target) -> Vec<Op> {
+        let target = || target.clone();
+        vec![
+            Op::GetAuth { target: target() },
+            Op::ListFolders { target: target() },
+            Op::ListFolder {
+                target: target(),
+                folder: "Inbox".into(),
+                offset: 0,
+                limit: 10,
+                before_uid: None,
+            },
+            Op::Fetch {
+                target: target(),
+                msg: 1,
+                mark_seen: false,
+            },
+            Op::Search {
+                target: target(),
+                query: SearchQuery {
+                    text: "body".into(),
+                    ..Default::default()
+                },
+            },
+            Op::MailboxStats { target: target() },
+        ]
+    }
+
+    /// Every operation that changes a live mailbox's mail, folders or account.
+    fn writes(target: &Target) -> Vec<Op> {
+        let target = || target.clone();
+        vec![
+            Op::RecordLogin {
+                target: target(),
+                at_ms: 99,
+            },
+            Op::UpdateAccount {
+                target: target(),
+                display_name: Some("X".into()),
+                password_hash: None,
+                quota_bytes: None,
+            },
+            Op::Deliver {
+                target: target(),
+                delivery: mail(2),
+            },
+            Op::Fetch {
+                target: target(),
+                msg: 1,
+                mark_seen: true,
+            },
+            Op::SetFlags {
+                target: target(),
+                msgs: vec![1],
+                add: Flags::FLAGGED,
+                remove: Flags::NONE,
+            },
+            Op::Move {
+                target: target(),
+                msgs: vec![1],
+                to_folder: "Work".into(),
+            },
+            Op::Delete {
+                target: target(),
+                msgs: vec![1],
+            },
+            Op::EmptyFolder {
+                target: target(),
+                folder: "Inbox".into(),
+            },
+            Op::CreateFolder {
+                target: target(),
+                name: "New".into(),
+            },
+            Op::RenameFolder {
+                target: target(),
+                from: "Work".into(),
+                to: "Jobs".into(),
+            },
+            Op::DeleteFolder {
+                target: target(),
+                name: "Work".into(),
+            },
+        ]
+    }
+
+    /// Alice with message 1 in Inbox and a folder Work.
+    fn fixture() -> Fixture {
+        let f = Fixture::new();
+        f.create(ALICE);
+        f.deliver(ALICE, mail(1));
+        f.ok(Op::CreateFolder {
+            target: t(ALICE),
+            name: "Work".into(),
+        });
+        f
+    }
+
+    #[test]
+    fn every_operation_on_an_absent_or_deleted_mailbox_is_no_such_user() {
+        let f = fixture();
+        f.create(BOB);
+        f.ok(Op::SoftDelete { target: t(BOB) });
+        for user in ["nobody@example.test", BOB] {
+            let target = t(user);
+            let more = vec![
+                Op::GetAccount {
+                    target: target.clone(),
+                },
+                Op::DeleteAccount {
+                    target: target.clone(),
+                },
+                Op::Changes {
+                    target: target.clone(),
+                    since: 0,
+                    limit: 10,
+                },
+                Op::Export {
+                    target: target.clone(),
+                    part: xfs::ExportPart::Records,
+                    after: None,
+                    max_bytes: 1000,
+                    keys_only: false,
+                },
+                Op::Import {
+                    target: target.clone(),
+                    records: vec![],
+                    delete: vec![],
+                    reset_records: false,
+                },
+                Op::Freeze {
+                    target: target.clone(),
+                },
+                Op::Unfreeze {
+                    target: target.clone(),
+                },
+                Op::MarkMoved {
+                    target: target.clone(),
+                    to: "other".into(),
+                    epoch: 2,
+                },
+                Op::Purge {
+                    target: target.clone(),
+                },
+                Op::Digest {
+                    target: target.clone(),
+                },
+            ];
+            for op in reads(&target)
+                .into_iter()
+                .chain(writes(&target))
+                .chain(more)
+            {
+                let name = op.name();
+                assert_eq!(f.exec(op), Err(XfsError::NoSuchUser), "{name} of {user}");
+            }
+        }
+        for op in [
+            Op::SoftDelete {
+                target: t("nobody@example.test"),
+            },
+            Op::Undelete {
+                target: t("nobody@example.test"),
+            },
+            Op::AccountRecord {
+                target: t("nobody@example.test"),
+            },
+            Op::FinishImport {
+                target: t("nobody@example.test"),
+            },
+        ] {
+            assert_eq!(f.exec(op), Err(XfsError::NoSuchUser));
+        }
+        // Bob's data is still there for an undelete.
+        assert!(!f.stored_keys(BOB).is_empty());
+    }
+
+    #[test]
+    fn a_moved_out_mailbox_answers_moved_with_the_new_place_to_stale_callers() {
+        let f = fixture();
+        f.ok(Op::MarkMoved {
+            target: t(ALICE),
+            to: "store-b".into(),
+            epoch: 2,
+        });
+        let before = f.stored_keys(ALICE);
+        // The caller still holds epoch 1: it is told where the mailbox went and at which epoch.
+        for op in reads(&t(ALICE)).into_iter().chain(writes(&t(ALICE))) {
+            let name = op.name();
+            assert_eq!(
+                f.exec(op),
+                Err(XfsError::Moved {
+                    to: "store-b".into(),
+                    epoch: 2
+                }),
+                "{name}"
+            );
+        }
+        assert_eq!(f.stored_keys(ALICE), before);
+        // The account itself is still readable, with the state that says so.
+        assert_eq!(
+            f.account(ALICE).state,
+            xfs::AccountState::MovedOut {
+                to: "store-b".into(),
+                epoch: 2
+            }
+        );
+    }
+
+    #[test]
+    fn the_epoch_a_caller_holds_is_not_compared_on_a_live_mailbox() {
+        // The fence is the mailbox's state (a copy that left says `Moved`), not the epoch in the
+        // request: a caller at any epoch is served by the live copy.
+        let f = fixture();
+        for epoch in [0, 7] {
+            let target = Target::new(ALICE, 0, epoch);
+            for op in reads(&target) {
+                assert!(f.exec(op).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn a_frozen_mailbox_serves_reads_and_answers_frozen_to_writes() {
+        let f = fixture();
+        assert_eq!(f.ok(Op::Freeze { target: t(ALICE) }), Reply::Done);
+        let before = f.stored_keys(ALICE);
+        let account = f.account(ALICE);
+        for op in writes(&t(ALICE)) {
+            let name = op.name();
+            match f.exec(op) {
+                // Fetch with mark_seen is a read that skips the marking.
+                Ok(Reply::Message(m)) => assert_eq!((name, m.entry.flags), ("fetch", Flags::NONE)),
+                other => assert_eq!(
+                    other,
+                    Err(XfsError::Frozen {
+                        retry_after_ms: 100
+                    }),
+                    "{name}"
+                ),
+            }
+        }
+        for op in reads(&t(ALICE)) {
+            let name = op.name();
+            assert!(f.exec(op).is_ok(), "{name}");
+        }
+        assert_eq!(f.stored_keys(ALICE), before);
+        assert_eq!(
+            f.account(ALICE),
+            xfs::AccountInfo {
+                state: xfs::AccountState::Frozen,
+                ..account
+            }
+        );
+    }
+
+    #[test]
+    fn a_mailbox_being_imported_answers_frozen_to_everyone() {
+        let f = Fixture::new();
+        f.ok(Op::BeginImport {
+            target: t(ALICE),
+            from: "store-a".into(),
+        });
+        for op in reads(&t(ALICE)).into_iter().chain(writes(&t(ALICE))) {
+            let name = op.name();
+            assert_eq!(
+                f.exec(op),
+                Err(XfsError::Frozen {
+                    retry_after_ms: 100
+                }),
+                "{name}"
+            );
+        }
+    }
+
+    fn corrupt(r: Result<Reply, XfsError>) -> String {
+        match r {
+            Err(XfsError::Corrupt { what }) => what,
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    fn fetch(msg: u64) -> Op {
+        Op::Fetch {
+            target: t(ALICE),
+            msg,
+            mark_seen: false,
+        }
+    }
+
+    fn body_search() -> Op {
+        Op::Search {
+            target: t(ALICE),
+            query: SearchQuery {
+                text: "nothing matches this".into(),
+                in_body: true,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_damaged_body_is_corrupt_and_never_served() {
+        let f = fixture();
+        f.deliver(ALICE, mail(2));
+        let counted = || metrics::CORRUPT.with_label_values(&[CF_BODY]).get();
+        let before = counted();
+        f.seg().damage_body(ALICE, 2).unwrap();
+        // Only the last byte changed, the crc kept.
+        let stored = f.raw(CF_BODY, &keys::msg(ALICE, 2)).unwrap();
+        let mut expected = keys::encode_body(&body(2));
+        *expected.last_mut().unwrap() ^= 0x20;
+        assert_eq!(stored, expected);
+        let what = corrupt(f.exec(fetch(2)));
+        assert!(what.starts_with("body: crc "), "{what}");
+        corrupt(f.exec(Op::Fetch {
+            target: t(ALICE),
+            msg: 2,
+            mark_seen: true,
+        }));
+        corrupt(f.exec(body_search()));
+        assert!(counted() >= before + 3);
+        // The page reads no body; the healthy message is served.
+        assert_eq!(f.uids(ALICE, "Inbox"), vec![2, 1]);
+        assert_eq!(f.fetch(ALICE, 1).unwrap().body, body(1));
+        assert_eq!(
+            f.fetch(ALICE, 2).map(|_| ()),
+            Err(XfsError::Corrupt { what })
+        );
+        assert_eq!(f.counts(ALICE, "Inbox").1, 2, "nothing was marked read");
+        assert_eq!(
+            f.seg().damage_body(ALICE, 9),
+            Err(XfsError::NoSuchMessage { msg: 9 })
+        );
+    }
+
+    #[test]
+    fn a_body_that_does_not_match_its_index_entry_is_corrupt() {
+        let f = fixture();
+        // A well-formed body (its own crc right) that is not the one the index describes.
+        let seg = f.seg();
+        seg.db
+            .put_cf(
+                seg.cf(CF_BODY),
+                keys::msg(ALICE, 1),
+                keys::encode_body(b"other"),
+            )
+            .unwrap();
+        let before = metrics::CORRUPT.with_label_values(&["body-index"]).get();
+        assert_eq!(
+            corrupt(f.exec(fetch(1))),
+            "message 1: body does not match its index checksum"
+        );
+        assert!(metrics::CORRUPT.with_label_values(&["body-index"]).get() > before);
+    }
+
+    #[test]
+    fn a_damaged_record_is_corrupt_and_never_served() {
+        let f = fixture();
+        f.deliver(ALICE, mail(2));
+        // Index entry of message 1: pages, fetches and searches that meet it fail.
+        f.flip_byte(CF_INDEX, &keys::index(ALICE, 1, 1), 6);
+        corrupt(f.exec(fetch(1)));
+        corrupt(f.exec(Op::ListFolder {
+            target: t(ALICE),
+            folder: "Inbox".into(),
+            offset: 0,
+            limit: 10,
+            before_uid: None,
+        }));
+        corrupt(f.exec(body_search()));
+        corrupt(f.exec(Op::SetFlags {
+            target: t(ALICE),
+            msgs: vec![1],
+            add: Flags::SEEN,
+            remove: Flags::NONE,
+        }));
+        corrupt(f.exec(Op::Digest { target: t(ALICE) }));
+        // A page above it is still served.
+        assert_eq!(f.page(ALICE, "Inbox", 0, 1, None).entries[0].msg, 2);
+        assert_eq!(f.fetch(ALICE, 2).unwrap().body, body(2));
+
+        // Location of message 2.
+        f.flip_byte(CF_MSGLOC, &keys::msg(ALICE, 2), 4);
+        corrupt(f.exec(fetch(2)));
+        // Folder records: every folder list.
+        f.flip_byte(CF_FOLDER, &keys::folder(ALICE, 16), 5);
+        corrupt(f.exec(Op::ListFolders { target: t(ALICE) }));
+        corrupt(f.exec(Op::MailboxStats { target: t(ALICE) }));
+        // A change-log entry.
+        f.flip_byte(CF_CHANGES, &keys::change(ALICE, 1), 4);
+        corrupt(f.exec(Op::Changes {
+            target: t(ALICE),
+            since: 0,
+            limit: 10,
+        }));
+    }
+
+    #[test]
+    fn a_damaged_account_or_delivery_record_is_corrupt_and_nothing_is_written() {
+        let f = fixture();
+        f.create(BOB);
+        f.deliver(BOB, mail(1));
+        // Bob's delivery id: a repeat is refused rather than stored twice.
+        f.flip_byte(CF_DEDUPE, &keys::dedupe(BOB, &[1; 32]), 5);
+        let before = f.stored_keys(BOB);
+        corrupt(f.exec(Op::Deliver {
+            target: t(BOB),
+            delivery: mail(1),
+        }));
+        assert_eq!(f.stored_keys(BOB), before);
+        // Alice's account record.
+        f.flip_byte(CF_ACCOUNT, &keys::account(ALICE), 8);
+        let raw = f.raw(CF_ACCOUNT, &keys::account(ALICE));
+        for op in [
+            Op::GetAccount { target: t(ALICE) },
+            Op::GetAuth { target: t(ALICE) },
+            Op::Deliver {
+                target: t(ALICE),
+                delivery: mail(3),
+            },
+            Op::AccountRecord { target: t(ALICE) },
+            Op::ListAccounts {
+                segment: 0,
+                after: None,
+                limit: 10,
+            },
+        ] {
+            corrupt(f.exec(op));
+        }
+        assert_eq!(f.raw(CF_ACCOUNT, &keys::account(ALICE)), raw);
+        assert_eq!(f.raw(CF_BODY, &keys::msg(ALICE, 2)), None);
+        // A value too short to hold its crc.
+        let seg = f.seg();
+        seg.db
+            .put_cf(seg.cf(CF_ACCOUNT), keys::account(BOB), [1, 2])
+            .unwrap();
+        assert_eq!(
+            corrupt(f.exec(Op::GetAccount { target: t(BOB) })),
+            "account: record of 2 bytes"
+        );
+    }
+}

@@ -205,3 +205,96 @@ impl<'a> Tx<'a> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use runtime::faults::FaultSpec;
+    use xfs::{Flags, Op, XfsError};
+
+    use crate::segment::fixture::{mail, t, Fixture, ALICE, BOB};
+
+    #[test]
+    fn a_failed_disk_write_answers_unavailable_and_writes_nothing() {
+        let f = Fixture::new();
+        f.create(ALICE);
+        f.deliver(ALICE, mail(1));
+        let before = f.stored_keys(ALICE);
+        let account = f.account(ALICE);
+        f.faults.set(
+            "ustore.disk.write",
+            FaultSpec {
+                delay_ms: 0,
+                fail_rate: 1.0,
+            },
+        );
+        let refused = XfsError::Unavailable {
+            why: "injected fault at ustore.disk.write".into(),
+        };
+        for op in [
+            Op::Deliver {
+                target: t(ALICE),
+                delivery: mail(2),
+            },
+            Op::SetFlags {
+                target: t(ALICE),
+                msgs: vec![1],
+                add: Flags::SEEN,
+                remove: Flags::NONE,
+            },
+            Op::DeleteAccount { target: t(ALICE) },
+            Op::SoftDelete { target: t(ALICE) },
+            Op::CreateAccount {
+                target: t(BOB),
+                account: xfs::NewAccount {
+                    password_hash: "h".into(),
+                    display_name: "B".into(),
+                    quota_bytes: 0,
+                },
+            },
+        ] {
+            let name = op.name();
+            assert_eq!(f.exec(op), Err(refused.clone()), "{name}");
+        }
+        assert_eq!(f.stored_keys(ALICE), before);
+        assert_eq!(f.account(ALICE), account);
+        assert_eq!(f.stored_keys(BOB), vec![]);
+        f.faults.clear("ustore.disk.write");
+        assert_eq!(f.deliver(ALICE, mail(2)), (2, "Inbox".into(), 2, false));
+    }
+
+    #[test]
+    fn concurrent_deliveries_to_one_mailbox_get_distinct_uids_and_exact_counts() {
+        let f = Fixture::new();
+        f.create(ALICE);
+        f.create(BOB);
+        std::thread::scope(|s| {
+            for th in 0..4u8 {
+                let f = &f;
+                s.spawn(move || {
+                    for i in 0..10u8 {
+                        let n = th * 10 + i + 1;
+                        f.deliver(ALICE, mail(n));
+                        f.deliver(BOB, mail(n));
+                    }
+                });
+            }
+        });
+        for user in [ALICE, BOB] {
+            let mut uids = f.uids(user, "Inbox");
+            uids.sort_unstable();
+            assert_eq!(uids, (1..=40).collect::<Vec<u32>>());
+            let a = f.account(user);
+            let bytes: u64 = (1..=40)
+                .map(|n| crate::segment::fixture::body(n).len() as u64)
+                .sum();
+            assert_eq!((a.messages, a.used_bytes, a.modseq), (40, bytes, 41));
+            assert_eq!(f.counts(user, "Inbox"), (40, 40, bytes));
+            let seqs: Vec<u64> = f
+                .changes(user, 0, 100)
+                .changes
+                .iter()
+                .map(|c| c.modseq)
+                .collect();
+            assert_eq!(seqs, (1..=41).collect::<Vec<u64>>());
+        }
+    }
+}
