@@ -676,7 +676,7 @@ mod tests {
         let records = export(&src, ExportPart::Records, None, 32 << 20).records;
         let good = records[1].clone();
         let before = dst.stored_keys(ALICE);
-        let bad_cases: Vec<(RawRecord, XfsError)> = vec![
+        let bad_cases: [(RawRecord, XfsError); 3] = [
             (
                 RawRecord {
                     key: keys::folder(BOB, 1),

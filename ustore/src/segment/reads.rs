@@ -283,7 +283,7 @@ mod tests {
         f.ok(Op::SoftDelete { target: t(BOB) });
         for user in ["nobody@example.test", BOB] {
             let target = t(user);
-            let more = vec![
+            let more = [
                 Op::GetAccount {
                     target: target.clone(),
                 },
