@@ -663,6 +663,9 @@ impl<M: Mailboxes> Session<M> {
 }
 
 #[cfg(test)]
+mod dialogue;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
