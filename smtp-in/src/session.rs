@@ -697,6 +697,21 @@ mod tests {
     }
 
     #[test]
+    fn multibyte_text_is_cut_only_between_characters() {
+        // The keyword's length falls inside `€` (three bytes): no match, no panic.
+        assert_eq!(parse_path("a€:<x@y.test>", "TO:"), None);
+        assert_eq!(parse_path("FRO€:<x@y.test>", "FROM:"), None);
+        assert_eq!(parse_path("Tö:<x@y.test>", "TO:"), None);
+        assert_eq!(
+            parse_path("TO:<@ü,@€:ёлка@пример.рф> €", "TO:"),
+            Some(("ёлка@пример.рф", vec!["€"]))
+        );
+        assert_eq!(split_command("ÉHLO x"), ("ÉHLO".into(), "x"));
+        assert_eq!(split_command("€"), ("€".into(), ""));
+        assert_eq!(split_command("ehlo  日本.jp "), ("EHLO".into(), "日本.jp"));
+    }
+
+    #[test]
     fn mailboxes() {
         assert!(valid_mailbox("bob@megamail.test"));
         assert!(valid_mailbox("jörg@megamail.test"));
