@@ -1,20 +1,24 @@
-//! Recipients and copies: checking a recipient at RCPT time (index lookup, then the mailbox at
-//! its store), and storing one copy after the data, retrying what is safe to retry (every
-//! delivery carries its id, so a repeat stores nothing new) until the delivery deadline.
+//! The real [`Mailboxes`]: the member index and the stores. Checking a recipient at RCPT time
+//! (index lookup, then the mailbox at its store), and storing each copy after the data, retrying
+//! what is safe to retry (every delivery carries its id, so a repeat stores nothing new) until
+//! the delivery deadline. Every call smtp-in makes to the index or a store is in this file.
 //!
-//! Reply policy: a 5xx only when the answer is certain (no such user in the index, a foreign
-//! domain); anything unsure — the index unreachable, the store down, busy, frozen for a move, or
-//! a route that keeps changing — is a 4xx, and the sender retries.
+//! Reply policy: a 5xx only when the answer is certain (no such user in the index); anything
+//! unsure — the index unreachable, the store down, busy, frozen for a move, or a route that keeps
+//! changing — is a 4xx, and the sender retries.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mserv_client::{Route, RouteError, StoreState};
+use runtime::faults::Faults;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
-use xfs::{AccountState, CallError, Delivery, Op, Reply, XfsError};
+use xfs::{ops, AccountState, CallError, Delivery, XfsError};
 
+use crate::mailboxes::{Mailboxes, MessageCopy, Outcome, Recipient, Verdict};
 use crate::metrics;
-use crate::Ctx;
+use crate::SmtpInConfig;
 
 /// Longest a RCPT check waits for the store.
 const RCPT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,85 +26,150 @@ const RCPT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_REROUTES: usize = 3;
 /// How long RCPT waits out a mailbox frozen for the last instant of a move before `451`.
 const FREEZE_WAIT: Duration = Duration::from_secs(2);
+/// How long a recipient confirmed by its store is taken as deliverable without asking again.
+const VERIFIED_TTL: Duration = Duration::from_secs(5);
 
-/// A recipient accepted at RCPT time: the address as given and its route.
-#[derive(Debug, Clone)]
-pub struct Recipient {
-    pub user: String,
-    pub route: Route,
+/// The mailboxes of the member index's users, in their stores.
+pub struct Stores {
+    shared: Arc<Shared>,
 }
 
-/// Check a recipient whose domain is ours. `Ok` is a `250`; `Err` is the reply line to send.
-pub async fn check_rcpt(ctx: &Ctx, user: &str, trace: &str) -> Result<Recipient, String> {
+struct Shared {
+    router: mserv_client::Router,
+    xfs: xfs::Client,
+    faults: Arc<Faults>,
+    deliver_timeout: Duration,
+    /// Recipients whose mailbox their store confirmed lately (active, not full): RCPT skips the
+    /// store for them. A delivery that finds otherwise drops the entry.
+    verified: moka::future::Cache<String, ()>,
+    /// Retry pauses for unreachable stores: full jitter between these.
+    backoff_base: Duration,
+    backoff_cap: Duration,
+}
+
+impl Stores {
+    /// Clients for the index replicas and the stores named in `cfg`; nothing is contacted yet.
+    pub fn new(cfg: &SmtpInConfig, faults: Arc<Faults>) -> Stores {
+        let mserv_client = mserv_client::Client::new(
+            cfg.mserv.clone(),
+            mserv_client::ClientConfig {
+                name: format!("smtp-in {}", cfg.hostname),
+                cache_ttl: Duration::from_secs(cfg.route_cache_secs),
+                request_timeout: Duration::from_secs(3),
+                ..Default::default()
+            },
+        );
+        let router = mserv_client::Router::new(
+            Arc::new(mserv_client),
+            Duration::from_secs(cfg.store_refresh_secs),
+        );
+        let xfs = xfs::Client::new(xfs::ClientConfig {
+            name: format!("smtp-in {}", cfg.hostname),
+            conns_per_store: 4,
+            connect_timeout: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(20),
+            backoff_cap: Duration::from_millis(500),
+            faults: Some({
+                let faults = faults.clone();
+                xfs::client::CallFaults::new(move |point| faults.decide(point))
+            }),
+            ..Default::default()
+        });
+        Stores {
+            shared: Arc::new(Shared {
+                router,
+                xfs,
+                faults,
+                deliver_timeout: Duration::from_secs(cfg.deliver_timeout_secs),
+                verified: moka::future::Cache::builder()
+                    .max_capacity(1_000_000)
+                    .time_to_live(VERIFIED_TTL)
+                    .build(),
+                backoff_base: Duration::from_millis(25),
+                backoff_cap: Duration::from_secs(1),
+            }),
+        }
+    }
+}
+
+impl Mailboxes for Stores {
+    type Route = Route;
+
+    async fn check(&self, addr: &str, trace: &str) -> Verdict<Route> {
+        check_rcpt(&self.shared, addr, trace).await
+    }
+
+    /// Every copy goes to its store in parallel, all under one deadline.
+    async fn deliver(&self, copies: Vec<MessageCopy<Route>>, trace: &str) -> Vec<Outcome> {
+        let deadline = Instant::now() + self.shared.deliver_timeout;
+        let mut tasks = JoinSet::new();
+        for copy in copies {
+            tasks.spawn(deliver_copy(
+                self.shared.clone(),
+                copy.rcpt,
+                copy.delivery,
+                trace.to_string(),
+                deadline,
+            ));
+        }
+        let mut outcomes = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            outcomes.push(r.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "delivery task failed");
+                Outcome::Deferred("451 4.3.0 Internal error, try again later".into())
+            }));
+        }
+        outcomes
+    }
+}
+
+/// Check a recipient whose domain is ours.
+async fn check_rcpt(ctx: &Shared, user: &str, trace: &str) -> Verdict<Route> {
     let freeze_deadline = Instant::now() + FREEZE_WAIT.min(ctx.deliver_timeout);
     let mut reroutes = 0;
     while reroutes < MAX_REROUTES {
         let route = match ctx.router.route(user).await {
             Ok(r) => r,
-            Err(RouteError::NoSuchUser) => {
-                metrics::RECIPIENTS
-                    .with_label_values(&["unknown_user"])
-                    .inc();
-                return Err(format!(
-                    "550 5.1.1 <{user}>: Recipient address rejected: no such user here"
-                ));
-            }
-            Err(RouteError::BadAddress(why)) => {
-                metrics::RECIPIENTS.with_label_values(&["bad_syntax"]).inc();
-                return Err(format!("501 5.1.3 Bad recipient address syntax: {why}"));
-            }
+            Err(RouteError::NoSuchUser) => return Verdict::NoSuchUser,
+            Err(RouteError::BadAddress(why)) => return Verdict::BadAddress(why),
             Err(RouteError::Unknown(why)) => {
                 tracing::warn!(%user, %why, trace, "no route for a recipient");
-                metrics::RECIPIENTS.with_label_values(&["deferred"]).inc();
-                return Err(format!(
+                return Verdict::Deferred(format!(
                     "451 4.4.3 <{user}>: Recipient lookup failed (directory unreachable), try again later"
                 ));
             }
         };
         if route.store_state == StoreState::Offline {
-            metrics::RECIPIENTS.with_label_values(&["deferred"]).inc();
-            return Err(format!(
+            return Verdict::Deferred(format!(
                 "451 4.4.1 <{user}>: Mailbox store is offline, try again later"
             ));
         }
         if ctx.verified.get(&route.user).await.is_some() {
-            metrics::RECIPIENTS.with_label_values(&["accepted"]).inc();
-            return Ok(Recipient {
-                user: route.user.clone(),
-                route,
-            });
+            return accepted(route);
         }
-        let op = Op::GetAccount {
+        let op = ops::GetAccount {
             target: route.target(),
         };
         let timeout = RCPT_STORE_TIMEOUT.min(ctx.deliver_timeout);
         let answer = ctx
             .xfs
             .pool(&route.xfs_addr)
-            .call_with(op, trace, timeout)
+            .run_with(op, trace, timeout)
             .await;
-        let deferred = |reply: String| {
-            metrics::RECIPIENTS.with_label_values(&["deferred"]).inc();
-            Err(reply)
-        };
         match answer {
-            Ok(Reply::Account(info)) => match info.state {
+            Ok(info) => match info.state {
                 AccountState::Active => {
                     if info.quota_bytes > 0 && info.used_bytes >= info.quota_bytes {
-                        return deferred(format!("452 4.2.2 <{user}>: Mailbox full"));
+                        return Verdict::Deferred(format!("452 4.2.2 <{user}>: Mailbox full"));
                     }
-                    metrics::RECIPIENTS.with_label_values(&["accepted"]).inc();
                     ctx.verified.insert(route.user.clone(), ()).await;
-                    return Ok(Recipient {
-                        user: route.user.clone(),
-                        route,
-                    });
+                    return accepted(route);
                 }
                 AccountState::Frozen | AccountState::Importing { .. } => {
                     if wait_out_freeze(freeze_deadline).await {
                         continue;
                     }
-                    return deferred(format!(
+                    return Verdict::Deferred(format!(
                         "451 4.2.0 <{user}>: Mailbox is being moved, try again shortly"
                     ));
                 }
@@ -110,12 +179,6 @@ pub async fn check_rcpt(ctx: &Ctx, user: &str, trace: &str) -> Result<Recipient,
                     reroutes += 1;
                 }
             },
-            Ok(other) => {
-                tracing::error!(?other, trace, "unexpected answer to GetAccount");
-                return deferred(format!(
-                    "451 4.3.0 <{user}>: Mailbox store gave an unexpected answer, try again later"
-                ));
-            }
             Err(CallError::Remote(XfsError::Moved { .. }))
             | Err(CallError::Remote(XfsError::NoSuchUser)) => {
                 ctx.router.invalidate(user).await;
@@ -125,34 +188,40 @@ pub async fn check_rcpt(ctx: &Ctx, user: &str, trace: &str) -> Result<Recipient,
                 if wait_out_freeze(freeze_deadline).await {
                     continue;
                 }
-                return deferred(format!(
+                return Verdict::Deferred(format!(
                     "451 4.2.0 <{user}>: Mailbox is being moved, try again shortly"
                 ));
             }
             Err(CallError::Remote(XfsError::Busy { .. })) => {
-                return deferred(format!(
+                return Verdict::Deferred(format!(
                     "451 4.3.2 <{user}>: Mailbox store busy, try again later"
                 ))
             }
             Err(CallError::Remote(e)) => {
                 tracing::warn!(%user, error = %e, trace, "store refused a recipient check");
-                return deferred(format!(
+                return Verdict::Deferred(format!(
                     "451 4.3.0 <{user}>: Mailbox temporarily unavailable, try again later"
                 ));
             }
             Err(e) => {
                 tracing::warn!(%user, store = %route.placement.store, error = %e, trace,
                     "mailbox store unreachable at RCPT");
-                return deferred(format!(
+                return Verdict::Deferred(format!(
                     "451 4.4.1 <{user}>: Mailbox store unreachable, try again later"
                 ));
             }
         }
     }
-    metrics::RECIPIENTS.with_label_values(&["deferred"]).inc();
-    Err(format!(
+    Verdict::Deferred(format!(
         "451 4.4.0 <{user}>: Mailbox is changing location, try again later"
     ))
+}
+
+fn accepted(route: Route) -> Verdict<Route> {
+    Verdict::Accepted(Recipient {
+        user: route.user.clone(),
+        route,
+    })
 }
 
 /// Sleep a moment if the freeze wait is not over; false once it is.
@@ -165,21 +234,11 @@ async fn wait_out_freeze(deadline: Instant) -> bool {
     true
 }
 
-/// How storing one copy ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Stored {
-        duplicate: bool,
-    },
-    /// Not stored (or not known to be): the reply line a `4xx` would carry.
-    Deferred(String),
-}
-
 /// Store one copy at the recipient's store, following moves and retrying busy, frozen and
 /// unreachable stores with jittered backoff until `deadline`.
-pub async fn deliver_copy(
-    ctx: Arc<Ctx>,
-    mut rcpt: Recipient,
+async fn deliver_copy(
+    ctx: Arc<Shared>,
+    mut rcpt: Recipient<Route>,
     delivery: Delivery,
     trace: String,
     deadline: Instant,
@@ -204,13 +263,13 @@ pub async fn deliver_copy(
                 why: e.to_string(),
             }),
             Ok(()) => {
-                let op = Op::Deliver {
+                let op = ops::Deliver {
                     target: rcpt.route.target(),
                     delivery: delivery.clone(),
                 };
                 ctx.xfs
                     .pool(&rcpt.route.xfs_addr)
-                    .call_with(op, &trace, left)
+                    .run_with(op, &trace, left)
                     .await
             }
         };
@@ -219,17 +278,10 @@ pub async fn deliver_copy(
             ctx.verified.invalidate(&user).await;
         }
         let pause = match answer {
-            Ok(Reply::Delivered { duplicate, .. }) => {
+            Ok(xfs::Delivered { duplicate, .. }) => {
                 let r = if duplicate { "duplicate" } else { "stored" };
                 metrics::DELIVERIES.with_label_values(&[r]).inc();
                 return Outcome::Stored { duplicate };
-            }
-            Ok(other) => {
-                tracing::error!(?other, trace, "unexpected answer to Deliver");
-                metrics::DELIVERIES.with_label_values(&["failed"]).inc();
-                return Outcome::Deferred(
-                    "451 4.3.0 Mailbox store gave an unexpected answer, try again later".into(),
-                );
             }
             Err(CallError::Remote(XfsError::Moved { .. }))
             | Err(CallError::Remote(XfsError::NoSuchUser)) => {
@@ -281,30 +333,5 @@ pub async fn deliver_copy(
         };
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(pause.min(left)).await;
-    }
-}
-
-/// The one reply for a message whose copies ended as `outcomes` (all stored: `None`).
-pub fn combined_reply(outcomes: &[Outcome]) -> Option<String> {
-    outcomes.iter().find_map(|o| match o {
-        Outcome::Deferred(reply) => Some(reply.clone()),
-        Outcome::Stored { .. } => None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_deferred_copy_defers_the_message() {
-        let ok = Outcome::Stored { duplicate: false };
-        assert_eq!(combined_reply(&[ok.clone(), ok.clone()]), None);
-        let d = Outcome::Deferred("451 4.4.1 x".into());
-        assert_eq!(
-            combined_reply(&[ok.clone(), d, ok]),
-            Some("451 4.4.1 x".to_string())
-        );
-        assert_eq!(combined_reply(&[]), None);
     }
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod deliver;
 pub mod io;
+pub mod mailboxes;
 pub mod message;
 pub mod metrics;
 pub mod session;
@@ -27,23 +28,12 @@ use tokio_rustls::TlsAcceptor;
 
 pub use config::SmtpInConfig;
 
-/// How long a recipient confirmed by its store is taken as deliverable without asking again.
-const VERIFIED_TTL: Duration = Duration::from_secs(5);
-
-/// What every session shares.
-pub struct Ctx {
+/// What every session shares: the configuration, the TLS acceptor (STARTTLS is offered only
+/// with one) and the mailboxes mail goes into.
+pub struct Ctx<M> {
     pub cfg: SmtpInConfig,
-    pub router: mserv_client::Router,
-    pub xfs: xfs::Client,
     pub tls: Option<TlsAcceptor>,
-    pub faults: Arc<Faults>,
-    pub deliver_timeout: Duration,
-    /// Recipients whose mailbox their store confirmed lately (active, not full): RCPT skips the
-    /// store for them. A delivery that finds otherwise drops the entry.
-    pub verified: moka::future::Cache<String, ()>,
-    /// Retry pauses for unreachable stores: full jitter between these.
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
+    pub mailboxes: M,
 }
 
 /// Sessions open, in total and per client address.
@@ -126,31 +116,6 @@ pub async fn run_with(
         Some(t) => Some(tls::acceptor(&t.cert, &t.key)?),
         None => None,
     };
-    let mserv_client = mserv_client::Client::new(
-        cfg.mserv.clone(),
-        mserv_client::ClientConfig {
-            name: format!("smtp-in {}", cfg.hostname),
-            cache_ttl: Duration::from_secs(cfg.route_cache_secs),
-            request_timeout: Duration::from_secs(3),
-            ..Default::default()
-        },
-    );
-    let router = mserv_client::Router::new(
-        Arc::new(mserv_client),
-        Duration::from_secs(cfg.store_refresh_secs),
-    );
-    let xfs = xfs::Client::new(xfs::ClientConfig {
-        name: format!("smtp-in {}", cfg.hostname),
-        conns_per_store: 4,
-        connect_timeout: Duration::from_secs(1),
-        backoff_base: Duration::from_millis(20),
-        backoff_cap: Duration::from_millis(500),
-        faults: Some({
-            let faults = faults.clone();
-            xfs::client::CallFaults::new(move |point| faults.decide(point))
-        }),
-        ..Default::default()
-    });
     let slots = Arc::new(Slots {
         open: Mutex::new((0, HashMap::new())),
         max_total: cfg.max_sessions,
@@ -158,17 +123,8 @@ pub async fn run_with(
     });
     let drain = Duration::from_secs(cfg.drain_timeout_secs);
     let ctx = Arc::new(Ctx {
-        deliver_timeout: Duration::from_secs(cfg.deliver_timeout_secs),
-        verified: moka::future::Cache::builder()
-            .max_capacity(1_000_000)
-            .time_to_live(VERIFIED_TTL)
-            .build(),
-        backoff_base: Duration::from_millis(25),
-        backoff_cap: Duration::from_secs(1),
-        router,
-        xfs,
+        mailboxes: deliver::Stores::new(&cfg, faults),
         tls,
-        faults,
         cfg,
     });
 
@@ -194,7 +150,12 @@ pub async fn run_with(
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, slots: Arc<Slots>, shutdown: Shutdown) {
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Ctx<deliver::Stores>>,
+    slots: Arc<Slots>,
+    shutdown: Shutdown,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.triggered() => break,
@@ -222,7 +183,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, slots: Arc<Slots>, sh
         let sd = shutdown.clone();
         shutdown.spawn(async move {
             let _slot = slot;
-            session::serve(ctx, Box::new(stream), peer, sd).await;
+            session::serve(ctx, stream, peer, sd).await;
         });
     }
 }

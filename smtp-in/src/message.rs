@@ -143,16 +143,38 @@ mod tests {
     }
 
     #[test]
-    fn garbage_gives_an_empty_summary_not_a_panic() {
-        for raw in [
-            &b""[..],
-            b"\x00\xff\xfe",
-            b"Subject:",
-            b"\r\n\r\n\r\n",
-            b"From: <<<@>>>\r\n\r\nx",
-        ] {
-            let _ = summarize(raw);
+    fn garbage_gives_an_empty_summary_or_what_little_parses_never_a_panic() {
+        for raw in [&b""[..], b"\x00\xff\xfe", b"Subject:", b"\r\n\r\n\r\n"] {
+            assert_eq!(summarize(raw), Summary::default(), "{raw:?}");
         }
+        // A hostile address is kept as text, not taken apart.
+        assert_eq!(
+            summarize(b"From: <<<@>>>\r\n\r\nx"),
+            Summary {
+                from: ">> <<<@>".into(),
+                preview: "x".into(),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn long_fields_are_cut_between_characters_not_inside_one() {
+        // Two- and four-byte characters: a cut by bytes would split one (and panic).
+        let subject = "я".repeat(FIELD_CHARS + 7);
+        let body = "🎉".repeat(PREVIEW_CHARS + 3);
+        let name = format!("{}.pdf", "報".repeat(FIELD_CHARS));
+        let raw = format!(
+            "From: {subject} <a@remote.test>\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+{body}\r\n--b\r\nContent-Type: application/pdf\r\n\
+Content-Disposition: attachment; filename=\"{name}\"\r\n\r\nx\r\n--b--\r\n"
+        );
+        let s = summarize(raw.as_bytes());
+        assert_eq!(s.subject, "я".repeat(FIELD_CHARS));
+        assert_eq!(s.from, "я".repeat(FIELD_CHARS));
+        assert_eq!(s.preview, "🎉".repeat(PREVIEW_CHARS));
+        assert_eq!(s.attachments, vec!["報".repeat(FIELD_CHARS)]);
     }
 
     #[test]

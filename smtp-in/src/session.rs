@@ -1,18 +1,19 @@
 //! One SMTP session (RFC 5321 with PIPELINING, SIZE, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES,
 //! CHUNKING and STARTTLS): the command loop, the envelope, and the hand-off of a complete message
-//! to [`crate::deliver`].
+//! to the [`Mailboxes`]. Generic over the stream and the mailboxes, so it runs over TCP with the
+//! real stores and, in its tests, over an in-memory pipe with mailboxes in memory.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use runtime::shutdown::Shutdown;
-use tokio::task::JoinSet;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use xfs::{Delivery, Flags};
 
-use crate::deliver::{self, Outcome, Recipient};
-use crate::io::{Conn, Io, ReadError};
+use crate::io::{Conn, ReadError};
+use crate::mailboxes::{self, Mailboxes, MessageCopy, Recipient, Verdict};
 use crate::message::{self, Via};
 use crate::{metrics, Ctx};
 
@@ -31,11 +32,11 @@ enum Flow {
 }
 
 /// The envelope of the message being received.
-struct Tx {
+struct Tx<R> {
     /// The reverse path; empty for the null sender (`MAIL FROM:<>`).
     from: String,
     utf8: bool,
-    rcpts: Vec<Recipient>,
+    rcpts: Vec<Recipient<R>>,
     /// BDAT chunks so far, once the first came.
     bdat: Option<Chunks>,
 }
@@ -46,22 +47,27 @@ struct Chunks {
     too_big: bool,
 }
 
-struct Session {
-    ctx: Arc<Ctx>,
+struct Session<M: Mailboxes> {
+    ctx: Arc<Ctx<M>>,
     peer: SocketAddr,
     id: String,
     helo: Option<String>,
     esmtp: bool,
     tls: bool,
-    tx: Option<Tx>,
+    tx: Option<Tx<M::Route>>,
     messages: u32,
     errors: u32,
     /// The code of the last reply queued (for the per-command metrics).
     last_code: std::sync::atomic::AtomicU16,
 }
 
-/// Serve one connection until QUIT, an error, a timeout or shutdown.
-pub async fn serve(ctx: Arc<Ctx>, io: Box<dyn Io>, peer: SocketAddr, shutdown: Shutdown) {
+/// Serve one connection until QUIT, an error, a timeout or shutdown. `peer` is the client's
+/// address as the `Received:` lines name it.
+pub async fn serve<S, M>(ctx: Arc<Ctx<M>>, stream: S, peer: SocketAddr, shutdown: Shutdown)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    M: Mailboxes,
+{
     let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
     let mut s = Session {
         ctx,
@@ -75,7 +81,7 @@ pub async fn serve(ctx: Arc<Ctx>, io: Box<dyn Io>, peer: SocketAddr, shutdown: S
         errors: 0,
         last_code: Default::default(),
     };
-    let mut conn = Conn::new(io);
+    let mut conn = Conn::new(Box::new(stream));
     let greeting = format!("220 {} ESMTP megamail ready", s.ctx.cfg.hostname);
     s.say(&mut conn, &greeting);
     tracing::debug!(session = %s.id, %peer, "session open");
@@ -173,7 +179,7 @@ fn valid_mailbox(addr: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
 }
 
-impl Session {
+impl<M: Mailboxes> Session<M> {
     fn say(&self, conn: &mut Conn, text: &str) {
         let code = text.get(..3).unwrap_or("???");
         metrics::REPLIES.with_label_values(&[code]).inc();
@@ -417,17 +423,27 @@ impl Session {
             return Flow::Continue;
         }
         let trace = self.trace();
-        match deliver::check_rcpt(&self.ctx, &addr, &trace).await {
-            Ok(r) => {
+        let (result, reply) = match self.ctx.mailboxes.check(&addr, &trace).await {
+            Verdict::Accepted(r) => {
                 let tx = self.tx.as_mut().expect("checked above");
                 // The same mailbox named twice gets one copy.
                 if !tx.rcpts.iter().any(|x| x.user == r.user) {
                     tx.rcpts.push(r);
                 }
-                self.say(conn, "250 2.1.5 Ok");
+                ("accepted", "250 2.1.5 Ok".to_string())
             }
-            Err(reply) => self.say(conn, &reply),
-        }
+            Verdict::NoSuchUser => (
+                "unknown_user",
+                format!("550 5.1.1 <{addr}>: Recipient address rejected: no such user here"),
+            ),
+            Verdict::BadAddress(why) => (
+                "bad_syntax",
+                format!("501 5.1.3 Bad recipient address syntax: {why}"),
+            ),
+            Verdict::Deferred(reply) => ("deferred", reply),
+        };
+        metrics::RECIPIENTS.with_label_values(&[result]).inc();
+        self.say(conn, &reply);
         Flow::Continue
     }
 
@@ -557,8 +573,8 @@ impl Session {
         Flow::Continue
     }
 
-    /// Deliver every recipient's copy in parallel; the reply is `250` only when all are durable.
-    async fn store(&mut self, tx: Tx, data: Vec<u8>) -> String {
+    /// Hand every recipient's copy to the mailboxes; the reply is `250` only when all are durable.
+    async fn store(&mut self, tx: Tx<M::Route>, data: Vec<u8>) -> String {
         let started = std::time::Instant::now();
         let trace = self.trace();
         self.messages += 1;
@@ -581,8 +597,7 @@ impl Session {
             utf8: tx.utf8,
         };
         let helo = self.helo.clone().unwrap_or_default();
-        let deadline = Instant::now() + self.ctx.deliver_timeout;
-        let mut copies = JoinSet::new();
+        let mut copies = Vec::with_capacity(tx.rcpts.len());
         for rcpt in tx.rcpts {
             let received = message::received_header(
                 &helo,
@@ -604,23 +619,11 @@ impl Session {
                 summary: summary.clone(),
                 body,
             };
-            copies.spawn(deliver::deliver_copy(
-                self.ctx.clone(),
-                rcpt,
-                delivery,
-                trace.clone(),
-                deadline,
-            ));
+            copies.push(MessageCopy { rcpt, delivery });
         }
-        let mut outcomes = Vec::new();
-        while let Some(r) = copies.join_next().await {
-            outcomes.push(r.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "delivery task failed");
-                Outcome::Deferred("451 4.3.0 Internal error, try again later".into())
-            }));
-        }
+        let outcomes = self.ctx.mailboxes.deliver(copies, &trace).await;
         metrics::DATA_SECONDS.observe(started.elapsed().as_secs_f64());
-        match deliver::combined_reply(&outcomes) {
+        match mailboxes::combined_reply(&outcomes) {
             None => {
                 metrics::MESSAGES.with_label_values(&["accepted"]).inc();
                 tracing::info!(session = %self.id, id = %trace, from = %tx.from,
@@ -660,6 +663,9 @@ impl Session {
 }
 
 #[cfg(test)]
+mod dialogue;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -688,6 +694,21 @@ mod tests {
         assert_eq!(parse_path("TO:<bob@x.test", "TO:"), None);
         assert_eq!(parse_path("FRM:<a@b>", "FROM:"), None);
         assert_eq!(parse_path("", "FROM:"), None);
+    }
+
+    #[test]
+    fn multibyte_text_is_cut_only_between_characters() {
+        // The keyword's length falls inside `€` (three bytes): no match, no panic.
+        assert_eq!(parse_path("a€:<x@y.test>", "TO:"), None);
+        assert_eq!(parse_path("FRO€:<x@y.test>", "FROM:"), None);
+        assert_eq!(parse_path("Tö:<x@y.test>", "TO:"), None);
+        assert_eq!(
+            parse_path("TO:<@ü,@€:ёлка@пример.рф> €", "TO:"),
+            Some(("ёлка@пример.рф", vec!["€"]))
+        );
+        assert_eq!(split_command("ÉHLO x"), ("ÉHLO".into(), "x"));
+        assert_eq!(split_command("€"), ("€".into(), ""));
+        assert_eq!(split_command("ehlo  日本.jp "), ("EHLO".into(), "日本.jp"));
     }
 
     #[test]
