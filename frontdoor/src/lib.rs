@@ -16,6 +16,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod mime;
 pub mod sanitize;
+pub mod text;
 pub mod web;
 
 use std::sync::Arc;

@@ -422,6 +422,36 @@ mod tests {
     }
 
     #[test]
+    fn names_and_summaries_in_any_script_keep_whole_characters() {
+        for s in crate::text::tests::WORLD {
+            let safe = safe_filename(&format!("dir/{s}.pdf"));
+            assert_eq!(safe, format!("{s}.pdf").replace('?', "_"));
+            let cd = content_disposition(&format!("{s}.pdf"));
+            let encoded =
+                percent_encoding::utf8_percent_encode(&safe, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            assert!(
+                cd.ends_with(&format!("; filename*=UTF-8''{encoded}")),
+                "{cd}"
+            );
+            assert!(cd.is_ascii(), "{cd}");
+        }
+        // Long names and fields are cut on characters.
+        let long: String = "日本語".repeat(100);
+        assert_eq!(safe_filename(&long).chars().count(), 150);
+        assert_eq!(clip(&"Привет ".repeat(100), 10), "Привет При");
+        assert_eq!(clip("🎉🎉🎉", 2), "🎉🎉");
+        let raw = format!(
+            "From: =?UTF-8?B?0JjQstCw0L0=?= <ivan@remote.test>\r\nSubject: =?UTF-8?B?5pel5pys6Kqe?=\r\n\r\n{}\r\n",
+            "ё".repeat(500)
+        );
+        let s = summarize(raw.as_bytes());
+        assert_eq!(s.subject, "日本語");
+        assert_eq!(s.from, "Иван <ivan@remote.test>");
+        assert_eq!(s.preview, "ё".repeat(PREVIEW_CHARS));
+    }
+
+    #[test]
     fn dates_and_sizes_read_naturally() {
         let day = 86_400_000;
         let t = 1_795_000_000_000; // 2026-11-18 ...
