@@ -11,14 +11,15 @@ pub mod auth;
 pub mod compose;
 pub mod config;
 pub mod error;
-pub mod html;
+pub mod form;
 pub mod layers;
 pub mod mailbox;
 pub mod metrics;
 pub mod mime;
+pub mod pages;
+pub mod password;
 pub mod sanitize;
 pub mod text;
-pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,10 +163,10 @@ pub fn context(
 pub fn app(ctx: Arc<Ctx>) -> Router {
     let limit = ctx.cfg.max_upload_bytes;
     let routes = Router::new()
-        .merge(web::routes())
+        .merge(pages::routes())
         .nest("/api/v1", api::routes())
         .route("/healthz", axum::routing::get(healthz))
-        .route("/static/app.css", axum::routing::get(web::stylesheet))
+        .route("/static/app.css", axum::routing::get(pages::stylesheet))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(limit));
     layers::wrap(routes, ctx.clone()).with_state(ctx)
