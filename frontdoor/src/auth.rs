@@ -237,6 +237,19 @@ pub fn session_cookie(ctx: &Ctx, token: &str, exp: u64) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| clear_cookie(ctx))
 }
 
+/// The `Set-Cookie` value of a fresh session for `s` at generation `gen` (after a password
+/// change), expiring when `s` would have: a new session id, so a new CSRF token too.
+pub fn reissue(ctx: &Ctx, s: &Session, gen: u64) -> HeaderValue {
+    let claims = Claims {
+        user: s.user.clone(),
+        gen,
+        iat: now_secs(),
+        exp: s.claims.exp,
+        sid: session::token::new_sid(),
+    };
+    session_cookie(ctx, &ctx.keys.issue(&claims), claims.exp)
+}
+
 /// The `Set-Cookie` value that removes the session cookie.
 pub fn clear_cookie(ctx: &Ctx) -> HeaderValue {
     let secure = if ctx.cfg.cookie_secure {

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use xfs::{Delivery, Flags, MsgId};
 
 use crate::auth::{now_ms, Session};
+use crate::text::starts_with_ignore_ascii_case;
 use crate::{metrics, Ctx};
 
 /// Recipients one message may have (To, Cc and Bcc together).
@@ -165,7 +166,7 @@ pub async fn send(ctx: &Ctx, session: &Session, draft: &Draft) -> Result<Sent, S
     }
     // The SMTP client ends the data with `CRLF . CRLF` after the bytes it is given, so it gets
     // them without their last line break: the relay then receives exactly the Sent copy.
-    let wire = &bytes[..bytes.len() - 2];
+    let wire = bytes.strip_suffix(b"\r\n").unwrap_or(&bytes);
     let envelope = msg.envelope().clone();
     let relayed = match ctx.faults.inject("frontdoor.smtp").await {
         Err(e) => Err(SendError::Failed(e.to_string())),
@@ -217,10 +218,10 @@ pub async fn send(ctx: &Ctx, session: &Session, draft: &Draft) -> Result<Sent, S
     Ok(Sent { message_id, copy })
 }
 
-/// "Re: subject" (once).
+/// "Re: subject" (once). The prefix is looked for on characters: a subject is any Unicode.
 pub fn reply_subject(s: &str) -> String {
     let t = s.trim();
-    if t.len() >= 3 && t[..3].eq_ignore_ascii_case("re:") {
+    if starts_with_ignore_ascii_case(t, "re:") {
         t.to_string()
     } else {
         format!("Re: {t}")
@@ -230,7 +231,7 @@ pub fn reply_subject(s: &str) -> String {
 /// "Fwd: subject" (once).
 pub fn forward_subject(s: &str) -> String {
     let t = s.trim();
-    if t.len() >= 4 && t[..4].eq_ignore_ascii_case("fwd:") {
+    if starts_with_ignore_ascii_case(t, "fwd:") {
         t.to_string()
     } else {
         format!("Fwd: {t}")
@@ -368,6 +369,26 @@ mod tests {
             split_addresses("a@x, b@y;\n c@z ,"),
             vec!["a@x", "b@y", "c@z"]
         );
+    }
+
+    #[test]
+    fn reply_and_forward_subjects_in_any_script() {
+        for s in crate::text::tests::WORLD {
+            assert_eq!(reply_subject(s), format!("Re: {s}"));
+            assert_eq!(forward_subject(s), format!("Fwd: {s}"));
+            // Once only, whatever the case of the prefix already there.
+            assert_eq!(reply_subject(&reply_subject(s)), format!("Re: {s}"));
+            assert_eq!(reply_subject(&format!("RE: {s}")), format!("RE: {s}"));
+            assert_eq!(forward_subject(&forward_subject(s)), format!("Fwd: {s}"));
+            assert_eq!(forward_subject(&format!("FWD:{s}")), format!("FWD:{s}"));
+        }
+        // Multibyte characters right where the prefix would end.
+        assert_eq!(reply_subject("ab日"), "Re: ab日");
+        assert_eq!(forward_subject("abc日"), "Fwd: abc日");
+        assert_eq!(reply_subject("Re日"), "Re: Re日");
+        assert_eq!(forward_subject("Fwd日"), "Fwd: Fwd日");
+        assert_eq!(reply_subject("  Тема  "), "Re: Тема");
+        assert_eq!(reply_subject(""), "Re: ");
     }
 
     #[test]

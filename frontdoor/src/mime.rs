@@ -2,8 +2,14 @@
 //! attachments (with safe download names and types); the index summary of a message this front
 //! door sends; and short dates for folder pages.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
+use html5ever::tendril::StrTendril;
+use html5ever::tokenizer::states::RawKind;
+use html5ever::tokenizer::{
+    BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
+};
 use mail_parser::{Address, MessageParser, MimeHeaders, PartType};
 use xfs::Summary;
 
@@ -207,50 +213,87 @@ fn default_name(index: usize, content_type: &str) -> String {
     format!("attachment-{}.{ext}", index + 1)
 }
 
-/// A crude text rendering of HTML (for replies and previews): tags dropped, entities of the
-/// common kind decoded, blank runs collapsed.
+/// A plain rendering of HTML (for replies and previews): the text as the HTML tokenizer reads
+/// it (every character reference decoded by html5ever, so nothing here knows an entity), a line
+/// break where a block ends, nothing of scripts, styles or titles, trailing blanks dropped.
 pub fn html_to_text(html: &str) -> String {
-    // Line breaks where blocks end, before the tags go.
-    let mut spaced = String::with_capacity(html.len() + 64);
-    let lower = html.to_ascii_lowercase();
-    let mut last = 0;
-    for (i, _) in lower.match_indices('<') {
-        let rest = &lower[i..];
-        if [
-            "<br",
-            "</p",
-            "</div",
-            "</tr",
-            "</li",
-            "</h1",
-            "</h2",
-            "</h3",
-            "</blockquote",
-        ]
-        .iter()
-        .any(|t| rest.starts_with(t))
-        {
-            spaced.push_str(&html[last..i]);
-            spaced.push('\n');
-            last = i;
-        }
-    }
-    spaced.push_str(&html[last..]);
-    let cleaned = ammonia::Builder::empty()
-        .clean_content_tags(["script", "style", "title"].into_iter().collect())
-        .clean(&spaced)
-        .to_string();
-    cleaned
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&nbsp;", " ")
-        .replace("&amp;", "&")
-        .lines()
+    let input = BufferQueue::default();
+    input.push_back(StrTendril::from_slice(html));
+    let tokenizer = Tokenizer::new(TextSink::default(), TokenizerOpts::default());
+    // The sink never asks to run a script, so one feed reads everything.
+    let _ = tokenizer.feed(&input);
+    tokenizer.end();
+    let text = tokenizer.sink.text.into_inner().replace('\u{a0}', " ");
+    text.lines()
         .map(str::trim_end)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Collects the text of HTML for [`html_to_text`].
+#[derive(Default)]
+struct TextSink {
+    text: RefCell<String>,
+    /// Inside an element whose content is not text to show: the end tag that closes it.
+    skipping: RefCell<Option<String>>,
+}
+
+impl TokenSink for TextSink {
+    type Handle = ();
+
+    fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
+        match token {
+            Token::TagToken(tag) => {
+                let name: &str = &tag.name;
+                let mut skipping = self.skipping.borrow_mut();
+                if let Some(end) = skipping.as_deref() {
+                    if tag.kind == TagKind::EndTag && name == end {
+                        *skipping = None;
+                    }
+                    return TokenSinkResult::Continue;
+                }
+                if tag.kind == TagKind::StartTag {
+                    if matches!(name, "script" | "style" | "title") {
+                        *skipping = Some(name.to_string());
+                    }
+                    if name == "br" {
+                        self.text.borrow_mut().push('\n');
+                    }
+                    // Content the HTML parser reads as raw text, as a tree builder would.
+                    return match name {
+                        "script" => TokenSinkResult::RawData(RawKind::ScriptData),
+                        "style" | "xmp" | "iframe" | "noembed" | "noframes" => {
+                            TokenSinkResult::RawData(RawKind::Rawtext)
+                        }
+                        "title" | "textarea" => TokenSinkResult::RawData(RawKind::Rcdata),
+                        "plaintext" => TokenSinkResult::Plaintext,
+                        _ => TokenSinkResult::Continue,
+                    };
+                }
+                if matches!(
+                    name,
+                    "p" | "pre"
+                        | "div"
+                        | "tr"
+                        | "li"
+                        | "h1"
+                        | "h2"
+                        | "h3"
+                        | "h4"
+                        | "h5"
+                        | "h6"
+                        | "blockquote"
+                ) {
+                    self.text.borrow_mut().push('\n');
+                }
+            }
+            Token::CharacterTokens(t) if self.skipping.borrow().is_none() => {
+                self.text.borrow_mut().push_str(&t)
+            }
+            _ => {}
+        }
+        TokenSinkResult::Continue
+    }
 }
 
 /// The index summary of a message this front door sends (for its copy in Sent).
@@ -396,6 +439,21 @@ mod tests {
     }
 
     #[test]
+    fn html_becomes_text_with_its_characters_decoded() {
+        let html = "<html><head><title>t</title><style>p{x:y}</style></head><body>\
+            <p>Hello&nbsp;<b>Bob</b> &amp; &lt;Ann&gt; &quot;q&quot; &#39;s&#39;</p>\
+            <div>caf&eacute; &#x65E5;&#26412; Привет 🎉<br>next</div>\
+            <script>if (a < b) { document.write('<p>no</p>') }</script>\
+            <p>5 &lt; 6 &amp;&amp; 7 &gt; 2</p>&amp;lt; stays one level</body></html>";
+        assert_eq!(
+            html_to_text(html),
+            "Hello Bob & <Ann> \"q\" 's'\ncafé 日本 Привет 🎉\nnext\n5 < 6 && 7 > 2\n&lt; stays one level"
+        );
+        assert_eq!(html_to_text(""), "");
+        assert_eq!(html_to_text("ab日"), "ab日");
+    }
+
+    #[test]
     fn a_plain_message_has_no_html() {
         let p = parse(b"Subject: hi\r\n\r\njust text\r\n");
         assert!(p.html.is_none());
@@ -419,6 +477,36 @@ mod tests {
             "{cd}"
         );
         assert!(cd.contains("filename*=UTF-8''r%C3%A9sum%C3%A9"), "{cd}");
+    }
+
+    #[test]
+    fn names_and_summaries_in_any_script_keep_whole_characters() {
+        for s in crate::text::tests::WORLD {
+            let safe = safe_filename(&format!("dir/{s}.pdf"));
+            assert_eq!(safe, format!("{s}.pdf").replace('?', "_"));
+            let cd = content_disposition(&format!("{s}.pdf"));
+            let encoded =
+                percent_encoding::utf8_percent_encode(&safe, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            assert!(
+                cd.ends_with(&format!("; filename*=UTF-8''{encoded}")),
+                "{cd}"
+            );
+            assert!(cd.is_ascii(), "{cd}");
+        }
+        // Long names and fields are cut on characters.
+        let long: String = "日本語".repeat(100);
+        assert_eq!(safe_filename(&long).chars().count(), 150);
+        assert_eq!(clip(&"Привет ".repeat(100), 10), "Привет При");
+        assert_eq!(clip("🎉🎉🎉", 2), "🎉🎉");
+        let raw = format!(
+            "From: =?UTF-8?B?0JjQstCw0L0=?= <ivan@remote.test>\r\nSubject: =?UTF-8?B?5pel5pys6Kqe?=\r\n\r\n{}\r\n",
+            "ё".repeat(500)
+        );
+        let s = summarize(raw.as_bytes());
+        assert_eq!(s.subject, "日本語");
+        assert_eq!(s.from, "Иван <ivan@remote.test>");
+        assert_eq!(s.preview, "ё".repeat(PREVIEW_CHARS));
     }
 
     #[test]

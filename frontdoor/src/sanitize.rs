@@ -88,9 +88,8 @@ fn filter<'u>(
     if (element, attr) == ("img", "src") {
         return match scheme {
             "cid" => {
-                let id = value.trim()[4..]
-                    .trim_start_matches('<')
-                    .trim_end_matches('>');
+                let rest = crate::text::strip_prefix_ignore_ascii_case(value.trim(), "cid:")?;
+                let id = rest.trim_start_matches('<').trim_end_matches('>');
                 let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
                 inline
                     .get(id.as_ref())
@@ -225,6 +224,31 @@ mod tests {
         assert!(!out.html.contains("/logout"), "{}", out.html);
         assert!(!out.html.contains("/raw"), "{}", out.html);
         assert_eq!(out.blocked_images, 0);
+    }
+
+    #[test]
+    fn inline_images_with_unicode_content_ids() {
+        let inline = HashMap::from([("логотип@x".to_string(), 1), ("日".to_string(), 3)]);
+        let out = clean(
+            "<img src=\"cid:логотип@x\"><img src=\"CID:<日>\"><img src=\"cid:%E6%97%A5\"><img src=\"cid:🎉\">",
+            5,
+            &inline,
+            false,
+        );
+        assert!(
+            out.html.contains("<img src=\"/message/5/inline/1\">"),
+            "{}",
+            out.html
+        );
+        assert_eq!(
+            out.html
+                .matches("<img src=\"/message/5/inline/3\">")
+                .count(),
+            2,
+            "{}",
+            out.html
+        );
+        assert!(!out.html.contains("cid:"), "{}", out.html);
     }
 
     #[test]

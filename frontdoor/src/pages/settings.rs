@@ -1,0 +1,198 @@
+//! Settings: the display name and the password change (which signs out every other session of
+//! the account and gives this browser a fresh cookie), and signing out.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::header::SET_COOKIE;
+use axum::http::StatusCode;
+use axum::response::Response;
+use maud::{html, Markup};
+
+use super::layout::{self, csrf_field, Notice};
+use super::{checked_form, error_page, redirect, render, NoticeQuery};
+use crate::auth::{self, AccountHint, Session, WebSession};
+use crate::error::Error;
+use crate::password::{self, HashError};
+use crate::Ctx;
+
+/// Longest display name accepted, in characters.
+const MAX_DISPLAY_NAME: usize = 100;
+
+fn settings_html(s: &Session, display_name: &str) -> Markup {
+    html! {
+        h1 { "Settings" }
+        section class="card" {
+            h2 { "Account" }
+            p { "Signed in as " strong { (s.user) } }
+            form method="post" action="/settings/name" {
+                (csrf_field(s))
+                label {
+                    "Display name "
+                    input type="text" name="display_name" value=(display_name) maxlength=(MAX_DISPLAY_NAME);
+                }
+                button type="submit" class="primary" { "Save" }
+            }
+        }
+        section class="card" {
+            h2 { "Change password" }
+            form method="post" action="/settings/password" {
+                (csrf_field(s))
+                label {
+                    "Current password "
+                    input type="password" name="current" autocomplete="current-password" required;
+                }
+                label {
+                    "New password "
+                    input type="password" name="new" autocomplete="new-password"
+                        minlength=(password::MIN_CHARS) required;
+                }
+                label {
+                    "New password again "
+                    input type="password" name="confirm" autocomplete="new-password"
+                        minlength=(password::MIN_CHARS) required;
+                }
+                p class="muted" { "Changing your password signs out every other session of this account." }
+                button type="submit" class="primary" { "Change password" }
+            }
+        }
+    }
+}
+
+pub(super) async fn settings_page(
+    State(ctx): State<Arc<Ctx>>,
+    WebSession(s): WebSession,
+    Query(q): Query<NoticeQuery>,
+) -> Response {
+    let notices = layout::notices_named(q.n.as_deref());
+    let main = settings_html(&s, &s.display_name);
+    render(&ctx, &s, StatusCode::OK, "Settings", notices, main).await
+}
+
+async fn settings_error(ctx: &Ctx, s: &Session, status: StatusCode, text: &str) -> Response {
+    let main = settings_html(s, &s.display_name);
+    render(ctx, s, status, "Settings", vec![Notice::error(text)], main).await
+}
+
+pub(super) async fn settings_name(
+    State(ctx): State<Arc<Ctx>>,
+    WebSession(s): WebSession,
+    body: Bytes,
+) -> Response {
+    let form = match checked_form(&ctx, &s, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let name = form.get("display_name").unwrap_or("").trim().to_string();
+    if name.chars().count() > MAX_DISPLAY_NAME || name.chars().any(char::is_control) {
+        return settings_error(
+            &ctx,
+            &s,
+            StatusCode::BAD_REQUEST,
+            "A display name is at most 100 characters, on one line.",
+        )
+        .await;
+    }
+    match s
+        .mailbox(&ctx)
+        .update_account(Some(name.clone()), None)
+        .await
+    {
+        Ok(()) => {
+            if let Some(mut h) = ctx.accounts.get(&s.user).await {
+                h.display_name = name;
+                auth::remember(&ctx, &s.user, h).await;
+            }
+            redirect("/settings?n=name_saved")
+        }
+        Err(e) => error_page(&ctx, &s, e.into()).await,
+    }
+}
+
+pub(super) async fn settings_password(
+    State(ctx): State<Arc<Ctx>>,
+    WebSession(s): WebSession,
+    body: Bytes,
+) -> Response {
+    let form = match checked_form(&ctx, &s, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let current = form.get("current").unwrap_or("").to_string();
+    let new = form.get("new").unwrap_or("").to_string();
+    if let Err(why) = password::check_new(&new, form.get("confirm")) {
+        return settings_error(&ctx, &s, StatusCode::BAD_REQUEST, why).await;
+    }
+    let Some(failures) = password::failures_allowed(&ctx, &s.user).await else {
+        return settings_error(
+            &ctx,
+            &s,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many wrong passwords. Wait a while and try again.",
+        )
+        .await;
+    };
+    let mb = s.mailbox(&ctx);
+    let auth_rec = match mb.auth().await {
+        Ok(a) => a,
+        Err(e) => return error_page(&ctx, &s, e.into()).await,
+    };
+    if !password::verify(current, auth_rec.password_hash).await {
+        password::failed(&ctx, &s.user, failures).await;
+        return settings_error(
+            &ctx,
+            &s,
+            StatusCode::FORBIDDEN,
+            "The current password is not right.",
+        )
+        .await;
+    }
+    let hash = match password::hash(new).await {
+        Ok(h) => h,
+        Err(HashError::Refused(e)) => {
+            return settings_error(&ctx, &s, StatusCode::BAD_REQUEST, &e).await
+        }
+        Err(HashError::Failed(e)) => return error_page(&ctx, &s, Error::Internal(e)).await,
+    };
+    if let Err(e) = mb.update_account(None, Some(hash)).await {
+        return error_page(&ctx, &s, e.into()).await;
+    }
+    password::succeeded(&ctx, &s.user).await;
+    // The store bumped the generation; read it back (or count the bump ourselves).
+    let new_gen = match mb.auth().await {
+        Ok(a) => a.session_gen,
+        Err(_) => auth_rec.session_gen + 1,
+    };
+    auth::remember(
+        &ctx,
+        &s.user,
+        AccountHint {
+            session_gen: new_gen,
+            display_name: auth_rec.display_name,
+            read_at: std::time::Instant::now(),
+        },
+    )
+    .await;
+    let cookie = auth::reissue(&ctx, &s, new_gen);
+    tracing::info!(user = %s.user, gen = new_gen, trace = %s.trace, "password changed");
+    let mut resp = redirect("/settings?n=password_changed");
+    resp.headers_mut().insert(SET_COOKIE, cookie);
+    resp
+}
+
+pub(super) async fn logout(
+    State(ctx): State<Arc<Ctx>>,
+    WebSession(s): WebSession,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = checked_form(&ctx, &s, &body).await {
+        return r;
+    }
+    // The sign-in page then says the user signed out.
+    let to = format!("{}/?signed_out=1", ctx.cfg.login_url.trim_end_matches('/'));
+    let mut resp = redirect(&to);
+    resp.headers_mut()
+        .insert(SET_COOKIE, auth::clear_cookie(&ctx));
+    resp
+}
