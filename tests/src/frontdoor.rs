@@ -12,7 +12,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use session::token::{Claims, Keys};
 use xfs::{Op, Reply, Target};
 
-use crate::hcu::Hcu;
+use crate::hcu::LocalHcu;
 use crate::{free_addr, Proc};
 
 /// The session key of every test front door.
@@ -40,7 +40,7 @@ pub struct FrontDoor {
 impl FrontDoor {
     /// Start a front door for `hcu` (its member index, and its smtp-in as the outbound relay),
     /// and wait until it is healthy. `extra` is appended to the top level of the config.
-    pub async fn start(hcu: &Hcu, extra: &str) -> anyhow::Result<FrontDoor> {
+    pub async fn start(hcu: &LocalHcu, extra: &str) -> anyhow::Result<FrontDoor> {
         let dir = tempfile::tempdir()?;
         let addr = free_addr();
         let admin = free_addr();
@@ -80,7 +80,7 @@ impl FrontDoor {
     }
 
     /// A token for `user` at the account's current session generation.
-    pub async fn token(&self, hcu: &Hcu, user: &str) -> anyhow::Result<String> {
+    pub async fn token(&self, hcu: &LocalHcu, user: &str) -> anyhow::Result<String> {
         Ok(self.token_at(user, session_gen(hcu, user).await?))
     }
 
@@ -207,7 +207,7 @@ fn enc(s: &str) -> String {
 }
 
 /// The account's session generation, read from its store.
-pub async fn session_gen(hcu: &Hcu, user: &str) -> anyhow::Result<u64> {
+pub async fn session_gen(hcu: &LocalHcu, user: &str) -> anyhow::Result<u64> {
     let p = hcu.client.lookup(user).await?;
     let op = Op::GetAuth {
         target: Target::new(user, p.segment, p.epoch),
@@ -219,7 +219,7 @@ pub async fn session_gen(hcu: &Hcu, user: &str) -> anyhow::Result<u64> {
 }
 
 /// Give `user` a real password (argon2id), as login would check it. Bumps the generation.
-pub async fn set_password(hcu: &Hcu, user: &str, password: &str) -> anyhow::Result<()> {
+pub async fn set_password(hcu: &LocalHcu, user: &str, password: &str) -> anyhow::Result<()> {
     let hash = session::password::hash(password).map_err(anyhow::Error::msg)?;
     let p = hcu.client.lookup(user).await?;
     let op = Op::UpdateAccount {
@@ -233,7 +233,7 @@ pub async fn set_password(hcu: &Hcu, user: &str, password: &str) -> anyhow::Resu
 }
 
 /// Hand `raw` to smtp-in for `to`, from `from`.
-pub async fn send_in(hcu: &Hcu, from: &str, to: &[&str], raw: &[u8]) -> anyhow::Result<()> {
+pub async fn send_in(hcu: &LocalHcu, from: &str, to: &[&str], raw: &[u8]) -> anyhow::Result<()> {
     let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
         .port(hcu.smtp_addr.port())
         .timeout(Some(Duration::from_secs(30)))
@@ -248,7 +248,7 @@ pub async fn send_in(hcu: &Hcu, from: &str, to: &[&str], raw: &[u8]) -> anyhow::
 }
 
 /// Wait until `user`'s Inbox holds `n` messages.
-pub async fn wait_inbox(hcu: &Hcu, user: &str, n: u64) -> anyhow::Result<()> {
+pub async fn wait_inbox(hcu: &LocalHcu, user: &str, n: u64) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let have = hcu.inbox_count(user).await?;

@@ -2,14 +2,14 @@
 //! registered with it, and `smtp-in` in front, each on free loopback ports with temporary data.
 //!
 //! ```ignore
-//! let hcu = Hcu::start(HcuOpts::default()).await?;
+//! let hcu = LocalHcu::start(HcuOpts::default()).await?;
 //! let placement = hcu.add_user("alice@megamail.test").await?;
 //! // ... send mail to hcu.smtp_addr ...
 //! let inbox = hcu.inbox("alice@megamail.test").await?;
 //! ```
 //!
 //! Users are placed through the member index and their accounts created on the chosen store, so
-//! smtp-in finds them the way it does in production. Dropping the `Hcu` kills every process.
+//! smtp-in finds them the way it does in production. Dropping the `LocalHcu` kills every process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub struct HcuOpts {
     /// Stores named `store-1`, `store-2`, ...
     pub stores: usize,
     pub segments_per_store: u32,
-    /// Start smtp-in at once; otherwise call [`Hcu::start_smtp`].
+    /// Start smtp-in at once; otherwise call [`LocalHcu::start_smtp`].
     pub start_smtp: bool,
     pub hostname: String,
     pub domains: Vec<String>,
@@ -110,7 +110,7 @@ impl HcuOpts {
 }
 
 /// A running HCU.
-pub struct Hcu {
+pub struct LocalHcu {
     pub mserv: Mserv,
     /// `stores[i]` is named `store-{i+1}`.
     pub stores: Vec<Ustore>,
@@ -126,10 +126,10 @@ pub struct Hcu {
     dir: tempfile::TempDir,
 }
 
-impl Hcu {
+impl LocalHcu {
     /// Start mserv, the stores (registered as active members of [`CLUSTER`]) and, unless
     /// `opts.start_smtp` is false, smtp-in; returns once everything is healthy.
-    pub async fn start(opts: HcuOpts) -> anyhow::Result<Hcu> {
+    pub async fn start(opts: HcuOpts) -> anyhow::Result<LocalHcu> {
         raise_fd_limit();
         let mserv = Mserv::start(MservOpts {
             replicas: opts.mserv_replicas,
@@ -160,7 +160,7 @@ impl Hcu {
             pools.push(Arc::new(s.pool()));
             stores.push(s);
         }
-        let mut hcu = Hcu {
+        let mut hcu = LocalHcu {
             mserv,
             stores,
             smtp: None,
@@ -177,7 +177,7 @@ impl Hcu {
         Ok(hcu)
     }
 
-    /// Start smtp-in (on [`Hcu::smtp_addr`]) and wait until its `/healthz` answers 200.
+    /// Start smtp-in (on [`LocalHcu::smtp_addr`]) and wait until its `/healthz` answers 200.
     pub async fn start_smtp(&mut self) -> anyhow::Result<()> {
         let cfg = self
             .opts
@@ -381,7 +381,7 @@ pub fn raise_fd_limit() {
     runtime::net::raise_fd_limit();
 }
 
-impl Drop for Hcu {
+impl Drop for LocalHcu {
     /// A failing test shows the end of smtp-in's and every store's log (mserv prints its own).
     fn drop(&mut self) {
         if std::thread::panicking() {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use xfs::{AccountInfo, Op, Reply, Target};
 
-use crate::hcu::{metric_value, Hcu};
+use crate::hcu::{metric_value, LocalHcu};
 use crate::{free_addr, http_get, Proc};
 
 /// The session key every test login server and test check uses.
@@ -190,7 +190,7 @@ pub fn dead_front_door() -> String {
 /// Place `user` on `store`/`segment`, create the account, and set its password (which bumps
 /// the session generation).
 pub async fn add_user_with_password(
-    hcu: &Hcu,
+    hcu: &LocalHcu,
     user: &str,
     store: &str,
     segment: u32,
@@ -202,7 +202,7 @@ pub async fn add_user_with_password(
 }
 
 /// Change `user`'s password at their store.
-pub async fn set_password(hcu: &Hcu, user: &str, password: &str) -> anyhow::Result<()> {
+pub async fn set_password(hcu: &LocalHcu, user: &str, password: &str) -> anyhow::Result<()> {
     let p = hcu.client.lookup(user).await?;
     let hash = session::password::hash(password).map_err(anyhow::Error::msg)?;
     let op = Op::UpdateAccount {
@@ -218,7 +218,7 @@ pub async fn set_password(hcu: &Hcu, user: &str, password: &str) -> anyhow::Resu
 }
 
 /// `user`'s account record at their store.
-pub async fn account(hcu: &Hcu, user: &str) -> anyhow::Result<AccountInfo> {
+pub async fn account(hcu: &LocalHcu, user: &str) -> anyhow::Result<AccountInfo> {
     let p = hcu.client.lookup(user).await?;
     let op = Op::GetAccount {
         target: Target::new(user, p.segment, p.epoch),

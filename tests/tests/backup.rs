@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use mailctl::admin::Hcu;
 use mailctl::backup::Manifest;
-use mailctl::plan::Endpoints;
 use megamail_tests::up::{addr, mailctl, ok, Up};
 use mserv::{MservError, Policy};
+use operator::admin::Hcu;
+use operator::endpoints::Endpoints;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use xfs::{CallError, Flags, Op, Reply, Target, XfsError};

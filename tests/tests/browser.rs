@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use mailctl::admin::Hcu;
-use mailctl::plan::Endpoints;
 use megamail_tests::bin_dir;
 use megamail_tests::up::{addr, Up};
 use mserv::Policy;
+use operator::admin::Hcu;
+use operator::endpoints::Endpoints;
 use xfs::{IndexEntry, Op, Reply, Target, INBOX};
 
 const PYTHON: &str = "/usr/bin/python3";

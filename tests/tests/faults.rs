@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use lettre::address::Envelope;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use megamail_tests::frontdoor::FrontDoor;
-use megamail_tests::hcu::{metric_value, strip_trace_header, Hcu, HcuOpts};
+use megamail_tests::hcu::{metric_value, strip_trace_header, HcuOpts, LocalHcu};
 use megamail_tests::{http_get, http_request};
 use serde_json::{json, Value};
 use xfs::{CallError, Delivery, Flags, Op, Reply, Summary, Target, XfsError};
@@ -163,7 +163,7 @@ fn ids_where(page: &Value, field: &str) -> BTreeSet<u64> {
 async fn smtp_and_webmail_stay_correct_with_failing_and_slow_xfs_calls() {
     // smtp-in gets one point from its config: 5% of store replies lost after the store acted
     // (the outcome is unknown to smtp-in, so only idempotent delivery keeps mail single).
-    let hcu = Hcu::start(HcuOpts {
+    let hcu = LocalHcu::start(HcuOpts {
         smtp_extra: "[faults]\n\"xfs.reply\" = { delay-ms = 0, fail-rate = 0.05 }\n".into(),
         ..HcuOpts::default()
     })
@@ -410,7 +410,7 @@ async fn smtp_and_webmail_stay_correct_with_failing_and_slow_xfs_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_fault_point_answers_a_clear_503() {
-    let hcu = Hcu::start(HcuOpts::default()).await.unwrap();
+    let hcu = LocalHcu::start(HcuOpts::default()).await.unwrap();
     hcu.add_user_on(ALICE, "store-1", 0).await.unwrap();
     let fd = FrontDoor::start(&hcu, "").await.unwrap();
     let alice = fd.token(&hcu, ALICE).await.unwrap();
@@ -452,7 +452,7 @@ async fn folders(pool: &xfs::StorePool, target: &Target) -> Vec<xfs::FolderInfo>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_disk_write_leaves_nothing_written() {
-    let hcu = Hcu::start(HcuOpts::default()).await.unwrap();
+    let hcu = LocalHcu::start(HcuOpts::default()).await.unwrap();
     let p = hcu.add_user_on(ALICE, "store-1", 0).await.unwrap();
     let target = Target::new(ALICE, p.segment, p.epoch);
     let store_admin = hcu.stores[0].proc.admin;

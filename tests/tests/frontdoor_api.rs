@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use megamail_tests::frontdoor::{self, claims, now_secs, send_in, wait_inbox, FrontDoor};
-use megamail_tests::hcu::{Hcu, HcuOpts};
+use megamail_tests::hcu::{HcuOpts, LocalHcu};
 use serde_json::{json, Value};
 
 const ALICE: &str = "alice@megamail.test";
@@ -47,7 +47,7 @@ fn folder<'a>(folders: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_reads_sends_files_and_searches_mail() {
-    let hcu = Hcu::start(HcuOpts::default()).await.unwrap();
+    let hcu = LocalHcu::start(HcuOpts::default()).await.unwrap();
     hcu.add_user_on(ALICE, "store-1", 0).await.unwrap();
     hcu.add_user_on(BOB, "store-2", 1).await.unwrap();
     let fd = FrontDoor::start(&hcu, "").await.unwrap();
@@ -393,7 +393,7 @@ async fn inbox_state(fd: &FrontDoor, token: &str) -> Vec<(u64, bool, bool, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
-    let hcu = Hcu::start(HcuOpts {
+    let hcu = LocalHcu::start(HcuOpts {
         stores: 1,
         segments_per_store: 1,
         ..Default::default()
@@ -642,7 +642,7 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_users_store_down_pages_say_so_and_sending_still_works() {
-    let hcu = Hcu::start(HcuOpts::default()).await.unwrap();
+    let hcu = LocalHcu::start(HcuOpts::default()).await.unwrap();
     hcu.add_user_on(ALICE, "store-1", 0).await.unwrap();
     hcu.add_user_on(BOB, "store-2", 0).await.unwrap();
     send_in(

@@ -3,7 +3,7 @@
 //! replying and forwarding, search, settings, sign-out), all without scripts.
 
 use megamail_tests::frontdoor::{self, send_in, wait_inbox, FrontDoor};
-use megamail_tests::hcu::{Hcu, HcuOpts};
+use megamail_tests::hcu::{HcuOpts, LocalHcu};
 use serde_json::Value;
 
 const ALICE: &str = "alice@megamail.test";
@@ -156,7 +156,7 @@ fn the_event_handler_check_sees_handlers_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_html_mail_is_rendered_inert() {
-    let hcu = Hcu::start(HcuOpts {
+    let hcu = LocalHcu::start(HcuOpts {
         stores: 1,
         segments_per_store: 1,
         ..Default::default()
@@ -324,7 +324,7 @@ async fn hostile_html_mail_is_rendered_inert() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webmail_pages_work_without_scripts() {
-    let hcu = Hcu::start(HcuOpts {
+    let hcu = LocalHcu::start(HcuOpts {
         stores: 1,
         segments_per_store: 1,
         ..Default::default()

@@ -6,7 +6,7 @@
 
 use base64::Engine as _;
 use megamail_tests::frontdoor::{send_in, wait_inbox, FrontDoor};
-use megamail_tests::hcu::{strip_trace_header, Hcu, HcuOpts};
+use megamail_tests::hcu::{strip_trace_header, HcuOpts, LocalHcu};
 use serde_json::Value;
 
 const ALICE: &str = "alice@megamail.test";
@@ -201,7 +201,7 @@ async fn page_text(r: reqwest::Response) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unicode_mail_shows_whole_on_every_page() {
-    let hcu = Hcu::start(HcuOpts {
+    let hcu = LocalHcu::start(HcuOpts {
         stores: 1,
         segments_per_store: 1,
         ..Default::default()
@@ -403,7 +403,7 @@ async fn unicode_mail_shows_whole_on_every_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_unicode_subject_is_cut_on_characters() {
-    let hcu = Hcu::start(HcuOpts {
+    let hcu = LocalHcu::start(HcuOpts {
         stores: 1,
         segments_per_store: 1,
         ..Default::default()

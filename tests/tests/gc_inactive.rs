@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use mailctl::admin::Hcu;
 use mailctl::http;
-use mailctl::plan::Endpoints;
 use megamail_tests::up::{self, addr, mailctl, ok, Up};
 use mserv::{MservError, Policy};
+use operator::admin::Hcu;
+use operator::endpoints::Endpoints;
 use serde_json::{json, Value};
 use xfs::{NewAccount, Op, Reply, Target};
 

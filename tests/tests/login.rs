@@ -7,7 +7,7 @@ use runtime::time::now_secs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use megamail_tests::hcu::{Hcu, HcuOpts, CLUSTER};
+use megamail_tests::hcu::{HcuOpts, LocalHcu, CLUSTER};
 use megamail_tests::web::{
     account, add_user_with_password, client, client_from, dead_front_door, keys, set_password,
     Login, LoginOpts, StubFrontDoor,
@@ -28,13 +28,13 @@ const UNAVAILABLE: &str = "login_attempts_total{result=\"unavailable\"}";
 
 /// One store, one front door registered for the store's cluster, one login server.
 struct Env {
-    hcu: Hcu,
+    hcu: LocalHcu,
     fd: StubFrontDoor,
     login: Login,
 }
 
 async fn env(opts: LoginOpts) -> Env {
-    let hcu = Hcu::start(HcuOpts {
+    let hcu = LocalHcu::start(HcuOpts {
         start_smtp: false,
         stores: 1,
         segments_per_store: 1,

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use mailctl::admin::Hcu;
 use mailctl::http;
-use mailctl::plan::Endpoints;
 use megamail_tests::up::{self, addr, mailctl, ok, url_addr, Up};
 use mserv::Policy;
+use operator::admin::Hcu;
+use operator::endpoints::Endpoints;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use xfs::{CallError, Delivery, Flags, Op, Reply, Summary, Target, XfsError};

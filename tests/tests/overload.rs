@@ -510,9 +510,9 @@ struct Answers {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn front_door_and_smtp_say_try_again_under_overload() {
     use megamail_tests::frontdoor::FrontDoor;
-    use megamail_tests::hcu::{Hcu, HcuOpts};
+    use megamail_tests::hcu::{HcuOpts, LocalHcu};
 
-    let hcu = Hcu::start(HcuOpts {
+    let hcu = LocalHcu::start(HcuOpts {
         stores: 1,
         segments_per_store: 1,
         store_max_in_flight: MAX_IN_FLIGHT,

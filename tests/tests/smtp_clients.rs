@@ -12,7 +12,7 @@ use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::AsyncSmtpTransport;
 use lettre::{AsyncTransport, Message, Tokio1Executor};
-use megamail_tests::hcu::{strip_trace_header, Hcu, HcuOpts};
+use megamail_tests::hcu::{strip_trace_header, HcuOpts, LocalHcu};
 use megamail_tests::{http_get, workspace_root};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -22,13 +22,13 @@ const SMTP_SOURCE: &str = "/usr/sbin/smtp-source";
 const ACCEPTED: &str = "smtp_messages_total{result=\"accepted\"}";
 const DEFERRED: &str = "smtp_messages_total{result=\"deferred\"}";
 
-async fn start() -> Hcu {
-    Hcu::start(HcuOpts::default())
+async fn start() -> LocalHcu {
+    LocalHcu::start(HcuOpts::default())
         .await
         .expect("starting the HCU")
 }
 
-fn lettre_client(hcu: &Hcu) -> AsyncSmtpTransport<Tokio1Executor> {
+fn lettre_client(hcu: &LocalHcu) -> AsyncSmtpTransport<Tokio1Executor> {
     AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
         .port(hcu.smtp_addr.port())
         .timeout(Some(Duration::from_secs(60)))
@@ -54,7 +54,7 @@ fn lettre_message(to: &[&str], subject: &str) -> Message {
 /// Send `msg` with lettre; returns the mail data the server received. lettre sends the
 /// formatted message followed by `CRLF . CRLF`, and the first CRLF of that ends the message's
 /// last line, so the mail data (RFC 5321 §4.1.1.4) is the formatted bytes plus one CRLF.
-async fn lettre_send(hcu: &Hcu, msg: &Message) -> Vec<u8> {
+async fn lettre_send(hcu: &LocalHcu, msg: &Message) -> Vec<u8> {
     let raw = msg.formatted();
     lettre_client(hcu)
         .send_raw(msg.envelope(), &raw)
@@ -67,7 +67,7 @@ async fn lettre_send(hcu: &Hcu, msg: &Message) -> Vec<u8> {
 
 /// Assert that exactly one message in `user`'s Inbox is `data` (after its trace header), and
 /// return its index entry.
-async fn assert_arrived(hcu: &Hcu, user: &str, data: &[u8]) -> IndexEntry {
+async fn assert_arrived(hcu: &LocalHcu, user: &str, data: &[u8]) -> IndexEntry {
     let inbox = hcu.inbox(user).await.expect("reading the inbox");
     let matches: Vec<&(IndexEntry, Vec<u8>)> = inbox
         .iter()
@@ -208,7 +208,7 @@ fn message_id(stored: &[u8]) -> String {
         .unwrap_or_else(|| panic!("no Message-Id in {text}"))
 }
 
-async fn wait_for_metric(hcu: &Hcu, sample: &str, at_least: f64, timeout: Duration) {
+async fn wait_for_metric(hcu: &LocalHcu, sample: &str, at_least: f64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let v = hcu.smtp_metric(sample).await.unwrap_or(0.0);

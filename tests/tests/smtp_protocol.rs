@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use megamail_tests::hcu::{Hcu, HcuOpts};
+use megamail_tests::hcu::{HcuOpts, LocalHcu};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -80,8 +80,8 @@ impl Smtp {
     }
 }
 
-async fn hcu(opts: HcuOpts) -> Hcu {
-    let h = Hcu::start(opts).await.expect("hcu starts");
+async fn hcu(opts: HcuOpts) -> LocalHcu {
+    let h = LocalHcu::start(opts).await.expect("hcu starts");
     h.add_user_on("alice@megamail.test", "store-1", 0)
         .await
         .unwrap();

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use mailctl::admin::Hcu;
-use mailctl::plan::Endpoints;
+use operator::admin::Hcu;
+use operator::endpoints::Endpoints;
 use sha2::{Digest, Sha256};
 use xfs::{Delivery, Flags, Op, Reply, Summary, Target};
 

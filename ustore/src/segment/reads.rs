@@ -492,7 +492,7 @@ mod tests {
         *expected.last_mut().unwrap() ^= 0x20;
         assert_eq!(stored, expected);
         let what = corrupt(f.exec(fetch(2)));
-        assert!(what.starts_with("body: crc "), "{what}");
+        assert!(what.starts_with("body: checksum mismatch: "), "{what}");
         corrupt(f.exec(Op::Fetch {
             target: t(ALICE),
             msg: 2,
@@ -617,7 +617,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             corrupt(f.exec(Op::GetAccount { target: t(BOB) })),
-            "account: record of 2 bytes"
+            "account: record of 2 bytes is shorter than its checksum"
         );
     }
 }
