@@ -1,0 +1,494 @@
+//! Length bombs against real processes: frames whose header is honest but whose bincode payload
+//! claims a string or byte buffer of 2^62 or 2^40 bytes, a header claiming 4 GiB, and truncated
+//! frames, sent to a store's XFS port and to a member index replica, before and after a good
+//! hello. Each one must close only its own connection and be counted by kind in
+//! `ustore_frame_errors_total` / `mserv_frame_errors_total`; the process keeps running, stays
+//! healthy and answers the next normal call.
+//!
+//! A 19-byte hello claiming a 2^62-byte client name once aborted a store
+//! (`memory allocation of 4611686018427387904 bytes failed`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use megamail_tests::hcu::metric_value;
+use megamail_tests::mserv::{test_client, Mserv, MservOpts};
+use megamail_tests::{http_get, Proc, Ustore, UstoreOpts};
+use mserv::{Policy, StoreInfo, StoreState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use xfs::frame;
+
+/// The frame-error kinds a server counts; every one is checked after every bomb.
+const KINDS: [&str; 8] = [
+    "io",
+    "too_large",
+    "bad_crc",
+    "decode",
+    "truncated",
+    "no_hello",
+    "second_hello",
+    "version",
+];
+
+/// A frame around `payload`: `u32 length | u32 crc32`, big-endian, then the payload.
+fn frame_of(payload: &[u8]) -> Vec<u8> {
+    let mut buf = (payload.len() as u32).to_be_bytes().to_vec();
+    buf.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+    buf.extend_from_slice(payload);
+    buf
+}
+
+/// bincode's varint for a u64 length: `0xfd` then the value little-endian.
+fn varint_u64(n: u64) -> Vec<u8> {
+    let mut v = vec![0xfd];
+    v.extend_from_slice(&n.to_le_bytes());
+    v
+}
+
+/// A hello frame (variant 0, version 1 as a one-byte varint) whose client name claims `claim`
+/// bytes and carries none. Both the stores' hello (`u16` version) and the index's (`u32`)
+/// encode this way.
+fn hello_bomb(claim: u64) -> Vec<u8> {
+    let mut payload = vec![0x00, 0x01];
+    payload.extend(varint_u64(claim));
+    frame_of(&payload)
+}
+
+/// A distinct filler of `len` bytes (251..=65535, so bincode writes its length as `0xfb` and a
+/// u16) to find in an encoded frame.
+fn marker(tag: u8, len: usize) -> Vec<u8> {
+    assert!((251..=65535).contains(&len));
+    (0..len)
+        .map(|i| b"QZXJ"[i % 4] ^ (tag & 0x0f) << 4)
+        .collect()
+}
+
+/// Re-frame the correctly encoded `frame` with the length of the string or buffer holding
+/// `field` replaced by `claim`: its `0xfb lo hi` varint becomes `0xfd` and eight bytes, and the
+/// crc is recomputed, so only the lying length is wrong.
+fn with_lying_length(frame: &[u8], field: &[u8], claim: u64) -> Vec<u8> {
+    let payload = &frame[frame::HEADER_LEN..];
+    let at = payload
+        .windows(field.len())
+        .position(|w| w == field)
+        .expect("the field is in the frame");
+    let len = field.len() as u16;
+    let mut varint = vec![0xfb];
+    varint.extend_from_slice(&len.to_le_bytes());
+    assert_eq!(
+        &payload[at - 3..at],
+        &varint[..],
+        "length varint before the field"
+    );
+    let mut patched = payload[..at - 3].to_vec();
+    patched.extend(varint_u64(claim));
+    patched.extend_from_slice(&payload[at..]);
+    frame_of(&patched)
+}
+
+/// What to send on a fresh connection.
+struct Bomb {
+    what: &'static str,
+    /// Send a good hello (and read the server's) first.
+    after_hello: bool,
+    bytes: Vec<u8>,
+    /// Close our writing half after the bytes (a truncated frame ends at the peer's close).
+    then_shutdown: bool,
+    /// The kind it is counted under.
+    kind: &'static str,
+}
+
+/// Send one bomb and wait for the server to close the connection.
+async fn explode(addr: SocketAddr, good_hello: &[u8], bomb: &Bomb) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    if bomb.after_hello {
+        s.write_all(good_hello).await.unwrap();
+        let reply =
+            tokio::time::timeout(Duration::from_secs(10), frame::read_frame(&mut s, 1 << 20))
+                .await
+                .unwrap_or_else(|_| panic!("{}: no answer to the hello", bomb.what))
+                .unwrap_or_else(|e| panic!("{}: the hello failed: {e}", bomb.what));
+        assert!(reply.is_some(), "{}: closed at the hello", bomb.what);
+    }
+    s.write_all(&bomb.bytes).await.unwrap();
+    if bomb.then_shutdown {
+        s.shutdown().await.unwrap();
+    }
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "{}: the connection stayed open after the bomb",
+        bomb.what
+    );
+    assert!(
+        rest.is_empty() || matches!(read, Ok(Err(_))),
+        "{}: the server answered a bad frame with {} bytes",
+        bomb.what,
+        rest.len()
+    );
+}
+
+/// Every kind's count on `/metrics` of the process at `admin` is exactly as `expected` (0 when
+/// not listed), and `/healthz` is 200.
+async fn assert_counted(
+    admin: SocketAddr,
+    metric: &str,
+    expected: &BTreeMap<&str, u64>,
+    what: &str,
+) {
+    let (code, _) = http_get(admin, "/healthz").await.unwrap();
+    assert_eq!(code, 200, "{what}: /healthz after the bomb");
+    let (code, text) = http_get(admin, "/metrics").await.unwrap();
+    assert_eq!(code, 200, "{what}: /metrics");
+    for kind in KINDS {
+        let sample = format!("{metric}{{kind=\"{kind}\"}}");
+        let got = metric_value(&text, &sample).unwrap_or(0.0);
+        let want = expected.get(kind).copied().unwrap_or(0) as f64;
+        assert_eq!(got, want, "{what}: {sample}");
+    }
+}
+
+fn assert_alive(proc: &mut Proc, what: &str) {
+    assert!(
+        proc.is_running(),
+        "{what}: {} exited:\n{}",
+        proc.name,
+        proc.log_tail()
+    );
+}
+
+fn four_gib_header() -> Vec<u8> {
+    let mut h = vec![0xff, 0xff, 0xff, 0xff];
+    h.extend_from_slice(&crc32fast::hash(b"").to_be_bytes());
+    h.extend_from_slice(b"then a few bytes");
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_survives_length_bombs_and_counts_them() {
+    use xfs::{ClientFrame, ClientHello, Delivery, Flags, Op, Request, Summary, Target};
+
+    let mut store = Ustore::start(UstoreOpts::default()).await.unwrap();
+    let cfg = || xfs::ClientConfig {
+        name: "test".into(),
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(500),
+        ..Default::default()
+    };
+    // A client whose pooled connections were open before any bomb, and one made after each.
+    let kept = xfs::Client::new(cfg());
+    let addr = store.addr.to_string();
+    kept.pool(&addr).run(xfs::ops::Ping {}).await.unwrap();
+
+    let good_hello = frame::encode(&ClientFrame::Hello(ClientHello {
+        version: xfs::PROTOCOL_VERSION,
+        client: "hostile".into(),
+    }))
+    .unwrap();
+    let request = |trace: String, body: Vec<u8>| {
+        frame::encode(&ClientFrame::Request(Request {
+            id: 1,
+            deadline_ms: 5000,
+            trace,
+            op: Op::Deliver {
+                target: Target::new("nobody@example.test", 0, 1),
+                delivery: Delivery {
+                    id: [7; 32],
+                    folder: None,
+                    internal_date_ms: 1,
+                    flags: Flags::default(),
+                    summary: Summary::default(),
+                    body,
+                },
+            },
+        }))
+        .unwrap()
+    };
+    let (trace, body) = (marker(1, 300), marker(2, 400));
+    let plain = request(String::from_utf8(trace.clone()).unwrap(), body.clone());
+    let hello_19 = hello_bomb(1 << 62);
+    assert_eq!(hello_19.len(), 19);
+    let mut bad_crc_bomb = hello_bomb(1 << 62);
+    bad_crc_bomb[4] ^= 0x01;
+
+    let bombs = vec![
+        Bomb {
+            what: "hello whose client name claims 2^62 bytes (19 bytes)",
+            after_hello: false,
+            bytes: hello_19,
+            then_shutdown: false,
+            kind: "decode",
+        },
+        Bomb {
+            what: "hello whose client name claims 2^40 bytes",
+            after_hello: false,
+            bytes: hello_bomb(1 << 40),
+            then_shutdown: false,
+            kind: "decode",
+        },
+        Bomb {
+            what: "the 2^62 hello with a wrong crc",
+            after_hello: false,
+            bytes: bad_crc_bomb,
+            then_shutdown: false,
+            kind: "bad_crc",
+        },
+        Bomb {
+            what: "a header claiming 4 GiB instead of a hello",
+            after_hello: false,
+            bytes: four_gib_header(),
+            then_shutdown: false,
+            kind: "too_large",
+        },
+        Bomb {
+            what: "a header claiming 4 GiB after the hello",
+            after_hello: true,
+            bytes: four_gib_header(),
+            then_shutdown: false,
+            kind: "too_large",
+        },
+        Bomb {
+            what: "a request whose trace claims 2^62 bytes",
+            after_hello: true,
+            bytes: with_lying_length(&plain, &trace, 1 << 62),
+            then_shutdown: false,
+            kind: "decode",
+        },
+        Bomb {
+            what: "a delivery whose body claims 2^62 bytes",
+            after_hello: true,
+            bytes: with_lying_length(&plain, &body, 1 << 62),
+            then_shutdown: false,
+            kind: "decode",
+        },
+        Bomb {
+            what: "a delivery whose body claims 2^40 bytes",
+            after_hello: true,
+            bytes: with_lying_length(&plain, &body, 1 << 40),
+            then_shutdown: false,
+            kind: "decode",
+        },
+        Bomb {
+            what: "a hello cut short inside its payload",
+            after_hello: false,
+            bytes: hello_bomb(1 << 62)[..13].to_vec(),
+            then_shutdown: true,
+            kind: "truncated",
+        },
+        Bomb {
+            what: "three bytes of a header",
+            after_hello: false,
+            bytes: vec![0, 0, 0],
+            then_shutdown: true,
+            kind: "truncated",
+        },
+        Bomb {
+            what: "a delivery cut short after the hello",
+            after_hello: true,
+            bytes: plain[..plain.len() / 2].to_vec(),
+            then_shutdown: true,
+            kind: "truncated",
+        },
+    ];
+
+    let mut expected = BTreeMap::new();
+    assert_counted(
+        store.proc.admin,
+        "ustore_frame_errors_total",
+        &expected,
+        "at start",
+    )
+    .await;
+    for bomb in &bombs {
+        let started = Instant::now();
+        explode(store.addr, &good_hello, bomb).await;
+        *expected.entry(bomb.kind).or_insert(0) += 1;
+        assert_alive(&mut store.proc, bomb.what);
+        assert_counted(
+            store.proc.admin,
+            "ustore_frame_errors_total",
+            &expected,
+            bomb.what,
+        )
+        .await;
+        xfs::Client::new(cfg())
+            .pool(&addr)
+            .run(xfs::ops::Ping {})
+            .await
+            .unwrap_or_else(|e| panic!("{}: a fresh client's ping: {e}", bomb.what));
+        kept.pool(&addr)
+            .run(xfs::ops::Ping {})
+            .await
+            .unwrap_or_else(|e| panic!("{}: a pooled client's ping: {e}", bomb.what));
+        assert_alive(&mut store.proc, bomb.what);
+        println!(
+            "store: {} -> {} ({:?})",
+            bomb.what,
+            bomb.kind,
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_replica_survives_length_bombs_and_counts_them() {
+    use mserv::proto::{ClientFrame, ClientHello, Command, Op, Request, PROTOCOL_VERSION};
+
+    let mut m = Mserv::start(MservOpts {
+        replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let id = *m.replicas.keys().next().unwrap();
+    let addr = m.replicas[&id].addr;
+    let admin = m.replicas[&id].proc.admin;
+    let kept = m.client_of(id);
+    kept.register_store(StoreInfo {
+        name: "store-1".into(),
+        xfs_addr: "127.0.0.1:1".into(),
+        cluster: "hcu-1".into(),
+        segments: vec![0],
+        state: StoreState::Active,
+    })
+    .await
+    .unwrap();
+    let placed = kept
+        .create_user("alice@example.test", Policy::LeastLoaded)
+        .await
+        .unwrap();
+
+    let good_hello = frame::encode(&ClientFrame::Hello(ClientHello {
+        version: PROTOCOL_VERSION,
+        client: "hostile".into(),
+    }))
+    .unwrap();
+    let (name, other) = (marker(3, 300), marker(4, 500));
+    let lookup = frame::encode(&ClientFrame::Request(Request {
+        id: 1,
+        deadline_ms: 5000,
+        op: Op::Lookup {
+            user: String::from_utf8(name.clone()).unwrap(),
+        },
+    }))
+    .unwrap();
+    let write = frame::encode(&ClientFrame::Request(Request {
+        id: 2,
+        deadline_ms: 5000,
+        op: Op::Write {
+            cmd: Command::CreateUser {
+                user: String::from_utf8(other.clone()).unwrap(),
+                policy: Policy::LeastLoaded,
+            },
+            forwarded: false,
+        },
+    }))
+    .unwrap();
+    let hello_19 = hello_bomb(1 << 62);
+    assert_eq!(hello_19.len(), 19);
+
+    let bombs = vec![
+        Bomb {
+            what: "hello whose client name claims 2^62 bytes (19 bytes)",
+            after_hello: false,
+            bytes: hello_19,
+            then_shutdown: false,
+            kind: "decode",
+        },
+        Bomb {
+            what: "hello whose client name claims 2^40 bytes",
+            after_hello: false,
+            bytes: hello_bomb(1 << 40),
+            then_shutdown: false,
+            kind: "decode",
+        },
+        Bomb {
+            what: "a header claiming 4 GiB instead of a hello",
+            after_hello: false,
+            bytes: four_gib_header(),
+            then_shutdown: false,
+            kind: "too_large",
+        },
+        Bomb {
+            what: "a header claiming 4 GiB after the hello",
+            after_hello: true,
+            bytes: four_gib_header(),
+            then_shutdown: false,
+            kind: "too_large",
+        },
+        Bomb {
+            what: "a lookup whose user claims 2^62 bytes",
+            after_hello: true,
+            bytes: with_lying_length(&lookup, &name, 1 << 62),
+            then_shutdown: false,
+            kind: "decode",
+        },
+        Bomb {
+            what: "a create-user write whose user claims 2^40 bytes",
+            after_hello: true,
+            bytes: with_lying_length(&write, &other, 1 << 40),
+            then_shutdown: false,
+            kind: "decode",
+        },
+        Bomb {
+            what: "a create-user write whose user claims 2^62 bytes",
+            after_hello: true,
+            bytes: with_lying_length(&write, &other, 1 << 62),
+            then_shutdown: false,
+            kind: "decode",
+        },
+        Bomb {
+            what: "a hello cut short inside its payload",
+            after_hello: false,
+            bytes: hello_bomb(1 << 62)[..13].to_vec(),
+            then_shutdown: true,
+            kind: "truncated",
+        },
+        Bomb {
+            what: "a lookup cut short after the hello",
+            after_hello: true,
+            bytes: lookup[..lookup.len() / 2].to_vec(),
+            then_shutdown: true,
+            kind: "truncated",
+        },
+    ];
+
+    let mut expected = BTreeMap::new();
+    assert_counted(admin, "mserv_frame_errors_total", &expected, "at start").await;
+    for bomb in &bombs {
+        let started = Instant::now();
+        explode(addr, &good_hello, bomb).await;
+        *expected.entry(bomb.kind).or_insert(0) += 1;
+        let proc = &mut m.replicas.get_mut(&id).unwrap().proc;
+        assert_alive(proc, bomb.what);
+        assert_counted(admin, "mserv_frame_errors_total", &expected, bomb.what).await;
+        let fresh = test_client(vec![addr.to_string()]);
+        fresh
+            .ping()
+            .await
+            .unwrap_or_else(|e| panic!("{}: a fresh client's ping: {e}", bomb.what));
+        assert_eq!(
+            fresh.lookup("alice@example.test").await.unwrap(),
+            placed,
+            "{}: a fresh client's lookup",
+            bomb.what
+        );
+        assert_eq!(
+            kept.lookup("alice@example.test").await.unwrap(),
+            placed,
+            "{}: a pooled client's lookup",
+            bomb.what
+        );
+        let proc = &mut m.replicas.get_mut(&id).unwrap().proc;
+        assert_alive(proc, bomb.what);
+        println!(
+            "mserv: {} -> {} ({:?})",
+            bomb.what,
+            bomb.kind,
+            started.elapsed()
+        );
+    }
+}
