@@ -20,8 +20,12 @@ use crate::shutdown::Shutdown;
 pub enum Admit<P> {
     /// Serve it, holding `P` for as long as it lives.
     Serve(P),
-    /// Close it, counted under this outcome.
-    Refuse(&'static str),
+    /// Close it, counted under `outcome`, after writing `farewell` (if any: a protocol's "try
+    /// again later" line) within two seconds.
+    Refuse {
+        outcome: &'static str,
+        farewell: Option<Vec<u8>>,
+    },
 }
 
 /// Accept until `shutdown` triggers, serving at most `max_conns` connections at once with
@@ -75,8 +79,11 @@ pub async fn serve_admitting<A, P, F, Fut>(
         };
         let held = match admit(peer) {
             Admit::Serve(held) => held,
-            Admit::Refuse(outcome) => {
+            Admit::Refuse { outcome, farewell } => {
                 conns.with_label_values(&[outcome]).inc();
+                if let Some(bytes) = farewell {
+                    tokio::spawn(say_farewell(stream, bytes));
+                }
                 continue;
             }
         };
@@ -87,6 +94,16 @@ pub async fn serve_admitting<A, P, F, Fut>(
             conn.await;
         });
     }
+}
+
+/// Tell a refused client why, and close.
+async fn say_farewell(mut stream: TcpStream, bytes: Vec<u8>) {
+    use tokio::io::AsyncWriteExt as _;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! SIGTERM triggers the shutdown that `on_signals` watches, and a second one ends the process at once.
-//! Alone in its file: these tests signal their own process (or a copy of it).
+//! Alone in its file: these tests signal their own process (or the `signal_child` example).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -8,8 +8,15 @@ use runtime::shutdown::{on_signals, Shutdown};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 const HANG: Duration = Duration::from_secs(20);
-/// Set in the copy of this test binary that `second_signal_exits_at_once` starts.
-const CHILD_ENV: &str = "RUNTIME_SIGNAL_TEST_CHILD";
+/// The `signal_child` example, built beside this test binary (`target/<profile>/examples/`).
+fn child_exe() -> std::path::PathBuf {
+    let me = std::env::current_exe().expect("test binary path");
+    let profile_dir = me
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    profile_dir.join("examples").join("signal_child")
+}
 
 fn send_sigterm(pid: u32) {
     let status = std::process::Command::new("kill")
@@ -21,9 +28,6 @@ fn send_sigterm(pid: u32) {
 
 #[tokio::test]
 async fn sigterm_triggers_shutdown() {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return;
-    }
     let shutdown = Shutdown::new();
     on_signals(&shutdown);
     assert!(!shutdown.is_triggered());
@@ -33,29 +37,11 @@ async fn sigterm_triggers_shutdown() {
         .expect("SIGTERM triggered the shutdown");
 }
 
-/// In the child: a process whose drain never finishes.
-#[tokio::test]
-async fn signal_child() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
-    let shutdown = Shutdown::new();
-    on_signals(&shutdown);
-    println!("child: ready");
-    shutdown.triggered().await;
-    println!("child: draining");
-    std::future::pending::<()>().await;
-}
-
 #[tokio::test]
 async fn second_signal_exits_at_once() {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        return;
-    }
-    let exe = std::env::current_exe().expect("test binary path");
+    let exe = child_exe();
+    assert!(exe.exists(), "{} is built with the tests", exe.display());
     let mut child = tokio::process::Command::new(exe)
-        .args(["--exact", "signal_child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()

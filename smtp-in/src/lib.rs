@@ -21,9 +21,10 @@ use std::time::Duration;
 use anyhow::Context;
 use runtime::faults::Faults;
 use runtime::health::Health;
+use runtime::server::Admit;
 use runtime::shutdown::Shutdown;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use config::SmtpInConfig;
@@ -150,49 +151,45 @@ pub async fn run_with(
     Ok(())
 }
 
+/// The shared accept loop (`runtime::server`) with smtp-in's own admission: sessions in total
+/// and per client address, a refused client told `421 4.7.0` why.
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<Ctx<deliver::Stores>>,
     slots: Arc<Slots>,
     shutdown: Shutdown,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.triggered() => break,
-            x = runtime::net::accept(&listener) => x,
-        };
-        let slot = match slots.take(peer.ip()) {
-            Ok(s) => s,
-            Err(why) => {
-                let (label, text) = match why {
-                    Refused::Total => ("refused_total", "too many connections"),
-                    Refused::Client => ("refused_client", "too many connections from your address"),
-                };
-                metrics::SESSIONS.with_label_values(&[label]).inc();
-                metrics::OPS.shed.inc();
-                let line = format!(
-                    "421 4.7.0 {} Error: {text}, try again later\r\n",
-                    ctx.cfg.hostname
-                );
-                tokio::spawn(refuse(stream, line));
-                continue;
+    let hostname = ctx.cfg.hostname.clone();
+    let admit = move |peer: std::net::SocketAddr| match slots.take(peer.ip()) {
+        Ok(slot) => Admit::Serve(slot),
+        Err(why) => {
+            let (outcome, text) = match why {
+                Refused::Total => ("refused_total", "too many connections"),
+                Refused::Client => ("refused_client", "too many connections from your address"),
+            };
+            metrics::OPS.shed.inc();
+            let line = format!("421 4.7.0 {hostname} Error: {text}, try again later\r\n");
+            Admit::Refuse {
+                outcome,
+                farewell: Some(line.into_bytes()),
             }
-        };
-        metrics::SESSIONS.with_label_values(&["accepted"]).inc();
-        let ctx = ctx.clone();
-        let sd = shutdown.clone();
-        shutdown.spawn(async move {
-            let _slot = slot;
-            session::serve(ctx, stream, peer, sd).await;
-        });
-    }
-}
-
-/// Tell a client past the session limits why, and close.
-async fn refuse(mut stream: TcpStream, line: String) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        stream.write_all(line.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await;
+        }
+    };
+    let sd = shutdown.clone();
+    runtime::server::serve_admitting(
+        listener,
+        // The session limits above are the bound.
+        tokio::sync::Semaphore::MAX_PERMITS,
+        metrics::SESSIONS.clone(),
+        shutdown,
+        admit,
+        move |stream, peer, slot| {
+            let (ctx, sd) = (ctx.clone(), sd.clone());
+            async move {
+                let _slot = slot;
+                session::serve(ctx, stream, peer, sd).await;
+            }
+        },
+    )
+    .await
 }

@@ -416,12 +416,12 @@ async fn store_sheds_three_times_its_capacity_and_recovers() {
     );
     assert!(
         percentile(&rec.busy, 0.50) < Duration::from_millis(10),
-        "shed p50 {:?} (goal: p99 under 10 ms)",
+        "shed p50 {:?} (at most 10 ms)",
         percentile(&rec.busy, 0.50)
     );
     assert!(
         percentile(&rec.busy, 0.99) < Duration::from_millis(50),
-        "shed p99 {:?} (goal: under 10 ms)",
+        "shed p99 {:?} (a loose bound of 50 ms; the 10 ms goal is printed above)",
         percentile(&rec.busy, 0.99)
     );
     assert!(

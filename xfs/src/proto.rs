@@ -412,11 +412,11 @@ macro_rules! operations {
                 impl Call for $name {
                     type Output = $out;
                     const NAME: &'static str = $label;
-                    fn output(reply: Reply) -> Result<$out, Reply> {
+                    fn output(reply: Reply) -> Result<$out, Box<Reply>> {
                         #[allow(unreachable_patterns)]
                         match reply {
                             $pat => Ok($val),
-                            other => Err(other),
+                            other => Err(Box::new(other)),
                         }
                     }
                 }
@@ -429,8 +429,8 @@ macro_rules! operations {
 pub trait Call: Into<Op> {
     type Output;
     const NAME: &'static str;
-    /// The typed reply, or the reply given back when it has another shape.
-    fn output(reply: Reply) -> Result<Self::Output, Reply>;
+    /// The typed reply, or the reply given back (boxed: the rare path) when it has another shape.
+    fn output(reply: Reply) -> Result<Self::Output, Box<Reply>>;
 }
 
 /// What a delivery answers.
