@@ -67,16 +67,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutd
         max_frame: ctx.max_frame,
         ..Default::default()
     };
-    let stop = shutdown.token();
+    let handle = serve::handler(ctx, limits, shutdown.token());
     runtime::server::serve(
         listener,
         max_conns,
         metrics::CONNECTIONS.clone(),
         shutdown,
-        move |stream, peer| {
-            let (ctx, limits, stop) = (ctx.clone(), limits.clone(), stop.clone());
-            async move { serve::connection(stream, peer, ctx, &limits, stop).await }
-        },
+        handle,
     )
     .await
 }

@@ -62,7 +62,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 /// Decode a payload (checksum already verified by [`read_frame`]); no length inside it is
 /// trusted beyond the payload's own size ([`codec::decode`]).
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    codec::decode(payload).map_err(|e| FrameError::Decode(e.to_string()))
+    codec::decode(payload).map_err(|e| match e {
+        codec::CodecError::Decode(why) => FrameError::Decode(why),
+        other => FrameError::Decode(other.to_string()),
+    })
 }
 
 /// Read one frame's payload, verifying length and checksum. `Ok(None)` is a clean end of stream

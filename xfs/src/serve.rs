@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +29,7 @@ pub enum Incoming<R> {
 /// A server's side of a protocol and what it does with requests.
 pub trait Service: Send + Sync + 'static {
     type ClientFrame: DeserializeOwned + Send;
-    type ServerFrame: Serialize + Send;
+    type ServerFrame: Serialize + Send + Sync;
     type Request: Send + 'static;
 
     /// What a client frame is.
@@ -77,17 +78,15 @@ impl Default for ConnLimits {
 
 /// Serve one connection until the client closes it, a frame is bad, it idles out, or `stop` is
 /// cancelled; then wait for the answers in flight to be written.
-pub async fn connection<S, T>(
-    stream: T,
+pub async fn connection<S: Service>(
+    stream: TcpStream,
     peer: SocketAddr,
     service: Arc<S>,
     limits: &ConnLimits,
     stop: CancellationToken,
-) where
-    S: Service,
-    T: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (rd, wr) = tokio::io::split(stream);
+) {
+    // Owned halves: reads and writes proceed without a lock between them.
+    let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut wr = BufWriter::new(wr);
     let first = tokio::time::timeout(
@@ -189,6 +188,19 @@ pub async fn connection<S, T>(
     // The writer ends once every request in flight has sent its answer.
     drop(tx);
     let _ = writer.await;
+}
+
+/// What an accept loop (`runtime::server::serve`) calls per connection: [`connection`] with
+/// this service, these limits and this stop signal.
+pub fn handler<S: Service>(
+    service: Arc<S>,
+    limits: ConnLimits,
+    stop: CancellationToken,
+) -> impl Fn(TcpStream, SocketAddr) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    move |stream, peer| {
+        let (service, limits, stop) = (service.clone(), limits.clone(), stop.clone());
+        Box::pin(async move { connection(stream, peer, service, &limits, stop).await })
+    }
 }
 
 async fn send<F: Serialize>(tx: &mpsc::Sender<Vec<u8>>, answer: F) -> Result<(), ()> {
