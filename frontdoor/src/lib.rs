@@ -9,7 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod compose;
-pub mod config;
+pub use role_config::frontdoor as config;
 pub mod error;
 pub mod form;
 pub mod layers;

@@ -9,7 +9,7 @@
 //! Tokens, password hashing and the throttle come from the `session` crate, shared with the
 //! front doors and mailctl.
 
-pub mod config;
+pub use role_config::login as config;
 pub mod frontdoors;
 pub mod metrics;
 pub mod pages;

@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::layout::Layout;
+use role_config::{
+    FrontdoorConfig, KeyConfig, LoginConfig, MservConfig, PeerConfig, SegmentConfig, SmtpInConfig,
+    UstoreConfig,
+};
+use runtime::config::AdminConfig;
+
+use crate::layout::{Layout, Listen};
 pub use operator::endpoints::{Endpoints, ProcessEndpoint, StoreEndpoint};
 
 /// One process `mailctl up` runs.
@@ -30,14 +36,7 @@ pub struct ProcSpec {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SessionKeys {
     pub current_key: String,
-    pub keys: Vec<KeyEntry>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyEntry {
-    pub id: String,
-    pub secret: String,
+    pub keys: Vec<KeyConfig>,
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -69,7 +68,7 @@ pub fn session_keys(data: &Path) -> anyhow::Result<SessionKeys> {
     let secret: [u8; 32] = rand::random();
     let keys = SessionKeys {
         current_key: "k1".into(),
-        keys: vec![KeyEntry {
+        keys: vec![KeyConfig {
             id: "k1".into(),
             secret: hex::encode(secret),
         }],
@@ -78,155 +77,122 @@ pub fn session_keys(data: &Path) -> anyhow::Result<SessionKeys> {
     Ok(keys)
 }
 
-fn quoted(list: &[String]) -> String {
-    let items: Vec<String> = list.iter().map(|s| format!("\"{s}\"")).collect();
-    format!("[{}]", items.join(", "))
-}
-
-fn keys_toml(keys: &SessionKeys) -> String {
-    let mut s = format!("current-key = \"{}\"\n", keys.current_key);
-    for k in &keys.keys {
-        s.push_str(&format!(
-            "\n[[keys]]\nid = \"{}\"\nsecret = \"{}\"\n",
-            k.id, k.secret
-        ));
-    }
-    s
-}
-
-fn path_str(p: &Path) -> String {
-    p.display()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
+/// The header of every config `mailctl up` writes.
+fn written_for(name: &str) -> String {
+    format!("Written by `mailctl up` for {name}; edit deploy/local.toml instead.")
 }
 
 /// Every process of the layout, with its config.
 pub fn processes(layout: &Layout, data: &Path, keys: &SessionKeys) -> Vec<ProcSpec> {
     let mserv: Vec<String> = layout.mserv.iter().map(|m| m.listen.to_string()).collect();
+    let admin = |listen| AdminConfig { listen };
     let mut out = Vec::new();
-    let log = |name: &str| {
-        format!("# Written by `mailctl up` for {name}; edit deploy/local.toml instead.\n")
-    };
-    let mut peers = String::new();
-    for (i, m) in layout.mserv.iter().enumerate() {
-        peers.push_str(&format!(
-            "\n[[peers]]\nid = {}\naddr = \"{}\"\n",
-            i + 1,
-            m.listen
-        ));
-    }
-    for (i, m) in layout.mserv.iter().enumerate() {
-        let name = format!("mserv-{}", i + 1);
-        let dir = data.join(&name);
-        let config = format!(
-            "{}id = {}\nlisten = \"{}\"\ndata-dir = \"{}\"\nbootstrap = true\n{peers}\n[admin]\nlisten = \"{}\"\n",
-            log(&name),
-            i + 1,
-            m.listen,
-            path_str(&dir),
-            m.admin
-        );
+    let mut push = |name: String, role, group, l: &Listen, config: String| {
         out.push(ProcSpec {
             name,
-            role: "mserv",
-            group: 0,
-            listen: m.listen,
-            admin: m.admin,
+            role,
+            group,
+            listen: l.listen,
+            admin: l.admin,
             config,
         });
+    };
+    let peers: Vec<PeerConfig> = (1..)
+        .zip(&layout.mserv)
+        .map(|(id, m)| PeerConfig {
+            id,
+            addr: m.listen.to_string(),
+        })
+        .collect();
+    for (id, m) in (1..).zip(&layout.mserv) {
+        let name = format!("mserv-{id}");
+        let cfg = MservConfig {
+            id,
+            listen: m.listen,
+            data_dir: data.join(&name),
+            peers: peers.clone(),
+            bootstrap: true,
+            admin: admin(m.admin),
+            ..MservConfig::default()
+        };
+        let text = role_config::to_toml(&cfg, &written_for(&name));
+        push(name, "mserv", 0, m, text);
     }
     for s in &layout.ustore {
-        let mut config = format!(
-            "{}name = \"{}\"\nlisten = \"{}\"\n\n[admin]\nlisten = \"{}\"\n",
-            log(&s.name),
-            s.name,
-            s.listen,
-            s.admin
-        );
-        for seg in 0..s.segments {
-            let dir = data.join(&s.name).join(format!("seg-{seg}"));
-            config.push_str(&format!(
-                "\n[[segments]]\nid = {seg}\npath = \"{}\"\n",
-                path_str(&dir)
-            ));
-        }
-        out.push(ProcSpec {
+        let cfg = UstoreConfig {
             name: s.name.clone(),
-            role: "ustore",
-            group: 1,
+            listen: s.listen,
+            segments: (0..s.segments)
+                .map(|id| SegmentConfig {
+                    id,
+                    path: data.join(&s.name).join(format!("seg-{id}")),
+                })
+                .collect(),
+            admin: admin(s.admin),
+            ..UstoreConfig::default()
+        };
+        let l = Listen {
             listen: s.listen,
             admin: s.admin,
-            config,
-        });
+        };
+        push(
+            s.name.clone(),
+            "ustore",
+            1,
+            &l,
+            role_config::to_toml(&cfg, &written_for(&s.name)),
+        );
     }
     if let Some(smtp) = &layout.smtp_in {
-        let config = format!(
-            "{}hostname = \"{}\"\nlisten = \"{}\"\ndomains = {}\nmserv = {}\n\n[admin]\nlisten = \"{}\"\n",
-            log("smtp-in"),
-            layout.hostname,
-            smtp.listen,
-            quoted(&layout.domains),
-            quoted(&mserv),
-            smtp.admin
-        );
-        out.push(ProcSpec {
-            name: "smtp-in".into(),
-            role: "smtp-in",
-            group: 2,
+        let cfg = SmtpInConfig {
+            hostname: layout.hostname.clone(),
             listen: smtp.listen,
-            admin: smtp.admin,
-            config,
-        });
+            domains: layout.domains.clone(),
+            mserv: mserv.clone(),
+            admin: admin(smtp.admin),
+            ..SmtpInConfig::default()
+        };
+        let text = role_config::to_toml(&cfg, &written_for("smtp-in"));
+        push("smtp-in".into(), "smtp-in", 2, smtp, text);
     }
+    let login_url = layout
+        .login
+        .as_ref()
+        .map(|l| format!("http://{}", l.listen));
     if let Some(login) = &layout.login {
-        let config = format!(
-            "{}listen = \"{}\"\npublic-url = \"http://{}\"\nmserv = {}\ncookie-secure = false\n{}\n[admin]\nlisten = \"{}\"\n",
-            log("login"),
-            login.listen,
-            login.listen,
-            quoted(&mserv),
-            keys_toml(keys),
-            login.admin
-        );
-        out.push(ProcSpec {
-            name: "login".into(),
-            role: "login",
-            group: 2,
+        let cfg = LoginConfig {
             listen: login.listen,
-            admin: login.admin,
-            config,
-        });
+            public_url: format!("http://{}", login.listen),
+            mserv: mserv.clone(),
+            cookie_secure: false,
+            current_key: keys.current_key.clone(),
+            keys: keys.keys.clone(),
+            admin: admin(login.admin),
+            ..LoginConfig::default()
+        };
+        let text = role_config::to_toml(&cfg, &written_for("login"));
+        push("login".into(), "login", 2, login, text);
     }
     for (i, f) in layout.frontdoor.iter().enumerate() {
         let name = format!("frontdoor-{}", i + 1);
-        let login_url = layout
-            .login
-            .as_ref()
-            .map(|l| format!("http://{}", l.listen))
-            .unwrap_or_default();
-        let relay = layout
-            .smtp_in
-            .as_ref()
-            .map(|s| s.listen.to_string())
-            .unwrap_or_default();
-        let config = format!(
-            "{}listen = \"{}\"\npublic-url = \"http://{}\"\nlogin-url = \"{login_url}\"\nmserv = {}\nsmtp-relay = \"{relay}\"\ncookie-secure = false\n{}\n[admin]\nlisten = \"{}\"\n",
-            log(&name),
-            f.listen,
-            f.listen,
-            quoted(&mserv),
-            keys_toml(keys),
-            f.admin
-        );
-        out.push(ProcSpec {
-            name,
-            role: "frontdoor",
-            group: 2,
+        let cfg = FrontdoorConfig {
             listen: f.listen,
-            admin: f.admin,
-            config,
-        });
+            public_url: format!("http://{}", f.listen),
+            login_url: login_url.clone().unwrap_or_default(),
+            mserv: mserv.clone(),
+            smtp_relay: layout
+                .smtp_in
+                .as_ref()
+                .map(|s| s.listen.to_string())
+                .unwrap_or_default(),
+            cookie_secure: false,
+            current_key: keys.current_key.clone(),
+            keys: keys.keys.clone(),
+            admin: admin(f.admin),
+            ..FrontdoorConfig::default()
+        };
+        let text = role_config::to_toml(&cfg, &written_for(&name));
+        push(name, "frontdoor", 2, f, text);
     }
     out
 }
@@ -316,13 +282,14 @@ mod tests {
             ]
         );
         for p in &procs {
+            use runtime::config::parse;
             let ok = match p.role {
-                "mserv" => runtime::config::parse::<mserv::MservConfig>(&p.config).map(|_| ()),
-                "ustore" => runtime::config::parse::<ustore::UstoreConfig>(&p.config).map(|_| ()),
-                "smtp-in" => runtime::config::parse::<smtp_in::SmtpInConfig>(&p.config).map(|_| ()),
-                _ => toml::from_str::<toml::Table>(&p.config)
-                    .map(|_| ())
-                    .map_err(Into::into),
+                "mserv" => parse::<MservConfig>(&p.config).map(|_| ()),
+                "ustore" => parse::<UstoreConfig>(&p.config).map(|_| ()),
+                "smtp-in" => parse::<SmtpInConfig>(&p.config).map(|_| ()),
+                "login" => parse::<LoginConfig>(&p.config).map(|_| ()),
+                "frontdoor" => parse::<FrontdoorConfig>(&p.config).map(|_| ()),
+                other => panic!("no config type for {other}"),
             };
             assert!(ok.is_ok(), "{}: {:?}\n{}", p.name, ok, p.config);
         }

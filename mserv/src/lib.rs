@@ -7,7 +7,7 @@
 //! never calls a store: a caller holding a stale placement is fenced by the store (`Moved`),
 //! drops its cached entry and looks the user up again.
 
-pub mod config;
+pub use role_config::mserv as config;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -88,6 +88,25 @@ pub fn conclude(
     }
 }
 
+/// For a role's `validate`: "NAME: must be at least 1" for every field that is zero.
+pub fn require_nonzero(errs: &mut Vec<String>, fields: &[(&str, u64)]) {
+    for (name, v) in fields {
+        if *v == 0 {
+            errs.push(format!("{name}: must be at least 1"));
+        }
+    }
+}
+
+/// For a role's `validate`: "NAME: V is below the least workable MIN" for every field below its
+/// minimum.
+pub fn require_at_least(errs: &mut Vec<String>, fields: &[(&str, u64, u64)]) {
+    for (name, v, min) in fields {
+        if v < min {
+            errs.push(format!("{name}: {v} is below the least workable {min}"));
+        }
+    }
+}
+
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -4,7 +4,7 @@
 //! it at any moment and nothing acknowledged is lost (a message not yet answered is retried by
 //! its sender, and delivery ids make the retry store nothing twice).
 
-pub mod config;
+pub use role_config::smtp_in as config;
 pub mod deliver;
 pub mod io;
 pub mod mailboxes;

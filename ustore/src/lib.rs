@@ -2,7 +2,7 @@
 //! segment, serving the XFS protocol. It never calls the member index: it is the authority on
 //! which mailboxes it holds, and fences stale callers with `Moved`.
 
-pub mod config;
+pub use role_config::ustore as config;
 pub mod keys;
 pub mod metrics;
 pub mod segment;

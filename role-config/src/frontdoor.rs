@@ -2,17 +2,13 @@
 
 use std::net::SocketAddr;
 
-use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
+use runtime::config::{
+    conclude, require_nonzero, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
+};
 use serde::{Deserialize, Serialize};
 
-/// One session signing key: an id (named in every token it signs) and a hex secret.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct KeyConfig {
-    pub id: String,
-    /// Hex, at least 32 bytes. Shared with the login servers.
-    pub secret: String,
-}
+use crate::is_http_url;
+use crate::keys::{self, KeyConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -91,12 +87,7 @@ impl Default for FrontdoorConfig {
 impl FrontdoorConfig {
     /// The session keys, checked.
     pub fn session_keys(&self) -> Result<session::token::Keys, String> {
-        let pairs: Vec<(String, String)> = self
-            .keys
-            .iter()
-            .map(|k| (k.id.clone(), k.secret.clone()))
-            .collect();
-        session::token::Keys::new(&self.current_key, &pairs)
+        keys::signing_keys(&self.current_key, &self.keys)
     }
 
     /// The relay's host and port.
@@ -116,13 +107,6 @@ impl FrontdoorConfig {
     }
 }
 
-fn is_http_url(s: &str) -> bool {
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"));
-    rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
-}
-
 impl Validate for FrontdoorConfig {
     fn validate(&self) -> Result<(), String> {
         let mut errs = Vec::new();
@@ -140,23 +124,18 @@ impl Validate for FrontdoorConfig {
         if let Err(e) = self.relay_host_port() {
             errs.push(e);
         }
-        if self.keys.is_empty() {
-            errs.push("keys: at least one session key is needed".into());
-        } else if let Err(e) = self.session_keys() {
-            errs.push(format!("keys: {e}"));
-        }
-        for (name, v) in [
-            ("page-size", u64::from(self.page_size)),
-            ("store-timeout-ms", self.store_timeout_ms),
-            ("store-refresh-secs", self.store_refresh_secs),
-            ("smtp-timeout-secs", self.smtp_timeout_secs),
-            ("max-connections", self.max_connections as u64),
-            ("header-timeout-secs", self.header_timeout_secs),
-        ] {
-            if v == 0 {
-                errs.push(format!("{name}: must be at least 1"));
-            }
-        }
+        keys::check(&self.current_key, &self.keys, &mut errs);
+        require_nonzero(
+            &mut errs,
+            &[
+                ("page-size", u64::from(self.page_size)),
+                ("store-timeout-ms", self.store_timeout_ms),
+                ("store-refresh-secs", self.store_refresh_secs),
+                ("smtp-timeout-secs", self.smtp_timeout_secs),
+                ("max-connections", self.max_connections as u64),
+                ("header-timeout-secs", self.header_timeout_secs),
+            ],
+        );
         if self.page_size > 500 {
             errs.push(format!("page-size: {} is above 500", self.page_size));
         }
@@ -182,7 +161,7 @@ mod tests {
 
     #[test]
     fn the_example_file_parses() {
-        let text = include_str!("../frontdoor.example.toml");
+        let text = include_str!("../../deploy/frontdoor.example.toml");
         let cfg: FrontdoorConfig = runtime::config::parse(text).unwrap();
         assert_eq!(cfg.current_key, "k1");
         assert_eq!(cfg.relay_host_port().unwrap(), ("127.0.0.1".into(), 2525));

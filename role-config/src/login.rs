@@ -2,28 +2,13 @@
 
 use std::net::SocketAddr;
 
-use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
+use runtime::config::{
+    conclude, require_nonzero, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
+};
 use serde::{Deserialize, Serialize};
-
 use session::token::Keys;
 
-/// One session signing key: an id (named in every token it signs) and a hex secret.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct KeyConfig {
-    pub id: String,
-    /// Hex, at least 32 bytes.
-    pub secret: String,
-}
-
-impl std::fmt::Debug for KeyConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print secrets.
-        f.debug_struct("KeyConfig")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
+use crate::keys::{self, KeyConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -78,12 +63,7 @@ impl Default for LoginConfig {
 impl LoginConfig {
     /// The signing keys (the config has been validated, so they are well-formed).
     pub fn signing_keys(&self) -> Result<Keys, String> {
-        let pairs: Vec<(String, String)> = self
-            .keys
-            .iter()
-            .map(|k| (k.id.clone(), k.secret.clone()))
-            .collect();
-        Keys::new(&self.current_key, &pairs)
+        keys::signing_keys(&self.current_key, &self.keys)
     }
 }
 
@@ -104,28 +84,24 @@ impl Validate for LoginConfig {
         if self.mserv.is_empty() {
             errs.push("mserv: at least one member index replica is needed".into());
         }
-        if self.keys.is_empty() {
-            errs.push("keys: at least one [[keys]] entry (id and hex secret) is needed".into());
-        } else if let Err(e) = self.signing_keys() {
-            errs.push(format!("keys: {e}"));
-        }
+        keys::check(&self.current_key, &self.keys, &mut errs);
         if self.session_ttl_secs < 60 {
             errs.push(format!(
                 "session-ttl-secs: {} is below the least workable 60",
                 self.session_ttl_secs
             ));
         }
-        for (name, v) in [
-            ("max-failures-per-user", self.max_failures_per_user),
-            ("max-failures-per-client", self.max_failures_per_client),
-        ] {
-            if v == 0 {
-                errs.push(format!("{name}: must be at least 1"));
-            }
-        }
-        if self.failure_window_secs == 0 {
-            errs.push("failure-window-secs: must be at least 1".into());
-        }
+        require_nonzero(
+            &mut errs,
+            &[
+                ("max-failures-per-user", self.max_failures_per_user.into()),
+                (
+                    "max-failures-per-client",
+                    self.max_failures_per_client.into(),
+                ),
+                ("failure-window-secs", self.failure_window_secs),
+            ],
+        );
         conclude(errs, &self.log, &self.admin, &self.faults)
     }
 }
@@ -142,7 +118,7 @@ mod tests {
 
     #[test]
     fn the_example_file_parses() {
-        let text = include_str!("../login.example.toml");
+        let text = include_str!("../../deploy/login.example.toml");
         let cfg: LoginConfig = runtime::config::parse(text).unwrap();
         assert_eq!(cfg.current_key, "k1");
         assert_eq!(cfg.keys.len(), 1);
@@ -180,14 +156,5 @@ mod tests {
             assert!(err.contains(key), "{key} in {err}");
         }
         assert!(runtime::config::parse::<LoginConfig>("cookie-secur = true\n").is_err());
-    }
-
-    #[test]
-    fn secrets_stay_out_of_debug_output() {
-        let k = KeyConfig {
-            id: "k1".into(),
-            secret: "ab".repeat(32),
-        };
-        assert!(!format!("{k:?}").contains("abab"));
     }
 }

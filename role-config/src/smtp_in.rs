@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
+use runtime::config::{
+    conclude, require_at_least, require_nonzero, AdminConfig, FaultsConfig, LogConfig, RoleConfig,
+    Validate,
+};
 use serde::{Deserialize, Serialize};
 
 /// A certificate and its key, both PEM; with them STARTTLS is offered.
@@ -108,27 +111,29 @@ impl Validate for SmtpInConfig {
         if self.mserv.is_empty() {
             errs.push("mserv: at least one member index replica is needed".into());
         }
-        for (name, v, min) in [
-            ("max-message-bytes", self.max_message_bytes, 1024),
-            ("max-recipients", self.max_recipients, 1),
-            ("max-line-bytes", self.max_line_bytes, 512),
-            ("max-sessions", self.max_sessions, 1),
-            ("max-sessions-per-client", self.max_sessions_per_client, 1),
-        ] {
-            if v < min {
-                errs.push(format!("{name}: {v} is below the least workable {min}"));
-            }
-        }
-        for (name, v) in [
-            ("command-timeout-secs", self.command_timeout_secs),
-            ("data-timeout-secs", self.data_timeout_secs),
-            ("deliver-timeout-secs", self.deliver_timeout_secs),
-            ("store-refresh-secs", self.store_refresh_secs),
-        ] {
-            if v == 0 {
-                errs.push(format!("{name}: must be at least 1"));
-            }
-        }
+        require_at_least(
+            &mut errs,
+            &[
+                ("max-message-bytes", self.max_message_bytes as u64, 1024),
+                ("max-recipients", self.max_recipients as u64, 1),
+                ("max-line-bytes", self.max_line_bytes as u64, 512),
+                ("max-sessions", self.max_sessions as u64, 1),
+                (
+                    "max-sessions-per-client",
+                    self.max_sessions_per_client as u64,
+                    1,
+                ),
+            ],
+        );
+        require_nonzero(
+            &mut errs,
+            &[
+                ("command-timeout-secs", self.command_timeout_secs),
+                ("data-timeout-secs", self.data_timeout_secs),
+                ("deliver-timeout-secs", self.deliver_timeout_secs),
+                ("store-refresh-secs", self.store_refresh_secs),
+            ],
+        );
         if let Some(tls) = &self.tls {
             for (name, p) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
                 if !p.is_file() {
@@ -152,7 +157,7 @@ mod tests {
 
     #[test]
     fn the_example_file_parses() {
-        let text = include_str!("../smtp-in.example.toml");
+        let text = include_str!("../../deploy/smtp-in.example.toml");
         let cfg: SmtpInConfig = runtime::config::parse(text).unwrap();
         assert_eq!(cfg.domains, vec!["megamail.test".to_string()]);
     }

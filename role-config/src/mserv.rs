@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
 use serde::{Deserialize, Serialize};
 
-use crate::proto::ReplicaId;
+use mserv_client::proto::ReplicaId;
 
 /// One member of the initial membership.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn example_file_parses() {
-        let text = include_str!("../mserv.example.toml");
+        let text = include_str!("../../deploy/mserv.example.toml");
         let c: MservConfig = runtime::config::parse(text).unwrap();
         assert_eq!(c.peers.len(), 3);
         assert_eq!(c.id, 1);

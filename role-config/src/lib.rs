@@ -1,0 +1,99 @@
+//! The config file of every role, as typed structs: what each role parses at start-up, and what
+//! `mailctl up` and the test harness build and serialize, so a renamed key fails at compile time
+//! rather than when a process starts. No role's code lives here, only its settings: this crate
+//! links neither RocksDB nor openraft, so an operator tool can depend on it.
+//!
+//! Every struct follows `runtime::config`'s conventions (`default`, `deny_unknown_fields`,
+//! kebab-case keys, `log`/`admin`/`faults` sections) and validates itself.
+
+pub mod frontdoor;
+pub mod keys;
+pub mod login;
+pub mod mserv;
+pub mod smtp_in;
+pub mod ustore;
+
+pub use frontdoor::FrontdoorConfig;
+pub use keys::KeyConfig;
+pub use login::LoginConfig;
+pub use mserv::{MservConfig, PeerConfig};
+pub use smtp_in::{SmtpInConfig, TlsConfig};
+pub use ustore::{SegmentConfig, UstoreConfig};
+
+/// A config as its role reads it: TOML, with a first comment line saying who wrote it.
+pub fn to_toml<T: serde::Serialize>(cfg: &T, written_by: &str) -> String {
+    let body = toml::to_string(cfg).expect("a role config always serializes");
+    format!("# {written_by}\n{body}")
+}
+
+/// `true` for `http://host[:port]...` or `https://...` with a host and no white space.
+pub fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime::config::{parse, Validate};
+
+    /// Each role's defaults, once serialized, parse back to the same value: what `mailctl up`
+    /// writes is what the role reads.
+    fn round_trips<T>(cfg: T)
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug + Validate,
+    {
+        let text = to_toml(&cfg, "written by a test");
+        let back: T = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, cfg, "{text}");
+    }
+
+    #[test]
+    fn every_role_config_survives_serialization() {
+        round_trips(UstoreConfig::default());
+        round_trips(MservConfig::default());
+        round_trips(SmtpInConfig {
+            tls: Some(TlsConfig {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+            }),
+            ..SmtpInConfig::default()
+        });
+        let keys = vec![KeyConfig {
+            id: "k1".into(),
+            secret: "ab".repeat(32),
+        }];
+        let mut faults = runtime::config::FaultsConfig::new();
+        faults.insert(
+            "xfs.call".into(),
+            runtime::faults::FaultSpec {
+                delay_ms: 5,
+                fail_rate: 0.5,
+            },
+        );
+        let login = LoginConfig {
+            current_key: "k1".into(),
+            keys: keys.clone(),
+            faults,
+            ..LoginConfig::default()
+        };
+        round_trips(login.clone());
+        assert!(parse::<LoginConfig>(&to_toml(&login, "x")).is_ok());
+        round_trips(FrontdoorConfig {
+            current_key: "k1".into(),
+            keys,
+            ..FrontdoorConfig::default()
+        });
+    }
+
+    #[test]
+    fn http_urls() {
+        assert!(is_http_url("http://127.0.0.1:8080"));
+        assert!(is_http_url("https://mail.example.test/x"));
+        for bad in ["ftp://x", "http://", "https://a b", "127.0.0.1"] {
+            assert!(!is_http_url(bad), "{bad}");
+        }
+    }
+}
