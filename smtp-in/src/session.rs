@@ -211,6 +211,13 @@ impl<M: Mailboxes> Session<M> {
             bytes.pop();
         }
         match String::from_utf8(bytes) {
+            // A bare CR or another control character has no place in a command (RFC 5321
+            // §2.3.8), and echoed in a reply or a trace header it could forge lines.
+            Ok(s) if s.chars().any(|c| c.is_control() && c != '\t') => {
+                self.errors += 1;
+                self.say(conn, "500 5.5.2 Error: command contains a control character");
+                Ok(None)
+            }
             Ok(s) => Ok(Some(s)),
             Err(_) => {
                 self.errors += 1;

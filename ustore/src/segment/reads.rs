@@ -203,6 +203,11 @@ mod tests {
                 },
             },
             Op::MailboxStats { target: target() },
+            Op::Changes {
+                target: target(),
+                since: 0,
+                limit: 10,
+            },
         ]
     }
 
@@ -289,11 +294,6 @@ mod tests {
                 },
                 Op::DeleteAccount {
                     target: target.clone(),
-                },
-                Op::Changes {
-                    target: target.clone(),
-                    since: 0,
-                    limit: 10,
                 },
                 Op::Export {
                     target: target.clone(),

@@ -24,7 +24,9 @@ impl Segment {
         since: u64,
         limit: u32,
     ) -> Result<Reply, XfsError> {
-        let acc = self.account(user)?;
+        // A copy that moved out answers `Moved`, as every read does: its log stops where the
+        // move began, so a caller following it would miss what came after.
+        let acc = self.live_account(user, false)?;
         let mut changes = Vec::new();
         let from = keys::change(user, since.saturating_add(1));
         for kv in self.scan(CF_CHANGES, from, prefix_end(user), false) {
