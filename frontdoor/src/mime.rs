@@ -10,13 +10,11 @@ use html5ever::tokenizer::states::RawKind;
 use html5ever::tokenizer::{
     BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
 };
-use mail_parser::{Address, MessageParser, MimeHeaders, PartType};
-use xfs::Summary;
-
-/// Characters of body text kept as the preview.
-const PREVIEW_CHARS: usize = 200;
-/// Longest header text kept in a summary field.
-const FIELD_CHARS: usize = 500;
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+/// The index summary of a message this front door sends (for its copy in Sent): made as
+/// smtp-in makes it for received mail.
+pub use message::summarize;
+use message::{address_list as addr_list, clip, FIELD_CHARS};
 /// Attachments listed for one message at most.
 const MAX_ATTACHMENTS: usize = 200;
 
@@ -72,42 +70,6 @@ impl Parsed {
         }
         self.html.as_deref().map(html_to_text).unwrap_or_default()
     }
-}
-
-fn clip(s: &str, max: usize) -> String {
-    let s: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max)
-        .collect();
-    s.trim().to_string()
-}
-
-fn addr_list(a: Option<&Address>) -> (String, Vec<String>) {
-    let Some(a) = a else {
-        return (String::new(), Vec::new());
-    };
-    let all: Vec<_> = match a {
-        Address::List(l) => l.iter().collect(),
-        Address::Group(g) => g.iter().flat_map(|g| g.addresses.iter()).collect(),
-    };
-    let text: Vec<String> = all
-        .iter()
-        .map(|addr| match (addr.name(), addr.address()) {
-            (Some(n), Some(e)) => format!("{n} <{e}>"),
-            (None, Some(e)) => e.to_string(),
-            (Some(n), None) => n.to_string(),
-            (None, None) => String::new(),
-        })
-        .filter(|s| !s.is_empty())
-        .collect();
-    let addrs = all
-        .iter()
-        .filter_map(|a| a.address())
-        .map(|e| clip(e, FIELD_CHARS))
-        .filter(|e| e.contains('@'))
-        .collect();
-    (clip(&text.join(", "), FIELD_CHARS * 4), addrs)
 }
 
 /// Parse stored bytes for display. Never fails: what cannot be parsed stays empty.
@@ -296,26 +258,6 @@ impl TokenSink for TextSink {
     }
 }
 
-/// The index summary of a message this front door sends (for its copy in Sent).
-pub fn summarize(raw: &[u8]) -> Summary {
-    let p = parse(raw);
-    let body = p.text_or_html();
-    let words: Vec<&str> = body.split_whitespace().collect();
-    Summary {
-        from: clip(&p.from, FIELD_CHARS),
-        to: clip(&p.to, FIELD_CHARS),
-        subject: p.subject,
-        date: p.date,
-        preview: clip(&words.join(" "), PREVIEW_CHARS),
-        attachments: p
-            .attachments
-            .into_iter()
-            .take(100)
-            .map(|a| clip(&a.name, FIELD_CHARS))
-            .collect(),
-    }
-}
-
 /// Types served as themselves when downloaded; anything else is `application/octet-stream`.
 /// Never HTML, SVG, XML or scripts: those run in the browser.
 const SAFE_TYPES: [&str; 9] = [
@@ -497,8 +439,6 @@ mod tests {
         // Long names and fields are cut on characters.
         let long: String = "日本語".repeat(100);
         assert_eq!(safe_filename(&long).chars().count(), 150);
-        assert_eq!(clip(&"Привет ".repeat(100), 10), "Привет При");
-        assert_eq!(clip("🎉🎉🎉", 2), "🎉🎉");
         let raw = format!(
             "From: =?UTF-8?B?0JjQstCw0L0=?= <ivan@remote.test>\r\nSubject: =?UTF-8?B?5pel5pys6Kqe?=\r\n\r\n{}\r\n",
             "ё".repeat(500)
@@ -506,7 +446,7 @@ mod tests {
         let s = summarize(raw.as_bytes());
         assert_eq!(s.subject, "日本語");
         assert_eq!(s.from, "Иван <ivan@remote.test>");
-        assert_eq!(s.preview, "ё".repeat(PREVIEW_CHARS));
+        assert_eq!(s.preview, "ё".repeat(message::PREVIEW_CHARS));
     }
 
     #[test]

@@ -215,7 +215,10 @@ impl<M: Mailboxes> Session<M> {
             // §2.3.8), and echoed in a reply or a trace header it could forge lines.
             Ok(s) if s.chars().any(|c| c.is_control() && c != '\t') => {
                 self.errors += 1;
-                self.say(conn, "500 5.5.2 Error: command contains a control character");
+                self.say(
+                    conn,
+                    "500 5.5.2 Error: command contains a control character",
+                );
                 Ok(None)
             }
             Ok(s) => Ok(Some(s)),

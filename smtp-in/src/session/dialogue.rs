@@ -330,9 +330,17 @@ async fn ehlo_lists_the_extensions_and_helo_does_not() {
     c.send("HELO   ").await.expect("501 5.5.4");
     c.send("STARTTLS").await.expect("502 5.5.1");
     // A bare CR or another control character in a command is refused, never echoed.
-    for bad in ["EHLO evil\r250 forged.test", "EHLO a\u{b}b", "HELO x\u{1b}[31m", "NOOP \0"] {
+    for bad in [
+        "EHLO evil\r250 forged.test",
+        "EHLO a\u{b}b",
+        "HELO x\u{1b}[31m",
+        "NOOP \0",
+    ] {
         let r = c.send(bad).await.expect("500 5.5.2");
-        assert!(r.lines.iter().all(|l| !l.contains("evil") && !l.contains("forged")));
+        assert!(r
+            .lines
+            .iter()
+            .all(|l| !l.contains("evil") && !l.contains("forged")));
     }
     c.send("QUIT").await.expect("221 2.0.0 Bye");
     c.closed().await;
