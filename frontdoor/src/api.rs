@@ -21,9 +21,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -118,17 +117,32 @@ impl From<&IndexEntry> for EntryJson {
     }
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError(Error::BadRequest(format!("bad JSON body: {e}"))))
+/// A changing API call: its session (401 without one), its CSRF proof (403 without it) and its
+/// JSON body (400 when it does not parse), checked in that order before the handler runs.
+struct ApiWrite<T>(Session, T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<Arc<Ctx>> for ApiWrite<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, ctx: &Arc<Ctx>) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let ApiSession(s) = ApiSession::from_request_parts(&mut parts, ctx).await?;
+        if !s.api_write_ok(ctx, &parts.headers) {
+            return Err(ApiError(Error::Csrf).into_response());
+        }
+        let raw = Bytes::from_request(Request::from_parts(parts, body), ctx)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let parsed = serde_json::from_slice(&raw).map_err(|e| {
+            ApiError(Error::BadRequest(format!("bad JSON body: {e}"))).into_response()
+        })?;
+        Ok(ApiWrite(s, parsed))
+    }
 }
 
-fn write_ok(s: &Session, ctx: &Ctx, headers: &HeaderMap) -> Result<(), ApiError> {
-    if s.api_write_ok(ctx, headers) {
-        Ok(())
-    } else {
-        Err(ApiError(Error::Csrf))
-    }
+/// The answer of a change that has nothing else to say.
+fn done() -> Response {
+    Json(json!({ "ok": true })).into_response()
 }
 
 fn check_ids(ids: &[MsgId]) -> Result<(), ApiError> {
@@ -169,48 +183,32 @@ struct RenameBody {
 
 async fn folder_create(
     State(ctx): State<Arc<Ctx>>,
-    ApiSession(s): ApiSession,
-    headers: HeaderMap,
-    raw: Bytes,
+    ApiWrite(s, b): ApiWrite<NameBody>,
 ) -> Result<Response, ApiError> {
-    write_ok(&s, &ctx, &headers)?;
-    let b: NameBody = body(&raw)?;
     s.mailbox(&ctx).create_folder(b.name.trim()).await?;
-    Ok(Json(json!({ "ok": true })).into_response())
+    Ok(done())
 }
 
 async fn folder_rename(
     State(ctx): State<Arc<Ctx>>,
-    ApiSession(s): ApiSession,
-    headers: HeaderMap,
-    raw: Bytes,
+    ApiWrite(s, b): ApiWrite<RenameBody>,
 ) -> Result<Response, ApiError> {
-    write_ok(&s, &ctx, &headers)?;
-    let b: RenameBody = body(&raw)?;
     s.mailbox(&ctx).rename_folder(&b.from, b.to.trim()).await?;
-    Ok(Json(json!({ "ok": true })).into_response())
+    Ok(done())
 }
 
 async fn folder_delete(
     State(ctx): State<Arc<Ctx>>,
-    ApiSession(s): ApiSession,
-    headers: HeaderMap,
-    raw: Bytes,
+    ApiWrite(s, b): ApiWrite<NameBody>,
 ) -> Result<Response, ApiError> {
-    write_ok(&s, &ctx, &headers)?;
-    let b: NameBody = body(&raw)?;
     s.mailbox(&ctx).delete_folder(&b.name).await?;
-    Ok(Json(json!({ "ok": true })).into_response())
+    Ok(done())
 }
 
 async fn folder_empty(
     State(ctx): State<Arc<Ctx>>,
-    ApiSession(s): ApiSession,
-    headers: HeaderMap,
-    raw: Bytes,
+    ApiWrite(s, b): ApiWrite<NameBody>,
 ) -> Result<Response, ApiError> {
-    write_ok(&s, &ctx, &headers)?;
-    let b: NameBody = body(&raw)?;
     let n = s.mailbox(&ctx).empty_folder(&b.name).await?;
     Ok(Json(json!({ "expunged": n })).into_response())
 }
@@ -357,12 +355,8 @@ struct MoveBody {
 
 async fn move_messages(
     State(ctx): State<Arc<Ctx>>,
-    ApiSession(s): ApiSession,
-    headers: HeaderMap,
-    raw: Bytes,
+    ApiWrite(s, b): ApiWrite<MoveBody>,
 ) -> Result<Response, ApiError> {
-    write_ok(&s, &ctx, &headers)?;
-    let b: MoveBody = body(&raw)?;
     check_ids(&b.ids)?;
     let moved = s.mailbox(&ctx).move_to(&b.ids, &b.folder).await?;
     let moved: Vec<_> = moved
@@ -397,17 +391,13 @@ pub fn flags_of(names: &[String]) -> Result<Flags, Error> {
 
 async fn flag_messages(
     State(ctx): State<Arc<Ctx>>,
-    ApiSession(s): ApiSession,
-    headers: HeaderMap,
-    raw: Bytes,
+    ApiWrite(s, b): ApiWrite<FlagsBody>,
 ) -> Result<Response, ApiError> {
-    write_ok(&s, &ctx, &headers)?;
-    let b: FlagsBody = body(&raw)?;
     check_ids(&b.ids)?;
     let add = flags_of(&b.add)?;
     let remove = flags_of(&b.remove)?;
     s.mailbox(&ctx).set_flags(&b.ids, add, remove).await?;
-    Ok(Json(json!({ "ok": true })).into_response())
+    Ok(done())
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,12 +409,8 @@ struct DeleteBody {
 
 async fn delete_messages(
     State(ctx): State<Arc<Ctx>>,
-    ApiSession(s): ApiSession,
-    headers: HeaderMap,
-    raw: Bytes,
+    ApiWrite(s, b): ApiWrite<DeleteBody>,
 ) -> Result<Response, ApiError> {
-    write_ok(&s, &ctx, &headers)?;
-    let b: DeleteBody = body(&raw)?;
     check_ids(&b.ids)?;
     let mb = s.mailbox(&ctx);
     let (in_trash, elsewhere): (Vec<MsgId>, Vec<MsgId>) = match b.folder.as_deref() {
@@ -483,12 +469,8 @@ struct AttachmentBody {
 
 async fn send(
     State(ctx): State<Arc<Ctx>>,
-    ApiSession(s): ApiSession,
-    headers: HeaderMap,
-    raw: Bytes,
+    ApiWrite(s, b): ApiWrite<SendBody>,
 ) -> Result<Response, ApiError> {
-    write_ok(&s, &ctx, &headers)?;
-    let b: SendBody = body(&raw)?;
     let mut draft = Draft {
         to: b.to,
         cc: b.cc,
