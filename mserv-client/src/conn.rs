@@ -4,49 +4,20 @@
 
 use xfs::conn::{ConnError, Pool, Pools, Protocol};
 
-use crate::proto::{
-    ClientFrame, ClientHello, MservError, Op, Reply, Request, ServerFrame, PROTOCOL_VERSION,
-};
+use crate::proto::{MservError, Op, Reply, ServerHello, PROTOCOL_VERSION};
 
 /// The member index's protocol.
 pub struct Index;
 
 impl Protocol for Index {
-    type ClientFrame = ClientFrame;
-    type ServerFrame = ServerFrame;
     type Op = Op;
     type Answer = Result<Reply, MservError>;
+    type ServerHello = ServerHello;
+    const VERSION: u32 = PROTOCOL_VERSION;
     const PEER: &'static str = "replica";
 
-    fn hello(client: &str) -> ClientFrame {
-        ClientFrame::Hello(ClientHello {
-            version: PROTOCOL_VERSION,
-            client: client.to_string(),
-        })
-    }
-
-    fn accept_hello(frame: ServerFrame) -> Result<(), String> {
-        match frame {
-            ServerFrame::Hello(h) if h.version == PROTOCOL_VERSION => Ok(()),
-            ServerFrame::Hello(h) => Err(format!("replica speaks protocol version {}", h.version)),
-            ServerFrame::Refused { reason } => Err(format!("refused: {reason}")),
-            ServerFrame::Response(_) => Err("response before hello".into()),
-        }
-    }
-
-    fn request(id: u64, deadline_ms: u32, _trace: &str, op: Op) -> ClientFrame {
-        ClientFrame::Request(Request {
-            id,
-            deadline_ms,
-            op,
-        })
-    }
-
-    fn response(frame: ServerFrame) -> Result<(u64, Self::Answer), ServerFrame> {
-        match frame {
-            ServerFrame::Response(r) => Ok((r.id, r.result)),
-            other => Err(other),
-        }
+    fn version_of(hello: &ServerHello) -> u32 {
+        hello.version
     }
 }
 

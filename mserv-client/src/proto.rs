@@ -393,45 +393,19 @@ pub enum Reply {
     Raft(Vec<u8>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientHello {
-    pub version: u32,
-    /// Who is calling, for the replica's logs.
-    pub client: String,
-}
-
+/// What a replica says of itself when it accepts a hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerHello {
     pub version: u32,
     pub replica: ReplicaId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    pub id: u64,
-    /// Milliseconds the caller waits for the answer; 0 for no deadline.
-    pub deadline_ms: u32,
-    pub op: Op,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
-    pub id: u64,
-    pub result: Result<Reply, MservError>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClientFrame {
-    Hello(ClientHello),
-    Request(Request),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ServerFrame {
-    Hello(ServerHello),
-    Refused { reason: String },
-    Response(Response),
-}
+/// The frames, as every framed protocol here has them (`xfs::envelope`).
+pub type ClientFrame = xfs::envelope::ClientFrame<Op>;
+pub type ServerFrame = xfs::envelope::ServerFrame<ServerHello, Result<Reply, MservError>>;
+pub type Request = xfs::envelope::Request<Op>;
+pub type Response = xfs::envelope::Response<Result<Reply, MservError>>;
+pub use xfs::envelope::ClientHello;
 
 #[cfg(test)]
 mod tests {
@@ -465,6 +439,7 @@ mod tests {
         let req = ClientFrame::Request(Request {
             id: 9,
             deadline_ms: 500,
+            trace: String::new(),
             op: Op::Write {
                 cmd: Command::MoveUser {
                     user: "alice@example.test".into(),

@@ -13,14 +13,11 @@ use runtime::admission::Admission;
 use runtime::faults::Faults;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use xfs::serve::{self, ConnLimits, Incoming};
+use xfs::serve::{self, ConnLimits};
 
 use crate::metrics;
 use crate::node::Node;
-use crate::proto::{
-    ClientFrame, MservError, Op, Reply, Request, Response, ServerFrame, ServerHello,
-    PROTOCOL_VERSION,
-};
+use crate::proto::{MservError, Op, Reply, Request, ServerHello, PROTOCOL_VERSION};
 
 /// The deadline of a request that names none.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
@@ -54,33 +51,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutd
 }
 
 impl serve::Service for Ctx {
-    type ClientFrame = ClientFrame;
-    type ServerFrame = ServerFrame;
-    type Request = Request;
+    type Protocol = mserv_client::conn::Index;
 
-    fn incoming(frame: ClientFrame) -> Incoming<Request> {
-        match frame {
-            ClientFrame::Hello(h) => Incoming::Hello {
-                version: h.version,
-                client: h.client,
-            },
-            ClientFrame::Request(r) => Incoming::Request(r),
-        }
-    }
-
-    fn hello(&self, version: u32, _client: &str) -> Result<ServerFrame, ServerFrame> {
-        if version == PROTOCOL_VERSION {
-            Ok(ServerFrame::Hello(ServerHello {
-                version: PROTOCOL_VERSION,
-                replica: self.node.id,
-            }))
-        } else {
-            Err(ServerFrame::Refused {
-                reason: format!(
-                    "protocol version {version} not supported; this replica speaks {PROTOCOL_VERSION}"
-                ),
-            })
-        }
+    fn hello(&self, _client: &str) -> Result<ServerHello, String> {
+        Ok(ServerHello {
+            version: PROTOCOL_VERSION,
+            replica: self.node.id,
+        })
     }
 
     fn inline(&self, req: &Request) -> bool {
@@ -88,8 +65,8 @@ impl serve::Service for Ctx {
         matches!(req.op, Op::Lookup { .. } | Op::Ping)
     }
 
-    async fn handle(self: Arc<Self>, req: Request) -> ServerFrame {
-        ServerFrame::Response(process(&self, req).await)
+    async fn handle(self: Arc<Self>, req: Request) -> Result<Reply, MservError> {
+        process(&self, req).await
     }
 
     fn frame_error(&self, peer: SocketAddr, kind: &'static str, error: &str) {
@@ -103,7 +80,7 @@ fn fault_point(op: &Op) -> String {
     format!("mserv.op.{}", op.name())
 }
 
-async fn process(ctx: &Ctx, req: Request) -> Response {
+async fn process(ctx: &Ctx, req: Request) -> Result<Reply, MservError> {
     let started = Instant::now();
     let _in_flight = metrics::OPS.begin();
     let op_name = req.op.name();
@@ -139,7 +116,7 @@ async fn process(ctx: &Ctx, req: Request) -> Response {
         }
         _ => tracing::trace!(id = req.id, op = op_name, outcome, "request"),
     }
-    Response { id: req.id, result }
+    result
 }
 
 async fn run_op(ctx: &Ctx, op: Op, deadline: Duration) -> Result<Reply, MservError> {

@@ -370,6 +370,7 @@ async fn an_index_replica_survives_length_bombs_and_counts_them() {
     let lookup = frame::encode(&ClientFrame::Request(Request {
         id: 1,
         deadline_ms: 5000,
+        trace: String::new(),
         op: Op::Lookup {
             user: String::from_utf8(name.clone()).unwrap(),
         },
@@ -378,6 +379,7 @@ async fn an_index_replica_survives_length_bombs_and_counts_them() {
     let write = frame::encode(&ClientFrame::Request(Request {
         id: 2,
         deadline_ms: 5000,
+        trace: String::new(),
         op: Op::Write {
             cmd: Command::CreateUser {
                 user: String::from_utf8(other.clone()).unwrap(),

@@ -596,6 +596,7 @@ async fn health_metrics_bad_frames_and_a_clean_stop() {
     let mut bad = xfs::frame::encode(&mserv::proto::ClientFrame::Request(mserv::proto::Request {
         id: 1,
         deadline_ms: 1000,
+        trace: String::new(),
         op: mserv::proto::Op::Ping,
     }))
     .unwrap();

@@ -10,8 +10,8 @@ use runtime::admission::Admission;
 use runtime::faults::Faults;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use xfs::serve::{self, ConnLimits, Incoming};
-use xfs::{ClientFrame, Reply, Request, Response, ServerFrame, ServerHello, XfsError};
+use xfs::serve::{self, ConnLimits};
+use xfs::{Reply, Request, ServerHello, XfsError};
 
 use crate::metrics;
 use crate::store::Store;
@@ -79,39 +79,18 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutd
 }
 
 impl serve::Service for Ctx {
-    type ClientFrame = ClientFrame;
-    type ServerFrame = ServerFrame;
-    type Request = Request;
+    type Protocol = xfs::client::Xfs;
 
-    fn incoming(frame: ClientFrame) -> Incoming<Request> {
-        match frame {
-            ClientFrame::Hello(h) => Incoming::Hello {
-                version: h.version.into(),
-                client: h.client,
-            },
-            ClientFrame::Request(r) => Incoming::Request(r),
-        }
+    fn hello(&self, _client: &str) -> Result<ServerHello, String> {
+        Ok(ServerHello {
+            version: xfs::PROTOCOL_VERSION,
+            store: self.store.name().to_string(),
+            segments: self.store.segment_ids(),
+        })
     }
 
-    fn hello(&self, version: u32, _client: &str) -> Result<ServerFrame, ServerFrame> {
-        if version == u32::from(xfs::PROTOCOL_VERSION) {
-            Ok(ServerFrame::Hello(ServerHello {
-                version: xfs::PROTOCOL_VERSION,
-                store: self.store.name().to_string(),
-                segments: self.store.segment_ids(),
-            }))
-        } else {
-            Err(ServerFrame::Refused {
-                reason: format!(
-                    "protocol version {version} not supported; this store speaks {}",
-                    xfs::PROTOCOL_VERSION
-                ),
-            })
-        }
-    }
-
-    async fn handle(self: Arc<Self>, req: Request) -> ServerFrame {
-        ServerFrame::Response(process(&self, req).await)
+    async fn handle(self: Arc<Self>, req: Request) -> Result<Reply, XfsError> {
+        process(&self, req).await
     }
 
     fn frame_error(&self, peer: SocketAddr, kind: &'static str, error: &str) {
@@ -120,7 +99,7 @@ impl serve::Service for Ctx {
     }
 }
 
-async fn process(ctx: &Ctx, req: Request) -> Response {
+async fn process(ctx: &Ctx, req: Request) -> Result<Reply, XfsError> {
     let started = Instant::now();
     let _in_flight = metrics::OPS.begin();
     let op = req.op.name();
@@ -146,7 +125,7 @@ async fn process(ctx: &Ctx, req: Request) -> Response {
                 "request")
         }
     }
-    Response { id: req.id, result }
+    result
 }
 
 async fn run_op(

@@ -130,42 +130,14 @@ pub use crate::conn::{full_jitter, reconnect_delay};
 pub struct Xfs;
 
 impl Protocol for Xfs {
-    type ClientFrame = ClientFrame;
-    type ServerFrame = ServerFrame;
     type Op = Op;
     type Answer = Result<Reply, XfsError>;
+    type ServerHello = ServerHello;
+    const VERSION: u32 = PROTOCOL_VERSION;
     const PEER: &'static str = "store";
 
-    fn hello(client: &str) -> ClientFrame {
-        ClientFrame::Hello(ClientHello {
-            version: PROTOCOL_VERSION,
-            client: client.to_string(),
-        })
-    }
-
-    fn accept_hello(frame: ServerFrame) -> Result<(), String> {
-        match frame {
-            ServerFrame::Hello(h) if h.version == PROTOCOL_VERSION => Ok(()),
-            ServerFrame::Hello(h) => Err(format!("store speaks protocol version {}", h.version)),
-            ServerFrame::Refused { reason } => Err(format!("refused: {reason}")),
-            ServerFrame::Response(_) => Err("response before hello".into()),
-        }
-    }
-
-    fn request(id: u64, deadline_ms: u32, trace: &str, op: Op) -> ClientFrame {
-        ClientFrame::Request(Request {
-            id,
-            deadline_ms,
-            trace: trace.to_string(),
-            op,
-        })
-    }
-
-    fn response(frame: ServerFrame) -> Result<(u64, Self::Answer), ServerFrame> {
-        match frame {
-            ServerFrame::Response(r) => Ok((r.id, r.result)),
-            other => Err(other),
-        }
+    fn version_of(hello: &ServerHello) -> u32 {
+        hello.version
     }
 }
 
@@ -373,33 +345,18 @@ mod tests {
     struct PongStore;
 
     impl crate::serve::Service for PongStore {
-        type ClientFrame = ClientFrame;
-        type ServerFrame = ServerFrame;
-        type Request = Request;
+        type Protocol = Xfs;
 
-        fn incoming(frame: ClientFrame) -> crate::serve::Incoming<Request> {
-            match frame {
-                ClientFrame::Hello(h) => crate::serve::Incoming::Hello {
-                    version: h.version.into(),
-                    client: h.client,
-                },
-                ClientFrame::Request(r) => crate::serve::Incoming::Request(r),
-            }
-        }
-
-        fn hello(&self, _version: u32, _client: &str) -> Result<ServerFrame, ServerFrame> {
-            Ok(ServerFrame::Hello(ServerHello {
+        fn hello(&self, _client: &str) -> Result<ServerHello, String> {
+            Ok(ServerHello {
                 version: PROTOCOL_VERSION,
                 store: "pong".into(),
                 segments: vec![],
-            }))
+            })
         }
 
-        async fn handle(self: Arc<Self>, req: Request) -> ServerFrame {
-            ServerFrame::Response(Response {
-                id: req.id,
-                result: Ok(Reply::Pong),
-            })
+        async fn handle(self: Arc<Self>, _req: Request) -> Result<Reply, XfsError> {
+            Ok(Reply::Pong)
         }
 
         fn frame_error(&self, _peer: std::net::SocketAddr, _kind: &'static str, _error: &str) {}

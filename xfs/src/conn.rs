@@ -14,31 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{self, FrameError};
 
-/// What a pool needs to know of a protocol: how to say hello, how to frame a request, and how to
-/// read the server's frames.
-pub trait Protocol: Send + Sync + 'static {
-    type ClientFrame: Serialize + Send;
-    type ServerFrame: DeserializeOwned + std::fmt::Debug + Send;
-    type Op: Send;
-    /// A server's answer to one request: its reply or its error.
-    type Answer: Send + 'static;
-    /// What the peer is called in errors and logs ("store", "replica").
-    const PEER: &'static str;
-
-    fn hello(client: &str) -> Self::ClientFrame;
-    /// `Ok` when the server's first frame accepts us; otherwise why not.
-    fn accept_hello(frame: Self::ServerFrame) -> Result<(), String>;
-    fn request(id: u64, deadline_ms: u32, trace: &str, op: Self::Op) -> Self::ClientFrame;
-    /// A response frame's id and answer; any other frame after the hello is given back.
-    fn response(frame: Self::ServerFrame) -> Result<(u64, Self::Answer), Self::ServerFrame>;
-}
+pub use crate::envelope::Protocol;
+use crate::envelope::{
+    ClientFrame, ClientFrameOf, ClientHello, Request, ServerFrame, ServerFrameOf,
+};
 
 /// How connections are made and kept.
 #[derive(Debug, Clone)]
@@ -220,7 +205,12 @@ impl<P: Protocol> Pool<P> {
             let left = timeout.saturating_sub(started.elapsed());
             if buf.is_none() {
                 let deadline_ms = left.as_millis().min(u32::MAX as u128) as u32;
-                let frame = P::request(id, deadline_ms, trace, op.take().expect("op encoded once"));
+                let frame: ClientFrameOf<P> = ClientFrame::Request(Request {
+                    id,
+                    deadline_ms,
+                    trace: trace.to_string(),
+                    op: op.take().expect("op encoded once"),
+                });
                 buf = Some(Bytes::from(
                     frame::encode(&frame).map_err(|e| self.protocol(e))?,
                 ));
@@ -341,12 +331,16 @@ impl<P: Protocol> Pool<P> {
         stream.set_nodelay(true).ok();
         let (mut rd, wr) = stream.into_split();
         let mut wr = BufWriter::new(wr);
-        frame::write_msg(&mut wr, &P::hello(&self.cfg.name))
+        let hello: ClientFrameOf<P> = ClientFrame::Hello(ClientHello {
+            version: P::VERSION,
+            client: self.cfg.name.clone(),
+        });
+        frame::write_msg(&mut wr, &hello)
             .await
             .map_err(|e| format!("hello: {e}"))?;
         wr.flush().await.map_err(|e| format!("hello: {e}"))?;
-        match frame::read_msg::<_, P::ServerFrame>(&mut rd, self.cfg.max_frame).await {
-            Ok(Some(first)) => P::accept_hello(first)?,
+        match frame::read_msg::<_, ServerFrameOf<P>>(&mut rd, self.cfg.max_frame).await {
+            Ok(Some(first)) => crate::envelope::accept_hello::<P>(first)?,
             Ok(None) => return Err("closed during hello".into()),
             Err(e) => return Err(format!("hello: {e}")),
         }
@@ -403,16 +397,16 @@ async fn read_loop<P: Protocol>(
 ) -> Result<(), FrameError> {
     let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
     loop {
-        let Some(frame) = frame::read_msg::<_, P::ServerFrame>(&mut rd, max).await? else {
+        let Some(frame) = frame::read_msg::<_, ServerFrameOf<P>>(&mut rd, max).await? else {
             return Ok(());
         };
-        match P::response(frame) {
-            Ok((id, answer)) => {
-                if let Some(tx) = lock(pending).remove(&id) {
-                    let _ = tx.send(Outcome::Answer(answer));
+        match frame {
+            ServerFrame::Response(r) => {
+                if let Some(tx) = lock(pending).remove(&r.id) {
+                    let _ = tx.send(Outcome::Answer(r.result));
                 }
             }
-            Err(other) => {
+            other => {
                 return Err(FrameError::Decode(format!(
                     "unexpected frame after hello: {other:?}"
                 )))

@@ -3,12 +3,14 @@
 //! A leaf crate: message types ([`proto`], with one typed struct per operation in [`ops`]), the
 //! one bincode codec with its decode limits ([`codec`]), framing ([`frame`]), the one pooled,
 //! pipelined connection layer generic over the protocol ([`conn`], used for the stores and for
-//! the member index), its server side ([`serve`]) and the store client ([`client`]). It depends
+//! the member index; the frames they share are [`envelope`]), its server side ([`serve`]) and the
+//! store client ([`client`]). It depends
 //! on no other workspace crate; only this crate derives the wire's `Serialize`/`Deserialize`.
 
 pub mod client;
 pub mod codec;
 pub mod conn;
+pub mod envelope;
 pub mod frame;
 pub mod proto;
 pub mod serve;

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version carried in both hellos. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The folders every mailbox has; they cannot be renamed or deleted.
 pub const SYSTEM_FOLDERS: [&str; 5] = ["Inbox", "Sent", "Drafts", "Junk", "Trash"];
@@ -17,53 +17,19 @@ pub const INBOX: &str = "Inbox";
 pub type MsgId = u64;
 
 /// What a client sends: one hello, then requests.
-// Frames live only between the socket and the handler; boxing would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ClientFrame {
-    Hello(ClientHello),
-    Request(Request),
-}
+pub type ClientFrame = crate::envelope::ClientFrame<Op>;
+/// What a store sends: one hello (or a refusal), then responses.
+pub type ServerFrame = crate::envelope::ServerFrame<ServerHello, Result<Reply, XfsError>>;
+pub type Request = crate::envelope::Request<Op>;
+pub type Response = crate::envelope::Response<Result<Reply, XfsError>>;
+pub use crate::envelope::ClientHello;
 
-/// What a server sends: one hello (or a refusal), then responses.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ServerFrame {
-    Hello(ServerHello),
-    Refused { reason: String },
-    Response(Response),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientHello {
-    pub version: u16,
-    /// Who is calling (role and process), for the store's logs.
-    pub client: String,
-}
-
+/// What a store says of itself when it accepts a hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerHello {
-    pub version: u16,
+    pub version: u32,
     pub store: String,
     pub segments: Vec<u32>,
-}
-
-/// One request. Requests may be pipelined; the response carries the same id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Request {
-    pub id: u64,
-    /// Milliseconds the caller will still wait when it sends the request (a relative deadline, so
-    /// clocks need not agree). A store drops work whose deadline passed before it started.
-    pub deadline_ms: u32,
-    /// Request id carried across tiers (front door or smtp-in → store) for the logs.
-    pub trace: String,
-    pub op: Op,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Response {
-    pub id: u64,
-    pub result: Result<Reply, XfsError>,
 }
 
 /// Which mailbox an operation is about, and the placement the caller holds for it.

@@ -12,44 +12,42 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::envelope::{
+    version_refusal, ClientFrame, ClientFrameOf, Protocol, Request, Response, ServerFrame,
+    ServerFrameOf,
+};
 use crate::frame;
-
-/// What the client's frames are, as a server reads them.
-pub enum Incoming<R> {
-    Hello { version: u32, client: String },
-    Request(R),
-}
 
 /// A server's side of a protocol and what it does with requests.
 pub trait Service: Send + Sync + 'static {
-    type ClientFrame: DeserializeOwned + Send;
-    type ServerFrame: Serialize + Send + Sync;
-    type Request: Send + 'static;
+    type Protocol: Protocol;
 
-    /// What a client frame is.
-    fn incoming(frame: Self::ClientFrame) -> Incoming<Self::Request>;
-    /// The answer to a hello: `Ok(hello)` to go on, `Err(refusal)` to send it and close.
-    fn hello(&self, version: u32, client: &str) -> Result<Self::ServerFrame, Self::ServerFrame>;
+    /// The answer to a client's hello at the protocol's version: `Ok(hello)` to go on,
+    /// `Err(reason)` to refuse it and close. (A client of another version is refused before
+    /// this is asked.)
+    fn hello(&self, client: &str) -> Result<<Self::Protocol as Protocol>::ServerHello, String>;
     /// Whether a request is answered in arrival order without a task of its own (cheap, local
     /// reads such as the index's lookups).
-    fn inline(&self, _req: &Self::Request) -> bool {
+    fn inline(&self, _req: &RequestOf<Self>) -> bool {
         false
     }
-    /// Do one request; the frame to send back.
+    /// Do one request; its answer (sent back with the request's id).
     fn handle(
         self: Arc<Self>,
-        req: Self::Request,
-    ) -> impl Future<Output = Self::ServerFrame> + Send;
+        req: RequestOf<Self>,
+    ) -> impl Future<Output = <Self::Protocol as Protocol>::Answer> + Send;
     /// A frame error closed a connection (`kind`: [`FrameError::kind`], or `no_hello`,
     /// `second_hello`, `version`).
     fn frame_error(&self, peer: SocketAddr, kind: &'static str, error: &str);
 }
+
+/// A request of a service's protocol.
+pub type RequestOf<S> = Request<<<S as Service>::Protocol as Protocol>::Op>;
 
 /// The limits of one connection.
 #[derive(Debug, Clone)]
@@ -91,16 +89,14 @@ pub async fn connection<S: Service>(
     let mut wr = BufWriter::new(wr);
     let first = tokio::time::timeout(
         limits.hello_timeout,
-        frame::read_msg::<_, S::ClientFrame>(&mut rd, limits.max_frame),
+        frame::read_msg::<_, ClientFrameOf<S::Protocol>>(&mut rd, limits.max_frame),
     )
     .await;
-    let (version, client) = match first {
-        Ok(Ok(Some(f))) => match S::incoming(f) {
-            Incoming::Hello { version, client } => (version, client),
-            Incoming::Request(_) => {
-                return service.frame_error(peer, "no_hello", "request before hello")
-            }
-        },
+    let hello = match first {
+        Ok(Ok(Some(ClientFrame::Hello(h)))) => h,
+        Ok(Ok(Some(ClientFrame::Request(_)))) => {
+            return service.frame_error(peer, "no_hello", "request before hello")
+        }
         Ok(Err(e)) => return service.frame_error(peer, e.kind(), &e.to_string()),
         Ok(Ok(None)) => return,
         Err(_) => {
@@ -108,12 +104,17 @@ pub async fn connection<S: Service>(
             return;
         }
     };
-    let (reply, go_on) = match service.hello(version, &client) {
-        Ok(hello) => (hello, true),
-        Err(refusal) => {
-            service.frame_error(peer, "version", &format!("client speaks version {version}"));
-            (refusal, false)
-        }
+    let (version, client) = (hello.version, hello.client);
+    let answer = if version == S::Protocol::VERSION {
+        service.hello(&client)
+    } else {
+        service.frame_error(peer, "version", &format!("client speaks version {version}"));
+        Err(version_refusal::<S::Protocol>(version))
+    };
+    let go_on = answer.is_ok();
+    let reply: ServerFrameOf<S::Protocol> = match answer {
+        Ok(h) => ServerFrame::Hello(h),
+        Err(reason) => ServerFrame::Refused { reason },
     };
     if frame::write_msg(&mut wr, &reply).await.is_err() || wr.flush().await.is_err() || !go_on {
         return;
@@ -140,7 +141,7 @@ pub async fn connection<S: Service>(
     let pipeline = Arc::new(Semaphore::new(limits.max_pipeline));
     loop {
         let idle = pipeline.available_permits() == limits.max_pipeline;
-        let read = frame::read_msg::<_, S::ClientFrame>(&mut rd, limits.max_frame);
+        let read = frame::read_msg::<_, ClientFrameOf<S::Protocol>>(&mut rd, limits.max_frame);
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
             r = read => r,
@@ -150,13 +151,11 @@ pub async fn connection<S: Service>(
             }
         };
         let req = match msg {
-            Ok(Some(f)) => match S::incoming(f) {
-                Incoming::Request(r) => r,
-                Incoming::Hello { .. } => {
-                    service.frame_error(peer, "second_hello", "second hello");
-                    break;
-                }
-            },
+            Ok(Some(ClientFrame::Request(r))) => r,
+            Ok(Some(ClientFrame::Hello(_))) => {
+                service.frame_error(peer, "second_hello", "second hello");
+                break;
+            }
             Ok(None) => break,
             Err(e) => {
                 service.frame_error(peer, e.kind(), &e.to_string());
@@ -170,17 +169,21 @@ pub async fn connection<S: Service>(
                 Err(_) => break,
             },
         };
+        let id = req.id;
         if service.inline(&req) {
-            let answer = service.clone().handle(req).await;
+            let result = service.clone().handle(req).await;
             drop(slot);
-            if send(&tx, answer).await.is_err() {
+            if send::<S::Protocol>(&tx, Response { id, result })
+                .await
+                .is_err()
+            {
                 break;
             }
         } else {
             let (service, tx) = (service.clone(), tx.clone());
             tokio::spawn(async move {
-                let answer = service.handle(req).await;
-                let _ = send(&tx, answer).await;
+                let result = service.handle(req).await;
+                let _ = send::<S::Protocol>(&tx, Response { id, result }).await;
                 drop(slot);
             });
         }
@@ -203,7 +206,11 @@ pub fn handler<S: Service>(
     }
 }
 
-async fn send<F: Serialize>(tx: &mpsc::Sender<Vec<u8>>, answer: F) -> Result<(), ()> {
+async fn send<P: Protocol>(
+    tx: &mpsc::Sender<Vec<u8>>,
+    response: Response<P::Answer>,
+) -> Result<(), ()> {
+    let answer: ServerFrameOf<P> = ServerFrame::Response(response);
     match frame::encode(&answer) {
         Ok(buf) => tx.send(buf).await.map_err(|_| ()),
         Err(e) => {
