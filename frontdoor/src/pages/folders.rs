@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -14,8 +13,8 @@ use xfs::{Flags, FolderInfo, IndexEntry, MsgId};
 
 use super::layout::{self, csrf_field, folder_select, folder_url, Chrome, Notice};
 use super::{
-    add_first, checked_form, error_page, html_response, redirect, sidebar, store_notice,
-    with_notice, NoticeQuery,
+    add_first, error_page, html_response, redirect, sidebar, store_notice, with_notice,
+    NoticeQuery, WebForm,
 };
 use crate::auth::{self, Session, WebSession};
 use crate::error::Error;
@@ -228,13 +227,8 @@ fn folder_listing(
 /// Bulk actions from a folder page or the message view.
 pub(super) async fn message_action(
     State(ctx): State<Arc<Ctx>>,
-    WebSession(s): WebSession,
-    body: Bytes,
+    WebForm(s, form): WebForm,
 ) -> Response {
-    let form = match checked_form(&ctx, &s, &body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
     let ids: Vec<MsgId> = form
         .all("id")
         .filter_map(|v| v.parse().ok())
@@ -287,13 +281,9 @@ pub(super) async fn message_action(
 
 pub(super) async fn empty_folder(
     State(ctx): State<Arc<Ctx>>,
-    WebSession(s): WebSession,
     Path(name): Path<String>,
-    body: Bytes,
+    WebForm(s, _): WebForm,
 ) -> Response {
-    if let Err(r) = checked_form(&ctx, &s, &body).await {
-        return r;
-    }
     if !EMPTYABLE.contains(&name.as_str()) {
         return error_page(
             &ctx,
@@ -380,14 +370,10 @@ fn manage_html(s: &Session, folders: &[FolderInfo]) -> Markup {
 async fn folder_form(
     ctx: &Ctx,
     s: &Session,
-    body: &[u8],
+    form: &FormData,
     act: impl AsyncFnOnce(&FormData) -> Result<&'static str, StoreError>,
 ) -> Response {
-    let form = match checked_form(ctx, s, body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    match act(&form).await {
+    match act(form).await {
         Ok(code) => redirect(&with_notice("/folders", code)),
         Err(StoreError::Unavailable(_)) | Err(StoreError::Corrupt(_)) => {
             error_page(ctx, s, Error::Unavailable(String::new())).await
@@ -419,11 +405,10 @@ fn folder_name(v: Option<&str>) -> Result<String, StoreError> {
 
 pub(super) async fn folder_create(
     State(ctx): State<Arc<Ctx>>,
-    WebSession(s): WebSession,
-    body: Bytes,
+    WebForm(s, form): WebForm,
 ) -> Response {
     let mb = s.mailbox(&ctx);
-    folder_form(&ctx, &s, &body, async |f: &FormData| {
+    folder_form(&ctx, &s, &form, async |f: &FormData| {
         mb.create_folder(&folder_name(f.get("name"))?).await?;
         Ok("folder_created")
     })
@@ -432,11 +417,10 @@ pub(super) async fn folder_create(
 
 pub(super) async fn folder_rename(
     State(ctx): State<Arc<Ctx>>,
-    WebSession(s): WebSession,
-    body: Bytes,
+    WebForm(s, form): WebForm,
 ) -> Response {
     let mb = s.mailbox(&ctx);
-    folder_form(&ctx, &s, &body, async |f: &FormData| {
+    folder_form(&ctx, &s, &form, async |f: &FormData| {
         let from = folder_name(f.get("from"))?;
         let to = folder_name(f.get("to"))?;
         if from != to {
@@ -449,11 +433,10 @@ pub(super) async fn folder_rename(
 
 pub(super) async fn folder_delete(
     State(ctx): State<Arc<Ctx>>,
-    WebSession(s): WebSession,
-    body: Bytes,
+    WebForm(s, form): WebForm,
 ) -> Response {
     let mb = s.mailbox(&ctx);
-    folder_form(&ctx, &s, &body, async |f: &FormData| {
+    folder_form(&ctx, &s, &form, async |f: &FormData| {
         mb.delete_folder(&folder_name(f.get("name"))?).await?;
         Ok("folder_deleted")
     })

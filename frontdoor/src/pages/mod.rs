@@ -16,6 +16,8 @@ mod settings;
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -174,13 +176,25 @@ async fn error_page(ctx: &Ctx, s: &Session, e: Error) -> Response {
     render(ctx, s, e.status(), title, notices, main).await
 }
 
-/// A form POST, checked against the session's CSRF token.
-async fn checked_form(ctx: &Ctx, s: &Session, body: &[u8]) -> Result<FormData, Response> {
-    let form = FormData::parse(body);
-    if s.csrf_ok(ctx, form.get("csrf")) {
-        Ok(form)
-    } else {
-        Err(error_page(ctx, s, Error::Csrf).await)
+/// A form POST: its session (else the redirect to sign in) and its fields, checked against the
+/// session's CSRF token (else the error page) before the handler runs.
+pub(super) struct WebForm(pub Session, pub FormData);
+
+impl FromRequest<Arc<Ctx>> for WebForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, ctx: &Arc<Ctx>) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let WebSession(s) = WebSession::from_request_parts(&mut parts, ctx).await?;
+        let body = Bytes::from_request(Request::from_parts(parts, body), ctx)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let form = FormData::parse(&body);
+        if s.csrf_ok(ctx, form.get("csrf")) {
+            Ok(WebForm(s, form))
+        } else {
+            Err(error_page(ctx, &s, Error::Csrf).await)
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::header::SET_COOKIE;
 use axum::http::StatusCode;
@@ -11,7 +10,7 @@ use axum::response::Response;
 use maud::{html, Markup};
 
 use super::layout::{self, csrf_field, Notice};
-use super::{checked_form, error_page, redirect, render, NoticeQuery};
+use super::{error_page, redirect, render, NoticeQuery, WebForm};
 use crate::auth::{self, AccountHint, Session, WebSession};
 use crate::error::Error;
 use crate::password::{self, HashError};
@@ -77,13 +76,8 @@ async fn settings_error(ctx: &Ctx, s: &Session, status: StatusCode, text: &str) 
 
 pub(super) async fn settings_name(
     State(ctx): State<Arc<Ctx>>,
-    WebSession(s): WebSession,
-    body: Bytes,
+    WebForm(s, form): WebForm,
 ) -> Response {
-    let form = match checked_form(&ctx, &s, &body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
     let name = form.get("display_name").unwrap_or("").trim().to_string();
     if name.chars().count() > MAX_DISPLAY_NAME || name.chars().any(char::is_control) {
         return settings_error(
@@ -112,13 +106,8 @@ pub(super) async fn settings_name(
 
 pub(super) async fn settings_password(
     State(ctx): State<Arc<Ctx>>,
-    WebSession(s): WebSession,
-    body: Bytes,
+    WebForm(s, form): WebForm,
 ) -> Response {
-    let form = match checked_form(&ctx, &s, &body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
     let current = form.get("current").unwrap_or("").to_string();
     let new = form.get("new").unwrap_or("").to_string();
     if let Err(why) = password::check_new(&new, form.get("confirm")) {
@@ -181,14 +170,7 @@ pub(super) async fn settings_password(
     resp
 }
 
-pub(super) async fn logout(
-    State(ctx): State<Arc<Ctx>>,
-    WebSession(s): WebSession,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = checked_form(&ctx, &s, &body).await {
-        return r;
-    }
+pub(super) async fn logout(State(ctx): State<Arc<Ctx>>, WebForm(_, _): WebForm) -> Response {
     // The sign-in page then says the user signed out.
     let to = format!("{}/?signed_out=1", ctx.cfg.login_url.trim_end_matches('/'));
     let mut resp = redirect(&to);
