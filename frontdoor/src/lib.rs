@@ -37,7 +37,7 @@ use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
 pub use config::FrontdoorConfig;
-pub use layers::{csp, operation, FAULT_HTTP};
+pub use layers::csp;
 
 /// What every request shares.
 pub struct Ctx {
@@ -160,7 +160,7 @@ pub fn context(
 }
 
 /// The whole HTTP application: webmail, the JSON API, static files and `/healthz`.
-pub fn app(ctx: Arc<Ctx>) -> Router {
+pub fn app(ctx: Arc<Ctx>) -> anyhow::Result<Router> {
     let limit = ctx.cfg.max_upload_bytes;
     let routes = Router::new()
         .merge(pages::routes())
@@ -169,7 +169,7 @@ pub fn app(ctx: Arc<Ctx>) -> Router {
         .route("/static/app.css", axum::routing::get(pages::stylesheet))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(limit));
-    layers::wrap(routes, ctx.clone()).with_state(ctx)
+    Ok(layers::wrap(routes, &ctx)?.with_state(ctx))
 }
 
 /// The front door's own health, probed by the login servers on the main port.
@@ -229,7 +229,7 @@ pub async fn run_with(
         header_timeout,
         drain,
     };
-    let app = app(ctx);
+    let app = app(ctx)?;
     runtime::http::serve(
         listener,
         limits,
