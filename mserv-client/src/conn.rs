@@ -11,6 +11,19 @@ use crate::proto::{
 /// The member index's protocol.
 pub struct Index;
 
+/// The index's client frames, as a replica reads them (`xfs::serve`).
+impl From<ClientFrame> for xfs::serve::Incoming<Request> {
+    fn from(frame: ClientFrame) -> Self {
+        match frame {
+            ClientFrame::Hello(h) => xfs::serve::Incoming::Hello {
+                version: h.version,
+                client: h.client,
+            },
+            ClientFrame::Request(r) => xfs::serve::Incoming::Request(r),
+        }
+    }
+}
+
 impl Protocol for Index {
     type ClientFrame = ClientFrame;
     type ServerFrame = ServerFrame;

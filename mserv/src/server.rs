@@ -13,7 +13,7 @@ use runtime::admission::Admission;
 use runtime::faults::Faults;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use xfs::serve::{self, ConnLimits, Incoming};
+use xfs::serve::{self, ConnLimits};
 
 use crate::metrics;
 use crate::node::Node;
@@ -42,31 +42,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutd
         max_pipeline: 4096,
         ..Default::default()
     };
-    let handle = serve::handler(ctx, limits, shutdown.token());
-    runtime::server::serve(
-        listener,
-        max_conns,
-        metrics::CONNECTIONS.clone(),
-        shutdown,
-        handle,
-    )
-    .await
+    let conns = metrics::CONNECTIONS.clone();
+    runtime::server::serve_framed(listener, ctx, limits, max_conns, conns, shutdown).await
 }
 
 impl serve::Service for Ctx {
     type ClientFrame = ClientFrame;
     type ServerFrame = ServerFrame;
     type Request = Request;
-
-    fn incoming(frame: ClientFrame) -> Incoming<Request> {
-        match frame {
-            ClientFrame::Hello(h) => Incoming::Hello {
-                version: h.version,
-                client: h.client,
-            },
-            ClientFrame::Request(r) => Incoming::Request(r),
-        }
-    }
 
     fn hello(&self, version: u32, _client: &str) -> Result<ServerFrame, ServerFrame> {
         if version == PROTOCOL_VERSION {

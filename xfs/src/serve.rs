@@ -26,14 +26,25 @@ pub enum Incoming<R> {
     Request(R),
 }
 
+/// A store's client frames, as a server reads them.
+impl From<crate::proto::ClientFrame> for Incoming<crate::proto::Request> {
+    fn from(frame: crate::proto::ClientFrame) -> Self {
+        match frame {
+            crate::proto::ClientFrame::Hello(h) => Incoming::Hello {
+                version: h.version.into(),
+                client: h.client,
+            },
+            crate::proto::ClientFrame::Request(r) => Incoming::Request(r),
+        }
+    }
+}
+
 /// A server's side of a protocol and what it does with requests.
 pub trait Service: Send + Sync + 'static {
-    type ClientFrame: DeserializeOwned + Send;
+    /// What a client sends; the protocol says what each frame is (a hello or a request).
+    type ClientFrame: DeserializeOwned + Send + Into<Incoming<Self::Request>>;
     type ServerFrame: Serialize + Send + Sync;
     type Request: Send + 'static;
-
-    /// What a client frame is.
-    fn incoming(frame: Self::ClientFrame) -> Incoming<Self::Request>;
     /// The answer to a hello: `Ok(hello)` to go on, `Err(refusal)` to send it and close.
     fn hello(&self, version: u32, client: &str) -> Result<Self::ServerFrame, Self::ServerFrame>;
     /// Whether a request is answered in arrival order without a task of its own (cheap, local
@@ -95,7 +106,7 @@ pub async fn connection<S: Service>(
     )
     .await;
     let (version, client) = match first {
-        Ok(Ok(Some(f))) => match S::incoming(f) {
+        Ok(Ok(Some(f))) => match Into::<Incoming<S::Request>>::into(f) {
             Incoming::Hello { version, client } => (version, client),
             Incoming::Request(_) => {
                 return service.frame_error(peer, "no_hello", "request before hello")
@@ -150,7 +161,7 @@ pub async fn connection<S: Service>(
             }
         };
         let req = match msg {
-            Ok(Some(f)) => match S::incoming(f) {
+            Ok(Some(f)) => match Into::<Incoming<S::Request>>::into(f) {
                 Incoming::Request(r) => r,
                 Incoming::Hello { .. } => {
                     service.frame_error(peer, "second_hello", "second hello");
