@@ -65,12 +65,15 @@ pub async fn run_with(
         cfg.mserv.clone(),
         mserv_client::ClientConfig {
             name: name.clone(),
-            cache_ttl: Duration::from_secs(60),
+            cache_ttl: Duration::from_secs(cfg.route_cache_secs),
             request_timeout: Duration::from_secs(3),
             ..Default::default()
         },
     ));
-    let router = mserv_client::Router::new(mserv_client.clone(), Duration::from_secs(10));
+    let router = mserv_client::Router::new(
+        mserv_client.clone(),
+        Duration::from_secs(cfg.store_refresh_secs),
+    );
     let xfs = xfs::Client::new(xfs::ClientConfig::for_role(name, 2, faults.call_faults()));
     let hashing = session::password::Hashing::for_this_machine();
     let dummy_hash = hashing
@@ -86,7 +89,7 @@ pub async fn run_with(
             cfg.max_failures_per_client,
             Duration::from_secs(cfg.failure_window_secs),
         ),
-        front_doors: frontdoors::FrontDoors::new(mserv_client),
+        front_doors: frontdoors::FrontDoors::new(mserv_client, (&cfg.front_doors).into()),
         faults,
         session_ttl: Duration::from_secs(cfg.session_ttl_secs),
         hashing,
