@@ -210,8 +210,9 @@ pub async fn run_with(
         header_timeout,
         drain,
     };
-    role.serve_http(listener, limits, |_peer| {
-        hyper_util::service::TowerToHyperService::new(app.clone())
+    let service_for = |_peer| hyper_util::service::TowerToHyperService::new(app.clone());
+    runtime::http::serve(listener, limits, shutdown, service_for, || {
+        role.set_draining()
     })
     .await;
     role.finish().await

@@ -112,8 +112,11 @@ pub async fn run_with(
         drain: DRAIN_TIMEOUT,
     };
     let app = web::router(app);
-    role.serve_http(listener, limits, |peer| service(app.clone(), peer))
-        .await;
+    let service_for = |peer| service(app.clone(), peer);
+    runtime::http::serve(listener, limits, shutdown, service_for, || {
+        role.set_draining()
+    })
+    .await;
     role.finish().await
 }
 

@@ -2,7 +2,7 @@
 //! no scripts; pages are `maud` templates (as the front door's), which escape every value
 //! spliced in.
 
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup};
 
 /// The style sheet, served at [`CSS_PATH`].
 pub const CSS_PATH: &str = "/static/login.css";
@@ -92,46 +92,35 @@ impl Notice {
 }
 
 /// The sign-in page: an optional notice, the form with `user` filled in, and the CSRF value.
-/// A `maud` template: whatever is spliced in is escaped, in content and attributes alike.
+/// A `maud` template in the shared page frame: whatever is spliced in is escaped, in content
+/// and attributes alike.
 pub fn sign_in(notice: Option<&Notice>, user: &str, csrf: &str) -> String {
     let empty = user.is_empty();
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="referrer" content="no-referrer";
-                title { "Sign in · megamail" }
-                link rel="stylesheet" href=(CSS_PATH);
-            }
-            body {
-                main {
-                    p.brand { "mega" span { "mail" } }
-                    div.card {
-                        h1 { "Sign in" }
-                        @if let Some(n) = notice {
-                            (notice_line(n))
-                        }
-                        form method="post" action="/login" autocomplete="on" {
-                            input type="hidden" name="csrf" value=(csrf);
-                            label for="user" { "Email address" }
-                            input #user name="user" type="email" inputmode="email"
-                                autocomplete="username" autocapitalize="none" spellcheck="false"
-                                maxlength="320" required value=(user) autofocus[empty];
-                            label for="password" { "Password" }
-                            input #password name="password" type="password"
-                                autocomplete="current-password" maxlength="1024" required
-                                autofocus[!empty];
-                            button type="submit" { "Sign in" }
-                        }
-                        p.hint { "Use your full address, like name@example.test." }
-                    }
+    let body = html! {
+        main {
+            p.brand { "mega" span { "mail" } }
+            div.card {
+                h1 { "Sign in" }
+                @if let Some(n) = notice {
+                    (notice_line(n))
                 }
+                form method="post" action="/login" autocomplete="on" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label for="user" { "Email address" }
+                    input #user name="user" type="email" inputmode="email"
+                        autocomplete="username" autocapitalize="none" spellcheck="false"
+                        maxlength="320" required value=(user) autofocus[empty];
+                    label for="password" { "Password" }
+                    input #password name="password" type="password"
+                        autocomplete="current-password" maxlength="1024" required
+                        autofocus[!empty];
+                    button type="submit" { "Sign in" }
+                }
+                p.hint { "Use your full address, like name@example.test." }
             }
         }
-    }
-    .into_string()
+    };
+    runtime::http::page::document("Sign in", CSS_PATH, body).into_string()
 }
 
 fn notice_line(n: &Notice) -> Markup {

@@ -1,8 +1,9 @@
 //! The start and stop every role shares. [`Role::start`] makes the fault points from the role's
 //! config and its health (`starting`) and serves the admin port; the role then opens what it
-//! needs, calls [`Role::ready`] and serves its port until shutdown ([`Role::serve_http`] for
-//! the web roles; a TCP role runs its accept loop and then [`Role::drain`]s the connections it
-//! tracked); [`Role::finish`] waits for the admin port to close.
+//! needs, calls [`Role::ready`] and serves its port until shutdown (a web role through
+//! `runtime::http::serve`, whose drain calls [`Role::set_draining`]; a TCP role runs its accept
+//! loop and then [`Role::drain`]s the connections it tracked); [`Role::finish`] waits for the
+//! admin port to close.
 //!
 //! ```no_run
 //! # async fn run(admin: tokio::net::TcpListener, cfg: runtime::config::FaultsConfig,
@@ -17,15 +18,11 @@
 //! # }
 //! ```
 
-use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper::body::{Body, Incoming};
-use hyper::service::Service;
-use hyper::{Request, Response};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -42,7 +39,6 @@ pub struct Role {
     pub faults: Arc<Faults>,
     /// What `/healthz` reports: `starting` until [`Role::ready`].
     pub health: Arc<Health>,
-    shutdown: Shutdown,
     admin_addr: SocketAddr,
     admin: JoinHandle<anyhow::Result<()>>,
 }
@@ -69,7 +65,6 @@ impl Role {
             name,
             faults,
             health,
-            shutdown: shutdown.clone(),
             admin_addr,
             admin,
         })
@@ -87,32 +82,15 @@ impl Role {
             version = crate::VERSION, "{} ready", self.name);
     }
 
-    /// Serve HTTP on `listener` until shutdown (`runtime::http::serve`), reporting draining as
-    /// soon as it triggers; returns once the connections are drained.
-    pub async fn serve_http<F, S, B>(
-        &self,
-        listener: TcpListener,
-        limits: crate::http::Limits,
-        service_for: F,
-    ) where
-        F: Fn(SocketAddr) -> S,
-        S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn StdError + Send + Sync>>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    {
-        crate::http::serve(listener, limits, self.shutdown.clone(), service_for, || {
-            self.health.set_draining()
-        })
-        .await
+    /// Stop reporting healthy (shutdown has begun).
+    pub fn set_draining(&self) {
+        self.health.set_draining();
     }
 
     /// After the accept loop returned: report draining and wait for the tasks `tracked` holds
     /// (the connections), at most `timeout`.
     pub async fn drain(&self, tracked: &Shutdown, timeout: Duration) {
-        self.health.set_draining();
+        self.set_draining();
         tracing::info!("draining");
         if tokio::time::timeout(timeout, tracked.wait_tasks())
             .await
