@@ -24,7 +24,6 @@ pub mod text;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -33,11 +32,12 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use runtime::faults::Faults;
 use runtime::health::Health;
+use runtime::role::Role;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
 pub use config::FrontdoorConfig;
-pub use layers::{csp, operation, FAULT_HTTP};
+pub use layers::csp;
 
 /// What every request shares.
 pub struct Ctx {
@@ -90,12 +90,6 @@ fn client_id(public_url: &str) -> ClientId {
     }
 }
 
-/// The XFS client's fault points (`xfs.call`, `xfs.reply`) decided by this process's faults.
-pub fn call_faults(faults: &Arc<Faults>) -> xfs::client::CallFaults {
-    let faults = faults.clone();
-    xfs::client::CallFaults::new(move |point| faults.decide(point))
-}
-
 /// Build the shared state from a checked config.
 pub fn context(
     cfg: FrontdoorConfig,
@@ -120,14 +114,8 @@ pub fn context(
     );
     let store_timeout = Duration::from_millis(cfg.store_timeout_ms);
     let xfs = xfs::Client::new(xfs::ClientConfig {
-        name: "frontdoor".into(),
-        conns_per_store: 2,
-        connect_timeout: Duration::from_secs(1),
         request_timeout: store_timeout,
-        backoff_base: Duration::from_millis(20),
-        backoff_cap: Duration::from_millis(500),
-        faults: Some(call_faults(&faults)),
-        ..Default::default()
+        ..xfs::ClientConfig::for_role("frontdoor", 2, faults.call_faults())
     });
     let (host, port) = cfg.relay_host_port().map_err(|e| anyhow::anyhow!("{e}"))?;
     let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
@@ -160,7 +148,7 @@ pub fn context(
 }
 
 /// The whole HTTP application: webmail, the JSON API, static files and `/healthz`.
-pub fn app(ctx: Arc<Ctx>) -> Router {
+pub fn app(ctx: Arc<Ctx>) -> anyhow::Result<Router> {
     let limit = ctx.cfg.max_upload_bytes;
     let routes = Router::new()
         .merge(pages::routes())
@@ -169,7 +157,7 @@ pub fn app(ctx: Arc<Ctx>) -> Router {
         .route("/static/app.css", axum::routing::get(pages::stylesheet))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(limit));
-    layers::wrap(routes, ctx.clone()).with_state(ctx)
+    Ok(layers::wrap(routes, &ctx)?.with_state(ctx))
 }
 
 /// The front door's own health, probed by the login servers on the main port.
@@ -205,42 +193,29 @@ pub async fn run_with(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     metrics::register();
-    let faults = Arc::new(Faults::from_config(&cfg.faults));
-    let health = Health::new("frontdoor");
-    let admin_addr = admin.local_addr()?;
-    let admin_task = tokio::spawn(runtime::admin::serve(
-        admin,
-        health.clone(),
-        faults.clone(),
-        shutdown.clone(),
-    ));
+    let role = Role::start("frontdoor", admin, &cfg.faults, &shutdown)?;
     let drain = Duration::from_secs(cfg.drain_timeout_secs);
     let max_connections = cfg.max_connections;
     let header_timeout = Duration::from_secs(cfg.header_timeout_secs);
-    let ctx = Arc::new(context(cfg, faults, health.clone())?);
-    let addr = listener.local_addr()?;
-    health.set_info("public_url", ctx.cfg.public_url.clone().into());
-    health.set_ready();
-    tracing::info!(http = %addr, admin = %admin_addr, public_url = %ctx.cfg.public_url,
-        "frontdoor ready");
+    let ctx = Arc::new(context(cfg, role.faults.clone(), role.health.clone())?);
+    role.health
+        .set_info("public_url", ctx.cfg.public_url.clone().into());
+    tracing::info!(public_url = %ctx.cfg.public_url, login_url = %ctx.cfg.login_url,
+        "serving webmail");
+    let app = app(ctx)?;
+    role.ready(listener.local_addr()?);
 
     let limits = runtime::http::Limits {
         max_connections,
         header_timeout,
         drain,
     };
-    let app = app(ctx);
-    runtime::http::serve(
-        listener,
-        limits,
-        shutdown.clone(),
-        |_peer| hyper_util::service::TowerToHyperService::new(app.clone()),
-        || health.set_draining(),
-    )
+    let service_for = |_peer| hyper_util::service::TowerToHyperService::new(app.clone());
+    runtime::http::serve(listener, limits, shutdown, service_for, || {
+        role.set_draining()
+    })
     .await;
-    admin_task.await.context("admin task")??;
-    tracing::info!("stopped");
-    Ok(())
+    role.finish().await
 }
 
 #[cfg(test)]

@@ -3,31 +3,17 @@
 use std::sync::LazyLock;
 
 use prometheus::{HistogramVec, IntCounterVec};
-use runtime::metrics::{counter_vec, histogram_vec, Ops};
+use runtime::http::layers::HttpMetrics;
+use runtime::metrics::{counter_vec, histogram_vec};
 
-/// HTTP requests per route (`op` is the method and route template, e.g.
-/// `GET /api/v1/messages/{id}`): `frontdoor_http_requests_total{op,outcome}` (outcome: the status
+/// HTTP requests (`runtime::http::layers::HttpMetrics`): `frontdoor_http_requests_total{op,outcome}`
+/// (`op` is the method and route pattern, e.g. `GET /api/v1/messages/{id}`; outcome: the status
 /// class, or the status code for 4xx/5xx), `frontdoor_http_errors_total{op,kind}` (status >= 400),
-/// `frontdoor_http_request_seconds{op}`, `frontdoor_http_in_flight`, and
-/// `frontdoor_http_shed_total` (answered 503 with `Retry-After`: the store was busy or unreachable,
-/// or the front door refused the request).
-pub static HTTP: LazyLock<Ops> = LazyLock::new(|| Ops::new("frontdoor_http", "HTTP requests"));
-
-pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "frontdoor_requests_total",
-        "HTTP requests by kind (page, api, static) and status class",
-        &["kind", "status"],
-    )
-});
-
-pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram_vec(
-        "frontdoor_request_seconds",
-        "time to answer an HTTP request, by kind (page, api, static)",
-        &["kind"],
-    )
-});
+/// `frontdoor_http_request_seconds{op}`, `frontdoor_http_in_flight`, `frontdoor_http_shed_total`
+/// (answered 503 or 429 with `Retry-After`: the store was busy or unreachable, or the front door
+/// refused the request), `frontdoor_http_panics_total`, and by kind (page, api, static)
+/// `frontdoor_requests_total{kind,status}` and `frontdoor_request_seconds{kind}`.
+pub static HTTP: LazyLock<HttpMetrics> = LazyLock::new(|| HttpMetrics::new("frontdoor"));
 
 pub static STORE_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -71,8 +57,6 @@ pub fn register() {
     for r in ["ok", "none", "expired", "old_generation", "csrf_refused"] {
         AUTH.with_label_values(&[r]);
     }
-    LazyLock::force(&REQUESTS);
-    LazyLock::force(&REQUEST_SECONDS);
     LazyLock::force(&HTTP);
     LazyLock::force(&STORE_CALLS);
     LazyLock::force(&STORE_SECONDS);

@@ -1,6 +1,7 @@
 //! Choosing a front door: the cluster registry from the member index (cached a few seconds, a
 //! stale copy used while the index is unreachable) and a health probe per front door
-//! (`GET {base}/healthz` answering 200 within [`PROBE_TIMEOUT`], cached [`HEALTH_TTL`]).
+//! (`GET {base}/healthz` answering 200 within [`PROBE_TIMEOUT`], its verdict cached too); how
+//! long each is trusted is [`Lifetimes`], from login's `[front-doors]` config.
 //!
 //! `https://` front doors are probed with a TCP connect only: TLS ends in front of them.
 
@@ -16,10 +17,24 @@ use crate::metrics;
 
 /// Longest a front door may take to answer its health probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a probe's verdict is trusted.
-pub const HEALTH_TTL: Duration = Duration::from_secs(2);
-/// How long the cluster registry is trusted before it is fetched again.
-pub const CLUSTERS_TTL: Duration = Duration::from_secs(3);
+
+/// How long what is known of the front doors is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// The cluster registry, fetched again after this.
+    pub registry: Duration,
+    /// A probe's verdict, probed again after this.
+    pub health: Duration,
+}
+
+impl From<&crate::config::FrontDoorsConfig> for Lifetimes {
+    fn from(c: &crate::config::FrontDoorsConfig) -> Self {
+        Lifetimes {
+            registry: Duration::from_millis(c.registry_cache_ms),
+            health: Duration::from_millis(c.health_cache_ms),
+        }
+    }
+}
 /// Longest the sign-in page waits for a stale cluster registry to be fetched again.
 pub const PAGE_REFRESH_WAIT: Duration = Duration::from_millis(300);
 
@@ -45,12 +60,14 @@ pub struct FrontDoors {
     clusters: RwLock<Clusters>,
     refreshing: tokio::sync::Mutex<()>,
     health: Cache<String, bool>,
+    registry_ttl: Duration,
 }
 
 impl FrontDoors {
-    pub fn new(mserv: Arc<mserv_client::Client>) -> FrontDoors {
+    pub fn new(mserv: Arc<mserv_client::Client>, lifetimes: Lifetimes) -> FrontDoors {
         FrontDoors {
             mserv,
+            registry_ttl: lifetimes.registry,
             clusters: RwLock::new(Clusters {
                 by_name: HashMap::new(),
                 fetched: None,
@@ -58,7 +75,7 @@ impl FrontDoors {
             refreshing: tokio::sync::Mutex::new(()),
             health: Cache::builder()
                 .max_capacity(10_000)
-                .time_to_live(HEALTH_TTL)
+                .time_to_live(lifetimes.health)
                 .build(),
         }
     }
@@ -95,13 +112,7 @@ impl FrontDoors {
     /// when stale but waiting at most [`PAGE_REFRESH_WAIT`] for it: the page must not hang on
     /// an unreachable index.
     pub async fn all(&self) -> Vec<String> {
-        let fresh = self
-            .clusters
-            .read()
-            .unwrap()
-            .fetched
-            .is_some_and(|t| t.elapsed() < CLUSTERS_TTL);
-        if !fresh {
+        if !self.fresh() {
             let _ = tokio::time::timeout(PAGE_REFRESH_WAIT, self.refresh()).await;
         }
         let c = self.clusters.read().unwrap();
@@ -111,14 +122,17 @@ impl FrontDoors {
         v
     }
 
-    async fn doors(&self, cluster: &str) -> Result<Vec<String>, PickError> {
-        let fresh = self
-            .clusters
+    /// Whether the cluster registry was fetched within its lifetime.
+    fn fresh(&self) -> bool {
+        self.clusters
             .read()
             .unwrap()
             .fetched
-            .is_some_and(|t| t.elapsed() < CLUSTERS_TTL);
-        if !fresh {
+            .is_some_and(|t| t.elapsed() < self.registry_ttl)
+    }
+
+    async fn doors(&self, cluster: &str) -> Result<Vec<String>, PickError> {
+        if !self.fresh() {
             if let Err(e) = self.refresh().await {
                 // A stale registry still names the front doors; the probes say which are up.
                 if self.clusters.read().unwrap().fetched.is_none() {

@@ -26,8 +26,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper::Request;
-use runtime::faults::Faults;
-use runtime::health::Health;
+use runtime::role::Role;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
@@ -58,39 +57,24 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     metrics::register();
     let keys = cfg.signing_keys().map_err(|e| anyhow!("keys: {e}"))?;
-    let faults = Arc::new(Faults::from_config(&cfg.faults));
-    let health = Health::new("login");
-    let admin_addr = admin.local_addr()?;
-    let admin_task = tokio::spawn(runtime::admin::serve(
-        admin,
-        health.clone(),
-        faults.clone(),
-        shutdown.clone(),
-    ));
+    let role = Role::start("login", admin, &cfg.faults, &shutdown)?;
+    let faults = role.faults.clone();
 
     let name = format!("login {}", cfg.public_url);
     let mserv_client = Arc::new(mserv_client::Client::new(
         cfg.mserv.clone(),
         mserv_client::ClientConfig {
             name: name.clone(),
-            cache_ttl: Duration::from_secs(60),
+            cache_ttl: Duration::from_secs(cfg.route_cache_secs),
             request_timeout: Duration::from_secs(3),
             ..Default::default()
         },
     ));
-    let router = mserv_client::Router::new(mserv_client.clone(), Duration::from_secs(10));
-    let xfs = xfs::Client::new(xfs::ClientConfig {
-        name,
-        conns_per_store: 2,
-        connect_timeout: Duration::from_secs(1),
-        backoff_base: Duration::from_millis(20),
-        backoff_cap: Duration::from_millis(500),
-        faults: Some({
-            let faults = faults.clone();
-            xfs::client::CallFaults::new(move |point| faults.decide(point))
-        }),
-        ..Default::default()
-    });
+    let router = mserv_client::Router::new(
+        mserv_client.clone(),
+        Duration::from_secs(cfg.store_refresh_secs),
+    );
+    let xfs = xfs::Client::new(xfs::ClientConfig::for_role(name, 2, faults.call_faults()));
     let hashing = session::password::Hashing::for_this_machine();
     let dummy_hash = hashing
         .hash("no such user")
@@ -105,7 +89,7 @@ pub async fn run_with(
             cfg.max_failures_per_client,
             Duration::from_secs(cfg.failure_window_secs),
         ),
-        front_doors: frontdoors::FrontDoors::new(mserv_client),
+        front_doors: frontdoors::FrontDoors::new(mserv_client, (&cfg.front_doors).into()),
         faults,
         session_ttl: Duration::from_secs(cfg.session_ttl_secs),
         hashing,
@@ -113,15 +97,14 @@ pub async fn run_with(
     };
     let app = Arc::new(web::App {
         signin,
-        health: health.clone(),
+        health: role.health.clone(),
         cookie_secure: cfg.cookie_secure,
     });
 
-    let addr = listener.local_addr()?;
-    health.set_info("public_url", cfg.public_url.clone().into());
-    health.set_ready();
-    tracing::info!(http = %addr, admin = %admin_addr, public_url = %cfg.public_url,
-        key = %cfg.current_key, "login ready");
+    role.health
+        .set_info("public_url", cfg.public_url.clone().into());
+    tracing::info!(public_url = %cfg.public_url, key = %cfg.current_key, "signing sessions");
+    role.ready(listener.local_addr()?);
 
     let limits = runtime::http::Limits {
         max_connections: MAX_CONNECTIONS,
@@ -129,17 +112,12 @@ pub async fn run_with(
         drain: DRAIN_TIMEOUT,
     };
     let app = web::router(app);
-    runtime::http::serve(
-        listener,
-        limits,
-        shutdown.clone(),
-        |peer| service(app.clone(), peer),
-        || health.set_draining(),
-    )
+    let service_for = |peer| service(app.clone(), peer);
+    runtime::http::serve(listener, limits, shutdown, service_for, || {
+        role.set_draining()
+    })
     .await;
-    admin_task.await.context("admin task")??;
-    tracing::info!("stopped");
-    Ok(())
+    role.finish().await
 }
 
 /// The service for one connection from `peer`: the client's address for the handlers (throttling

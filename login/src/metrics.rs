@@ -3,13 +3,16 @@
 use std::sync::LazyLock;
 
 use prometheus::{Histogram, IntCounterVec};
-use runtime::metrics::{counter_vec, histogram, Ops};
+use runtime::http::layers::HttpMetrics;
+use runtime::metrics::{counter_vec, histogram};
 
-/// HTTP requests per route (`op` is the method and route, e.g. `POST /api/v1/session`):
-/// `login_http_requests_total{op,outcome}`, `login_http_errors_total{op,kind}` (status >= 400),
-/// `login_http_request_seconds{op}`, `login_http_in_flight`, and `login_http_shed_total`
-/// (answered 503 or 429: the index, store or front doors were unavailable, or throttled).
-pub static HTTP: LazyLock<Ops> = LazyLock::new(|| Ops::new("login_http", "HTTP requests"));
+/// HTTP requests (`runtime::http::layers::HttpMetrics`): `login_http_requests_total{op,outcome}`
+/// (`op` is the method and route, e.g. `POST /api/v1/session`), `login_http_errors_total{op,kind}`
+/// (status >= 400), `login_http_request_seconds{op}`, `login_http_in_flight`,
+/// `login_http_shed_total` (answered 503 or 429 with `Retry-After`: the index, store or front doors
+/// were unavailable, or throttled), `login_http_panics_total`, and by kind (page, api, static)
+/// `login_requests_total{kind,status}` and `login_request_seconds{kind}`.
+pub static HTTP: LazyLock<HttpMetrics> = LazyLock::new(|| HttpMetrics::new("login"));
 
 /// The outcomes counted by [`ATTEMPTS`].
 pub const RESULTS: &[&str] = &[

@@ -1,5 +1,8 @@
 //! The HTML pages: the sign-in form (with its notices) and the style sheet. Server-rendered,
-//! no scripts; every value from a request is escaped.
+//! no scripts; pages are `maud` templates (as the front door's), which escape every value
+//! spliced in.
+
+use maud::{html, Markup};
 
 /// The style sheet, served at [`CSS_PATH`].
 pub const CSS_PATH: &str = "/static/login.css";
@@ -88,71 +91,45 @@ impl Notice {
     }
 }
 
-/// Escape text for HTML element content and double-quoted attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
+/// The sign-in page: an optional notice, the form with `user` filled in, and the CSRF value.
+/// A `maud` template in the shared page frame: whatever is spliced in is escaped, in content
+/// and attributes alike.
+pub fn sign_in(notice: Option<&Notice>, user: &str, csrf: &str) -> String {
+    let empty = user.is_empty();
+    let body = html! {
+        main {
+            p.brand { "mega" span { "mail" } }
+            div.card {
+                h1 { "Sign in" }
+                @if let Some(n) = notice {
+                    (notice_line(n))
+                }
+                form method="post" action="/login" autocomplete="on" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label for="user" { "Email address" }
+                    input #user name="user" type="email" inputmode="email"
+                        autocomplete="username" autocapitalize="none" spellcheck="false"
+                        maxlength="320" required value=(user) autofocus[empty];
+                    label for="password" { "Password" }
+                    input #password name="password" type="password"
+                        autocomplete="current-password" maxlength="1024" required
+                        autofocus[!empty];
+                    button type="submit" { "Sign in" }
+                }
+                p.hint { "Use your full address, like name@example.test." }
+            }
         }
-    }
-    out
+    };
+    runtime::http::page::document("Sign in", CSS_PATH, body).into_string()
 }
 
-/// The sign-in page: an optional notice, the form with `user` filled in, and the CSRF value.
-pub fn sign_in(notice: Option<&Notice>, user: &str, csrf: &str) -> String {
-    let notice = notice
-        .map(|n| {
-            let (class, role) = match n.tone {
-                Tone::Error => ("error", "alert"),
-                Tone::Warn => ("warn", "alert"),
-                Tone::Ok => ("ok", "status"),
-            };
-            format!(
-                "<p class=\"notice {class}\" role=\"{role}\">{}</p>\n",
-                escape(&n.text)
-            )
-        })
-        .unwrap_or_default();
-    let autofocus_user = if user.is_empty() { " autofocus" } else { "" };
-    let autofocus_pw = if user.is_empty() { "" } else { " autofocus" };
-    format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>Sign in · megamail</title>
-<link rel="stylesheet" href="{CSS_PATH}">
-</head>
-<body>
-<main>
-<p class="brand">mega<span>mail</span></p>
-<div class="card">
-<h1>Sign in</h1>
-{notice}<form method="post" action="/login" autocomplete="on">
-<input type="hidden" name="csrf" value="{csrf}">
-<label for="user">Email address</label>
-<input id="user" name="user" type="email" inputmode="email" autocomplete="username" autocapitalize="none" spellcheck="false" maxlength="320" required value="{user}"{autofocus_user}>
-<label for="password">Password</label>
-<input id="password" name="password" type="password" autocomplete="current-password" maxlength="1024" required{autofocus_pw}>
-<button type="submit">Sign in</button>
-</form>
-<p class="hint">Use your full address, like name@example.test.</p>
-</div>
-</main>
-</body>
-</html>
-"#,
-        csrf = escape(csrf),
-        user = escape(user),
-    )
+fn notice_line(n: &Notice) -> Markup {
+    let (class, role) = match n.tone {
+        Tone::Error => ("error", "alert"),
+        Tone::Warn => ("warn", "alert"),
+        Tone::Ok => ("ok", "status"),
+    };
+    html! { p class={ "notice " (class) } role=(role) { (n.text) } }
 }
 
 #[cfg(test)]
@@ -171,5 +148,33 @@ mod tests {
         assert!(page.contains("value=\"&quot;&gt;&lt;script&gt;"), "{page}");
         assert!(page.contains("value=\"a&amp;b\""), "{page}");
         assert!(page.contains("role=\"alert\""));
+        assert!(page.contains("<p class=\"notice error\" role=\"alert\">&lt;b&gt;no"));
+    }
+
+    #[test]
+    fn the_form_has_its_fields_and_focus() {
+        let page = sign_in(None, "", "c1");
+        assert!(
+            page.contains("<form method=\"post\" action=\"/login\""),
+            "{page}"
+        );
+        assert!(page.contains("<input type=\"hidden\" name=\"csrf\" value=\"c1\">"));
+        assert!(!page.contains("class=\"notice"), "{page}");
+        let user = page.split("id=\"user\"").nth(1).unwrap();
+        assert!(
+            user.split('>').next().unwrap().contains("autofocus"),
+            "{page}"
+        );
+        let page = sign_in(Some(&Notice::ok("You have signed out.")), "a@b.test", "c1");
+        assert!(
+            page.contains("role=\"status\">You have signed out.</p>"),
+            "{page}"
+        );
+        let pw = page.split("id=\"password\"").nth(1).unwrap();
+        assert!(
+            pw.split('>').next().unwrap().contains("autofocus"),
+            "{page}"
+        );
+        assert!(page.contains("value=\"a@b.test\""));
     }
 }

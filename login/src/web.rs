@@ -21,14 +21,14 @@ use std::time::Duration;
 use axum::extract::rejection::{FormRejection, JsonRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, REFERRER_POLICY,
-    RETRY_AFTER, SET_COOKIE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE,
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Form, Json, Router};
 use runtime::health::Health;
+use runtime::http::layers::Layers;
 use runtime::http::RequestId;
 use serde::Deserialize;
 use serde_json::json;
@@ -62,9 +62,10 @@ pub struct App {
     pub cookie_secure: bool,
 }
 
-/// The router with every route and the headers every answer carries.
+/// The router with every route, wrapped in the shared web layers (`runtime::http::layers`:
+/// request id, fault point, the headers every answer carries, metrics, the log line).
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(index))
         .route("/login", post(login_form))
         .route("/api/v1/session", post(login_json))
@@ -72,95 +73,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route(pages::CSS_PATH, get(css))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::map_response(security_headers))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
-        .with_state(app)
-}
-
-/// The fault point of HTTP handling: a delay, or a 503 before the handler runs.
-pub const FAULT_HTTP: &str = "http.request";
-
-/// Every request: the `http.request` fault point, metrics per route, one log line at info.
-async fn observe(
-    State(app): State<Arc<App>>,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let started = std::time::Instant::now();
-    let id = runtime::http::request_id(
-        req.headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok()),
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let layers = Layers::new(
+        &crate::metrics::HTTP,
+        app.signin.faults.clone(),
+        HeaderValue::from_static(BASE_CSP),
     );
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let _in_flight = crate::metrics::HTTP.begin();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let known = [
-        "/",
-        "/login",
-        "/api/v1/session",
-        "/logout",
-        "/healthz",
-        pages::CSS_PATH,
-    ];
-    let route = if known.contains(&path.as_str()) {
-        path.as_str()
-    } else {
-        "other"
-    };
-    let method_name = match method.as_str() {
-        m @ ("GET" | "POST" | "HEAD") => m,
-        _ => "OTHER",
-    };
-    let op = format!("{method_name} {route}");
-    let mut resp = match app.signin.faults.inject(FAULT_HTTP).await {
-        Ok(()) => next.run(req).await,
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [
-                (CONTENT_TYPE, "text/plain; charset=utf-8"),
-                (RETRY_AFTER, "1"),
-            ],
-            format!("{e}\n"),
-        )
-            .into_response(),
-    };
-    let elapsed = started.elapsed();
-    let status = resp.status();
-    let outcome = match status.as_u16() {
-        400.. => Err(status.as_str()),
-        300.. => Ok("3xx"),
-        200.. => Ok("2xx"),
-        _ => Ok("1xx"),
-    };
-    crate::metrics::HTTP.record(&op, outcome, elapsed);
-    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-        crate::metrics::HTTP.shed.inc();
-    }
-    if path != "/healthz" && path != pages::CSS_PATH {
-        let ms = elapsed.as_secs_f64() * 1000.0;
-        tracing::info!(%method, %path, status = status.as_u16(), ms, request_id = %id, "request");
-    }
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    resp
-}
-
-async fn security_headers(mut res: Response) -> Response {
-    let h = res.headers_mut();
-    if !h.contains_key(CONTENT_SECURITY_POLICY) {
-        h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(BASE_CSP));
-    }
-    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    if !h.contains_key(CACHE_CONTROL) {
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    res
+    layers.wrap(routes).with_state(app)
 }
 
 /// The client's address (IPv4-mapped IPv6 addresses as IPv4).

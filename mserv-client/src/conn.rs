@@ -1,5 +1,5 @@
-//! The index's side of the one connection layer (`xfs::conn`): how its frames say hello, carry
-//! requests and answer, so clients, followers forwarding writes and Raft's messages to peers all
+//! The index's side of the one connection layer (`xfs::conn`): its operations, answers, hello and
+//! version (`xfs::envelope::Protocol`), so clients, followers forwarding writes and Raft's messages to peers all
 //! share `xfs::conn::Pool`.
 
 use xfs::conn::{ConnError, Pool, Pools, Protocol};

@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use runtime::admission::Admission;
-use runtime::faults::Faults;
-use runtime::health::Health;
+use runtime::role::Role;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
@@ -61,31 +60,22 @@ pub async fn run_with(
     admin: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let faults = Arc::new(Faults::from_config(&cfg.faults));
+    let role = Role::start("mserv", admin, &cfg.faults, &shutdown)?;
+    let faults = role.faults.clone();
     let admission = Admission::new(cfg.max_in_flight);
-    let health = Health::new("mserv");
-    health.set_admission(admission.clone());
-    health.set_info("replica", cfg.id.into());
-    let admin_addr = admin.local_addr()?;
-    let admin_task = tokio::spawn(runtime::admin::serve(
-        admin,
-        health.clone(),
-        faults.clone(),
-        shutdown.clone(),
-    ));
+    role.health.set_admission(admission.clone());
+    role.health.set_info("replica", cfg.id.into());
 
     let dir = cfg.data_dir.clone();
     let (log, sm) = tokio::task::spawn_blocking(move || storage::open(&dir))
         .await
         .context("opening storage")??;
     let node = Arc::new(node::Node::start(&cfg, log, sm, faults.clone()).await?);
-    node.watch(health.clone(), &shutdown);
+    node.watch(role.health.clone(), &shutdown);
     node.bootstrap(&cfg).await?;
 
-    let addr = listener.local_addr()?;
-    health.set_ready();
-    tracing::info!(id = cfg.id, %addr, admin = %admin_addr, data = %cfg.data_dir.display(),
-        "mserv ready");
+    tracing::info!(id = cfg.id, data = %cfg.data_dir.display(), "replica open");
+    role.ready(listener.local_addr()?);
 
     let ctx = Arc::new(server::Ctx {
         node: node.clone(),
@@ -96,17 +86,8 @@ pub async fn run_with(
     let conns = shutdown.child();
     server::serve(listener, ctx, cfg.max_connections, conns.clone()).await;
 
-    health.set_draining();
-    tracing::info!("draining");
-    let drain = Duration::from_secs(cfg.drain_timeout_secs);
-    if tokio::time::timeout(drain, conns.wait_tasks())
-        .await
-        .is_err()
-    {
-        tracing::warn!(?drain, "requests still in flight after the drain timeout");
-    }
+    role.drain(&conns, Duration::from_secs(cfg.drain_timeout_secs))
+        .await;
     node.shutdown().await;
-    admin_task.await.context("admin task")??;
-    tracing::info!("stopped");
-    Ok(())
+    role.finish().await
 }

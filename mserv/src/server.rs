@@ -39,15 +39,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutd
         max_pipeline: 4096,
         ..Default::default()
     };
-    let handle = serve::handler(ctx, limits, shutdown.token());
-    runtime::server::serve(
-        listener,
-        max_conns,
-        metrics::CONNECTIONS.clone(),
-        shutdown,
-        handle,
-    )
-    .await
+    let conns = metrics::CONNECTIONS.clone();
+    runtime::server::serve_framed(listener, ctx, limits, max_conns, conns, shutdown).await
 }
 
 impl serve::Service for Ctx {

@@ -33,12 +33,12 @@ impl Hcu {
             name: "mailctl".into(),
             conns_per_store: 1,
             // Fault points for tests, from MEGAMAIL_FAULTS only (mailctl has no faults config).
-            faults: Some({
-                let faults = std::sync::Arc::new(runtime::faults::Faults::from_config(
+            faults: Some(
+                std::sync::Arc::new(runtime::faults::Faults::from_config(
                     &runtime::config::FaultsConfig::new(),
-                ));
-                xfs::client::CallFaults::new(move |point| faults.decide(point))
-            }),
+                ))
+                .call_faults(),
+            ),
             ..Default::default()
         });
         Hcu {

@@ -33,6 +33,13 @@ pub struct LoginConfig {
     pub max_failures_per_user: u32,
     pub max_failures_per_client: u32,
     pub failure_window_secs: u64,
+    /// How long a cached placement is trusted (a store's `Moved` drops it at once); 0: asked
+    /// of the index every time.
+    pub route_cache_secs: u64,
+    /// How often the store registry is fetched again.
+    pub store_refresh_secs: u64,
+    /// How long the front doors' registry and health are trusted.
+    pub front_doors: FrontDoorsConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub faults: FaultsConfig,
@@ -51,6 +58,9 @@ impl Default for LoginConfig {
             max_failures_per_user: 5,
             max_failures_per_client: 20,
             failure_window_secs: 300,
+            route_cache_secs: 60,
+            store_refresh_secs: 10,
+            front_doors: FrontDoorsConfig::default(),
             log: LogConfig::default(),
             admin: AdminConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
@@ -100,9 +110,37 @@ impl Validate for LoginConfig {
                     self.max_failures_per_client.into(),
                 ),
                 ("failure-window-secs", self.failure_window_secs),
+                ("store-refresh-secs", self.store_refresh_secs),
+                (
+                    "front-doors.registry-cache-ms",
+                    self.front_doors.registry_cache_ms,
+                ),
+                (
+                    "front-doors.health-cache-ms",
+                    self.front_doors.health_cache_ms,
+                ),
             ],
         );
         conclude(errs, &self.log, &self.admin, &self.faults)
+    }
+}
+
+/// `[front-doors]`: how long what login knows of the front doors is trusted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FrontDoorsConfig {
+    /// The cluster registry (which front doors each cluster has), fetched again after this.
+    pub registry_cache_ms: u64,
+    /// A front door's health probe verdict, probed again after this.
+    pub health_cache_ms: u64,
+}
+
+impl Default for FrontDoorsConfig {
+    fn default() -> Self {
+        FrontDoorsConfig {
+            registry_cache_ms: 3000,
+            health_cache_ms: 2000,
+        }
     }
 }
 
@@ -125,6 +163,24 @@ mod tests {
         assert_eq!(cfg.max_failures_per_user, 5);
         assert!(cfg.cookie_secure);
         assert!(cfg.signing_keys().is_ok());
+        let defaults = LoginConfig::default();
+        assert_eq!(cfg.route_cache_secs, defaults.route_cache_secs);
+        assert_eq!(cfg.store_refresh_secs, defaults.store_refresh_secs);
+        assert_eq!(cfg.front_doors, defaults.front_doors);
+    }
+
+    #[test]
+    fn cache_lifetimes_are_keys() {
+        let cfg: LoginConfig = toml::from_str(
+            "route-cache-secs = 0\nstore-refresh-secs = 2\n\
+             [front-doors]\nregistry-cache-ms = 150\nhealth-cache-ms = 100\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.route_cache_secs, 0);
+        assert_eq!(cfg.store_refresh_secs, 2);
+        assert_eq!(cfg.front_doors.registry_cache_ms, 150);
+        assert_eq!(cfg.front_doors.health_cache_ms, 100);
+        assert!(toml::from_str::<LoginConfig>("[front-doors]\nhealth-ttl = 1\n").is_err());
     }
 
     #[test]
@@ -141,8 +197,8 @@ mod tests {
     fn bad_values_are_named() {
         let err = runtime::config::parse::<LoginConfig>(
             "public-url = \"ftp://x\"\ncurrent-key = \"k2\"\nsession-ttl-secs = 5\n\
-             max-failures-per-user = 0\nfailure-window-secs = 0\n\
-             [[keys]]\nid = \"k1\"\nsecret = \"abcd\"\n",
+             max-failures-per-user = 0\nfailure-window-secs = 0\nstore-refresh-secs = 0\n\
+             [[keys]]\nid = \"k1\"\nsecret = \"abcd\"\n[front-doors]\nhealth-cache-ms = 0\n",
         )
         .unwrap_err()
         .to_string();
@@ -152,6 +208,8 @@ mod tests {
             "session-ttl-secs",
             "max-failures-per-user",
             "failure-window-secs",
+            "store-refresh-secs",
+            "front-doors.health-cache-ms",
         ] {
             assert!(err.contains(key), "{key} in {err}");
         }

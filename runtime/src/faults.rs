@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
@@ -86,6 +86,12 @@ impl Faults {
     /// No fault anywhere.
     pub fn new() -> Self {
         Faults::default()
+    }
+
+    /// The XFS client's fault points (`xfs.call`, `xfs.reply`), decided by these.
+    pub fn call_faults(self: &Arc<Self>) -> xfs::client::CallFaults {
+        let faults = Arc::clone(self);
+        xfs::client::CallFaults::new(move |point| faults.decide(point))
     }
 
     /// The points of the `[faults]` config section, overridden point by point by `MEGAMAIL_FAULTS`.

@@ -1,6 +1,10 @@
 //! One HTTP/1.1 server loop for every web port (front doors, login, the admin port): a bound on
 //! connections served at once, a header read timeout, and on shutdown a graceful close of every
-//! connection with a bounded drain.
+//! connection with a bounded drain. [`layers`] is what wraps every request of the web roles, and
+//! [`page`] the frame of their HTML pages.
+
+pub mod layers;
+pub mod page;
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;

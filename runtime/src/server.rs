@@ -4,7 +4,7 @@
 //! per-connection counts in the role's `<role>_connections_total{outcome}`.
 //!
 //! What happens on a connection is the role's: `xfs::serve::connection` for framed protocols
-//! (hello and version, pipelining, idle timeout), the SMTP session for smtp-in.
+//! (hello and version, pipelining, idle timeout; [`serve_framed`]), the SMTP session for smtp-in.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,6 +49,21 @@ pub async fn serve<F, Fut>(
         move |s, p, ()| handle(s, p),
     )
     .await
+}
+
+/// [`serve`] for a framed protocol (`xfs::serve`: a store's XFS, the index's): each connection
+/// served by `service` within `limits`, and stopped by `shutdown` (so `shutdown.wait_tasks()`
+/// afterwards waits for the requests in flight).
+pub async fn serve_framed<S: xfs::serve::Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    limits: xfs::serve::ConnLimits,
+    max_conns: usize,
+    conns: IntCounterVec,
+    shutdown: Shutdown,
+) {
+    let handle = xfs::serve::handler(service, limits, shutdown.token());
+    serve(listener, max_conns, conns, shutdown, handle).await
 }
 
 /// [`serve`] with a role's own admission step (say, a limit per client address) after the

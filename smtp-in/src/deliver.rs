@@ -63,18 +63,11 @@ impl Stores {
             Arc::new(mserv_client),
             Duration::from_secs(cfg.store_refresh_secs),
         );
-        let xfs = xfs::Client::new(xfs::ClientConfig {
-            name: format!("smtp-in {}", cfg.hostname),
-            conns_per_store: 4,
-            connect_timeout: Duration::from_secs(1),
-            backoff_base: Duration::from_millis(20),
-            backoff_cap: Duration::from_millis(500),
-            faults: Some({
-                let faults = faults.clone();
-                xfs::client::CallFaults::new(move |point| faults.decide(point))
-            }),
-            ..Default::default()
-        });
+        let xfs = xfs::Client::new(xfs::ClientConfig::for_role(
+            format!("smtp-in {}", cfg.hostname),
+            4,
+            faults.call_faults(),
+        ));
         Stores {
             shared: Arc::new(Shared {
                 router,

@@ -18,9 +18,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
-use runtime::faults::Faults;
-use runtime::health::Health;
+use runtime::role::Role;
 use runtime::server::Admit;
 use runtime::shutdown::Shutdown;
 
@@ -104,15 +102,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     metrics::register();
     runtime::net::raise_fd_limit();
-    let faults = Arc::new(Faults::from_config(&cfg.faults));
-    let health = Health::new("smtp-in");
-    let admin_addr = admin.local_addr()?;
-    let admin_task = tokio::spawn(runtime::admin::serve(
-        admin,
-        health.clone(),
-        faults.clone(),
-        shutdown.clone(),
-    ));
+    let role = Role::start("smtp-in", admin, &cfg.faults, &shutdown)?;
     let tls = match &cfg.tls {
         Some(t) => Some(tls::acceptor(&t.cert, &t.key)?),
         None => None,
@@ -124,31 +114,21 @@ pub async fn run_with(
     });
     let drain = Duration::from_secs(cfg.drain_timeout_secs);
     let ctx = Arc::new(Ctx {
-        mailboxes: deliver::Stores::new(&cfg, faults),
+        mailboxes: deliver::Stores::new(&cfg, role.faults.clone()),
         tls,
         cfg,
     });
 
-    let smtp_addr = listener.local_addr()?;
-    health.set_info("hostname", ctx.cfg.hostname.clone().into());
-    health.set_ready();
-    tracing::info!(smtp = %smtp_addr, admin = %admin_addr, domains = ?ctx.cfg.domains,
-        tls = ctx.tls.is_some(), "smtp-in ready");
+    role.health
+        .set_info("hostname", ctx.cfg.hostname.clone().into());
+    tracing::info!(domains = ?ctx.cfg.domains, tls = ctx.tls.is_some(), "accepting mail");
+    role.ready(listener.local_addr()?);
 
     let sessions = shutdown.child();
     accept_loop(listener, ctx.clone(), slots, sessions.clone()).await;
 
-    health.set_draining();
-    tracing::info!("draining");
-    if tokio::time::timeout(drain, sessions.wait_tasks())
-        .await
-        .is_err()
-    {
-        tracing::warn!(?drain, "sessions still open after the drain timeout");
-    }
-    admin_task.await.context("admin task")??;
-    tracing::info!("stopped");
-    Ok(())
+    role.drain(&sessions, drain).await;
+    role.finish().await
 }
 
 /// The shared accept loop (`runtime::server`) with smtp-in's own admission: sessions in total

@@ -435,9 +435,30 @@ async fn failed_sign_ins_are_throttled_per_user_and_per_client_address() {
     );
 }
 
+/// Poll `check` until it gives a value, failing the test after 10 s with `what`.
+async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "still not {what} after 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unhealthy_front_doors_are_skipped_and_none_healthy_is_503() {
-    let env = env(LoginOpts::default()).await;
+    // What login knows of the front doors is trusted briefly here, so changes show soon.
+    let env = env(LoginOpts {
+        extra: "[front-doors]\nregistry-cache-ms = 200\nhealth-cache-ms = 200\n".into(),
+        ..Default::default()
+    })
+    .await;
     add(&env, ALICE, PW).await;
     let http = client();
     let down = StubFrontDoor::start(503).await.unwrap();
@@ -456,8 +477,14 @@ async fn unhealthy_front_doors_are_skipped_and_none_healthy_is_503() {
         )
         .await
         .unwrap();
-    // The cluster registry is cached for a few seconds.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The sign-in page's form-action names every registered front door once the new registry
+    // is in use.
+    until("the new cluster registry in use", || async {
+        let res = http.get(env.login.url("/")).send().await.unwrap();
+        let csp = res.headers()["content-security-policy"].to_str().unwrap();
+        csp.contains(&down.base).then_some(())
+    })
+    .await;
     for _ in 0..6 {
         let (status, _, body) = json_sign_in(&http, &env.login, ALICE, PW).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -466,15 +493,19 @@ async fn unhealthy_front_doors_are_skipped_and_none_healthy_is_503() {
 
     // The last healthy one goes down: 503 with a clear answer, once the verdict cache expires.
     env.fd.set_status(503);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = env.login.metric(UNAVAILABLE).await.unwrap();
-    let (status, headers, body) = json_sign_in(&http, &env.login, ALICE, PW).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (headers, body) = until("503 with the healthy front door down", || async {
+        let (status, headers, body) = json_sign_in(&http, &env.login, ALICE, PW).await;
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some((headers, body))
+    })
+    .await;
     assert!(
         body["error"].as_str().unwrap().contains("front door"),
         "{body}"
     );
     assert!(headers.contains_key(RETRY_AFTER));
+    let before = env.login.metric(UNAVAILABLE).await.unwrap();
+    let (status, _, _) = json_sign_in(&http, &env.login, ALICE, PW).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (cookie, field) = form_csrf(&http, &env.login).await;
     let res = form_sign_in(&http, &env.login, Some(&cookie), &creds(ALICE, PW, &field)).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -488,9 +519,11 @@ async fn unhealthy_front_doors_are_skipped_and_none_healthy_is_503() {
 
     // And back.
     env.fd.set_status(200);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (status, _, body) = json_sign_in(&http, &env.login, ALICE, PW).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = until("a sign-in with the front door back", || async {
+        let (status, _, body) = json_sign_in(&http, &env.login, ALICE, PW).await;
+        (status == StatusCode::OK).then_some(body)
+    })
+    .await;
     assert_eq!(body["front_door"], env.fd.base.as_str());
 }
 

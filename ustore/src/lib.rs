@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use runtime::admission::Admission;
-use runtime::faults::Faults;
-use runtime::health::Health;
+use runtime::role::Role;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
@@ -38,18 +37,11 @@ pub async fn run_with(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     metrics::register();
-    let faults = Arc::new(Faults::from_config(&cfg.faults));
+    let role = Role::start("ustore", admin, &cfg.faults, &shutdown)?;
+    let faults = role.faults.clone();
     let admission = Admission::new(cfg.max_in_flight);
-    let health = Health::new("ustore");
-    health.set_admission(admission.clone());
-    health.set_info("store", cfg.name.clone().into());
-    let admin_addr = admin.local_addr()?;
-    let admin_task = tokio::spawn(runtime::admin::serve(
-        admin,
-        health.clone(),
-        faults.clone(),
-        shutdown.clone(),
-    ));
+    role.health.set_admission(admission.clone());
+    role.health.set_info("store", cfg.name.clone().into());
 
     let so = SegmentOptions {
         block_cache_bytes: cfg.block_cache_mb << 20,
@@ -69,10 +61,8 @@ pub async fn run_with(
     .context("opening the segments")??;
     let store = Arc::new(store);
 
-    let xfs_addr = listener.local_addr()?;
-    health.set_ready();
-    tracing::info!(store = %cfg.name, xfs = %xfs_addr, admin = %admin_addr,
-        segments = ?store.segment_ids(), "ustore ready");
+    tracing::info!(store = %cfg.name, segments = ?store.segment_ids(), "segments open");
+    role.ready(listener.local_addr()?);
 
     let ctx = Arc::new(server::Ctx {
         store: store.clone(),
@@ -89,24 +79,15 @@ pub async fn run_with(
     let conns = shutdown.child();
     server::serve(listener, ctx, cfg.max_connections, conns.clone()).await;
 
-    health.set_draining();
-    tracing::info!("draining");
-    let drain = Duration::from_secs(cfg.drain_timeout_secs);
-    if tokio::time::timeout(drain, conns.wait_tasks())
-        .await
-        .is_err()
-    {
-        tracing::warn!(?drain, "requests still in flight after the drain timeout");
-    }
+    role.drain(&conns, Duration::from_secs(cfg.drain_timeout_secs))
+        .await;
     sweep.abort();
     let flushing = store.clone();
     tokio::task::spawn_blocking(move || flushing.flush())
         .await
         .ok();
     drop(store);
-    admin_task.await.context("admin task")??;
-    tracing::info!("stopped");
-    Ok(())
+    role.finish().await
 }
 
 /// Purge accounts deleted longer than the retention ago: at start-up, then every `every`.

@@ -230,6 +230,21 @@ impl StorePool {
 }
 
 impl ClientConfig {
+    /// The store client of a serving role (front door, login, smtp-in): someone is waiting on
+    /// each call, so connects give up after a second and reconnects back off from 20 ms to at
+    /// most 500 ms; `faults` are the process's fault points (`runtime::faults::Faults`).
+    pub fn for_role(name: impl Into<String>, conns_per_store: usize, faults: CallFaults) -> Self {
+        ClientConfig {
+            name: name.into(),
+            conns_per_store,
+            connect_timeout: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(20),
+            backoff_cap: Duration::from_millis(500),
+            faults: Some(faults),
+            ..Default::default()
+        }
+    }
+
     fn pool_config(&self) -> PoolConfig {
         PoolConfig {
             name: self.name.clone(),

@@ -4,7 +4,7 @@
 //! the only markup from outside is a message's HTML after [`crate::sanitize::clean`], inserted
 //! by the message view.
 
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use xfs::FolderInfo;
 
@@ -190,45 +190,35 @@ fn side_html(chrome: &Chrome) -> Markup {
 /// A whole page.
 pub fn page(title: &str, chrome: &Chrome, notices: &[Notice], main: Markup) -> Markup {
     let s = chrome.session;
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · megamail" }
-                link rel="stylesheet" href="/static/app.css";
+    let body = html! {
+        header class="top" {
+            a class="brand" href="/" { "megamail" }
+            form class="search" method="get" action="/search" role="search" {
+                input type="search" name="q" value=(chrome.query)
+                    placeholder="Search mail" aria-label="Search mail";
+                button type="submit" { "Search" }
             }
-            body {
-                header class="top" {
-                    a class="brand" href="/" { "megamail" }
-                    form class="search" method="get" action="/search" role="search" {
-                        input type="search" name="q" value=(chrome.query)
-                            placeholder="Search mail" aria-label="Search mail";
-                        button type="submit" { "Search" }
-                    }
-                    div class="me" {
-                        span class="who" {
-                            @if s.display_name.is_empty() || s.display_name == s.user {
-                                (s.user)
-                            } @else {
-                                (s.display_name) " " span class="addr" { "<" (s.user) ">" }
-                            }
-                        }
-                        a href="/settings" { "Settings" }
-                        form method="post" action="/logout" class="inline" {
-                            (csrf_field(s))
-                            button type="submit" class="link" { "Sign out" }
-                        }
+            div class="me" {
+                span class="who" {
+                    @if s.display_name.is_empty() || s.display_name == s.user {
+                        (s.user)
+                    } @else {
+                        (s.display_name) " " span class="addr" { "<" (s.user) ">" }
                     }
                 }
-                div class="layout" {
-                    nav class="side" aria-label="Folders" { (side_html(chrome)) }
-                    main { (notices_html(notices)) (main) }
+                a href="/settings" { "Settings" }
+                form method="post" action="/logout" class="inline" {
+                    (csrf_field(s))
+                    button type="submit" class="link" { "Sign out" }
                 }
             }
         }
-    }
+        div class="layout" {
+            nav class="side" aria-label="Folders" { (side_html(chrome)) }
+            main { (notices_html(notices)) (main) }
+        }
+    };
+    runtime::http::page::document(title, "/static/app.css", body)
 }
 
 #[cfg(test)]
