@@ -11,55 +11,22 @@ pub mod layout;
 pub mod migrate;
 pub mod plan;
 pub mod probe;
+pub mod status;
+pub mod stores;
 pub mod up;
+pub mod users;
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
-use mserv_client::{Policy, StoreState};
 use runtime::shutdown::Shutdown;
 use serde_json::json;
 
-use cli::{print, Cli, Cmd, MigrateArgs, StoreCmd, UserCmd};
+use cli::{print, Cli, Cmd, MigrateArgs};
 
-pub use operator::{admin, status};
+pub use operator::admin;
 pub use runtime::http_client as http;
-
-/// Read a password: one line from standard input (prompted, without echo, on a terminal).
-fn read_password() -> anyhow::Result<String> {
-    let stdin = std::io::stdin();
-    let tty = stdin.is_terminal();
-    // SAFETY: termios calls on standard input with a zeroed, then filled, struct.
-    let saved = tty.then(|| unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        libc::tcgetattr(0, &mut t);
-        let saved = t;
-        t.c_lflag &= !libc::ECHO;
-        libc::tcsetattr(0, libc::TCSANOW, &t);
-        saved
-    });
-    if tty {
-        eprint!("Password: ");
-        std::io::stderr().flush().ok();
-    }
-    let mut line = String::new();
-    let r = stdin.lock().read_line(&mut line);
-    if let Some(t) = saved {
-        // SAFETY: restoring the attributes read above.
-        unsafe {
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-        }
-        eprintln!();
-    }
-    r.context("reading the password from standard input")?;
-    let pw = line.trim_end_matches(['\n', '\r']).to_string();
-    if pw.is_empty() {
-        bail!("no password on standard input");
-    }
-    Ok(pw)
-}
 
 async fn admin_command(cli: Cli) -> anyhow::Result<()> {
     let path = cli
@@ -70,125 +37,9 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
     let j = cli.json;
     match cli.cmd {
         Cmd::Up { .. } => unreachable!("handled by main"),
-        Cmd::User(UserCmd::Add {
-            user,
-            display_name,
-            store,
-            quota,
-        }) => {
-            let policy = match &store {
-                Some(s) => cli::placement(s)?,
-                None => Policy::LeastLoaded,
-            };
-            let pw = read_password()?;
-            let name = if display_name.is_empty() {
-                user.split('@').next().unwrap_or("").to_string()
-            } else {
-                display_name
-            };
-            let p = hcu.add_user(&user, &pw, &name, policy, quota).await?;
-            print(
-                j,
-                json!({"user": user, "store": p.store, "segment": p.segment, "epoch": p.epoch}),
-                format!("OK {user} on {} segment {}", p.store, p.segment),
-            );
-        }
-        Cmd::User(UserCmd::Del { user }) => {
-            let p = hcu.del_user(&user).await?;
-            print(
-                j,
-                json!({"user": user, "deleted": true, "store": p.store}),
-                format!("OK {user} deleted (was on {})", p.store),
-            );
-        }
-        Cmd::User(UserCmd::Show { user }) => {
-            let v = hcu.show_user(&user).await?;
-            let mut human = format!(
-                "{}\n  store {} segment {} (epoch {})\n  name {:?}, state {}, {} messages, {} bytes used\n  folders:",
-                v["user"].as_str().unwrap_or(""),
-                v["store"].as_str().unwrap_or(""),
-                v["segment"],
-                v["epoch"],
-                v["display_name"].as_str().unwrap_or(""),
-                v["state"].as_str().unwrap_or(""),
-                v["messages"],
-                v["used_bytes"],
-            );
-            for f in v["folders"].as_array().into_iter().flatten() {
-                human.push_str(&format!(
-                    "\n    {:<12} {:>6} messages, {:>6} unread",
-                    f["name"].as_str().unwrap_or(""),
-                    f["total"],
-                    f["unread"]
-                ));
-            }
-            print(j, v, human);
-        }
-        Cmd::User(UserCmd::Passwd { user }) => {
-            let pw = read_password()?;
-            hcu.passwd(&user, &pw).await?;
-            print(
-                j,
-                json!({"user": user, "password_changed": true}),
-                format!("OK password of {user} changed; its older sessions are signed out"),
-            );
-        }
-        Cmd::Store(StoreCmd::Add {
-            name,
-            xfs,
-            segments,
-            cluster,
-        }) => {
-            let cluster = cluster.unwrap_or_else(|| hcu.endpoints.cluster.clone());
-            hcu.store_add(&name, &xfs, segments, &cluster).await?;
-            print(
-                j,
-                json!({"store": name, "added": true}),
-                format!("OK store {name} at {xfs} takes users"),
-            );
-        }
-        Cmd::Store(StoreCmd::Drain { name }) => {
-            hcu.store_state(&name, StoreState::Draining).await?;
-            print(
-                j,
-                json!({"store": name, "state": "draining"}),
-                format!("OK store {name} is draining: no new users are placed on it"),
-            );
-        }
-        Cmd::Store(StoreCmd::List) => {
-            let stores = hcu.store_list().await?;
-            let rows: Vec<_> = stores
-                .iter()
-                .map(|s| {
-                    json!({"name": s.info.name, "xfs": s.info.xfs_addr, "cluster": s.info.cluster,
-                        "state": s.info.state.as_str(), "users": s.users,
-                        "segments": s.segment_users})
-                })
-                .collect();
-            let mut human = format!(
-                "{:<12} {:<22} {:<8} {:<9} {:>8}",
-                "STORE", "XFS", "CLUSTER", "STATE", "USERS"
-            );
-            for s in &stores {
-                human.push_str(&format!(
-                    "\n{:<12} {:<22} {:<8} {:<9} {:>8}",
-                    s.info.name,
-                    s.info.xfs_addr,
-                    s.info.cluster,
-                    s.info.state.as_str(),
-                    s.users
-                ));
-            }
-            print(j, json!(rows), human);
-        }
-        Cmd::Status => {
-            let rows = status::collect(&hcu.endpoints).await;
-            let all_ok = rows.iter().all(|r| r["state"] == "ok");
-            print(j, json!(rows), status::table(&rows));
-            if !all_ok {
-                bail!("not every process is healthy");
-            }
-        }
+        Cmd::User(cmd) => users::run(&hcu, cmd, j).await?,
+        Cmd::Store(cmd) => stores::run(&hcu, cmd, j).await?,
+        Cmd::Status => status::run(&hcu, j).await?,
         Cmd::Migrate(args) => run_migrate(&hcu, &cli.data, args, j).await?,
         Cmd::Backup { store, to } => {
             let v = backup::backup(&hcu, store.as_deref(), &to).await?;
@@ -231,27 +82,7 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
             };
             gc::run(&hcu, &opts, j).await?;
         }
-        Cmd::Probe => match probe::run(&hcu).await {
-            Ok(v) => print(
-                j,
-                v.clone(),
-                format!(
-                    "probe OK via {}: smtp {} ms, sign-in {} ms, seen {} ms after sending, read {} ms; total {} ms",
-                    v["front_door"].as_str().unwrap_or(""),
-                    v["smtp_ms"],
-                    v["login_ms"],
-                    v["seen_ms"],
-                    v["read_ms"],
-                    v["total_ms"]
-                ),
-            ),
-            Err(e) => {
-                if j {
-                    println!("{}", json!({"ok": false, "error": format!("{e:#}")}));
-                }
-                return Err(e.context("probe failed"));
-            }
-        },
+        Cmd::Probe => probe::run(&hcu, j).await?,
     }
     Ok(())
 }
