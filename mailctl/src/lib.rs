@@ -23,7 +23,7 @@ use clap::Parser;
 use runtime::shutdown::Shutdown;
 use serde_json::json;
 
-use cli::{print, Cli, Cmd, MigrateArgs};
+use cli::{Cli, Cmd, MigrateArgs};
 
 pub use operator::admin;
 pub use runtime::http_client as http;
@@ -41,35 +41,13 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
         Cmd::Store(cmd) => stores::run(&hcu, cmd, j).await?,
         Cmd::Status => status::run(&hcu, j).await?,
         Cmd::Migrate(args) => run_migrate(&hcu, &cli.data, args, j).await?,
-        Cmd::Backup { store, to } => {
-            let v = backup::backup(&hcu, store.as_deref(), &to).await?;
-            let human = backup::backup_table(&v);
-            print(j, v, human);
-        }
+        Cmd::Backup { store, to } => backup::run(&hcu, store.as_deref(), &to, j).await?,
         Cmd::Restore {
             user,
             from,
             as_of,
             to,
-        } => {
-            let v = match from {
-                Some(dir) => {
-                    let to = to.as_deref().map(cli::placement).transpose()?;
-                    backup::restore_from_backup(&hcu, &user, &dir, as_of.as_deref(), to).await?
-                }
-                None => backup::undelete(&hcu, &user).await?,
-            };
-            let human = format!(
-                "OK {user} restored on {} segment {}{}",
-                v["store"].as_str().unwrap_or(""),
-                v["segment"],
-                v["backup"]
-                    .as_str()
-                    .map(|b| format!(" from backup {b} ({} records)", v["records"]))
-                    .unwrap_or_else(|| " (undeleted)".into())
-            );
-            print(j, v, human);
-        }
+        } => backup::restore::run(&hcu, &user, from, as_of.as_deref(), to.as_deref(), j).await?,
         Cmd::GcInactive {
             days,
             apply,
