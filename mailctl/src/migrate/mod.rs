@@ -14,7 +14,7 @@
 //! names the target, and the target is `Importing` (callers wait) until then.
 //!
 //! - `targets`: who moves where (a checked target, a store's users spread over the others).
-//! - `steps`: one move ([`move_user`]), and the purge after the grace period.
+//! - `steps`: one move, step by step ([`move_user`]), and the purge after the grace period.
 //! - `jobs`: each move's kept state. `progress`: the progress bar of a run.
 //! - `command`: `mailctl migrate` itself (the plan, parallel moves, the report, the purge).
 
@@ -79,6 +79,32 @@ pub struct Done {
     /// How long the source was frozen, if the freeze happened in this run.
     pub freeze: Option<Duration>,
     pub note: &'static str,
+}
+
+impl Job {
+    /// `store:segment` the mailbox moves from.
+    pub fn source(&self) -> String {
+        format!("{}:{}", self.from_store, self.from_segment)
+    }
+
+    /// `store:segment` the mailbox moves to.
+    pub fn target(&self) -> String {
+        format!("{}:{}", self.to_store, self.to_segment)
+    }
+}
+
+impl Done {
+    /// A move that changed nothing (nothing to do, or a dry run).
+    pub fn unchanged(user: String, from: String, to: String, note: &'static str) -> Done {
+        Done {
+            user,
+            from,
+            to,
+            bytes: 0,
+            freeze: None,
+            note,
+        }
+    }
 }
 
 /// What a run was asked for.
