@@ -93,7 +93,7 @@ pub fn list_backups(dir: &Path) -> anyhow::Result<Vec<Manifest>> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn file(name: &str) -> FileEntry {
+    fn file(name: &str) -> FileEntry {
         FileEntry {
             name: name.into(),
             size: 1,
@@ -101,7 +101,8 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn manifest(id: &str, own: &str) -> Manifest {
+    /// A manifest of one segment (store-1 segment 0, identity `abc`) with these two files.
+    pub(crate) fn one_segment(id: &str, pool_file: FileEntry, own_file: FileEntry) -> Manifest {
         Manifest {
             id: id.into(),
             created_ms: 0,
@@ -110,10 +111,14 @@ pub(crate) mod tests {
                 store: "store-1".into(),
                 segment: 0,
                 identity: "abc".into(),
-                pool_files: vec![file("000012.sst")],
-                own_files: vec![file(own)],
+                pool_files: vec![pool_file],
+                own_files: vec![own_file],
             }],
         }
+    }
+
+    fn manifest(id: &str, own: &str) -> Manifest {
+        one_segment(id, file("000012.sst"), file(own))
     }
 
     #[test]

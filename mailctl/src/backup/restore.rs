@@ -334,6 +334,7 @@ async fn finish_undelete(hcu: &Hcu, user: &str, p: Placement) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::manifest::tests::one_segment;
 
     /// A backup `20261122T000000Z` in `dir` of one segment with one pool and one own file.
     fn one_backup(dir: &Path) -> Manifest {
@@ -350,18 +351,11 @@ mod tests {
                 crc32: crc32fast::hash(bytes),
             }
         };
-        Manifest {
-            id: id.into(),
-            created_ms: 0,
-            version: "0".into(),
-            segments: vec![SegmentBackup {
-                store: "store-1".into(),
-                segment: 0,
-                identity: "abc".into(),
-                pool_files: vec![entry(pool_dir.join("000012.sst"), b"table bytes")],
-                own_files: vec![entry(own_dir.join("CURRENT"), b"MANIFEST-000005\n")],
-            }],
-        }
+        one_segment(
+            id,
+            entry(pool_dir.join("000012.sst"), b"table bytes"),
+            entry(own_dir.join("CURRENT"), b"MANIFEST-000005\n"),
+        )
     }
 
     #[test]
