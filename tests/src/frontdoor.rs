@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use lettre::address::Envelope;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use session::token::{Claims, Keys};
-use xfs::{Op, Reply, Target};
+use xfs::ops;
 
 use crate::hcu::LocalHcu;
+use crate::support::eventually;
 use crate::{free_addr, Proc};
 
 /// The session key of every test front door.
@@ -183,13 +182,9 @@ pub fn claims(user: &str, gen: u64, exp: u64) -> Claims {
     }
 }
 
-/// An HTTP client that does not follow redirects.
+/// An HTTP client that does not follow redirects (connections kept for reuse).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client")
+    crate::web::no_redirects().build().expect("an HTTP client")
 }
 
 fn enc(s: &str) -> String {
@@ -208,56 +203,34 @@ fn enc(s: &str) -> String {
 
 /// The account's session generation, read from its store.
 pub async fn session_gen(hcu: &LocalHcu, user: &str) -> anyhow::Result<u64> {
-    let p = hcu.client.lookup(user).await?;
-    let op = Op::GetAuth {
-        target: Target::new(user, p.segment, p.epoch),
-    };
-    match hcu.call(&p.store, op).await? {
-        Reply::Auth(a) => Ok(a.session_gen),
-        other => bail!("get_auth answered {other:?}"),
-    }
-}
-
-/// Give `user` a real password (argon2id), as login would check it. Bumps the generation.
-pub async fn set_password(hcu: &LocalHcu, user: &str, password: &str) -> anyhow::Result<()> {
-    let hash = session::password::hash(password).map_err(anyhow::Error::msg)?;
-    let p = hcu.client.lookup(user).await?;
-    let op = Op::UpdateAccount {
-        target: Target::new(user, p.segment, p.epoch),
-        display_name: None,
-        password_hash: Some(hash),
-        quota_bytes: None,
-    };
-    hcu.call(&p.store, op).await?;
-    Ok(())
+    let mailbox = hcu.mailbox(user).await?;
+    let auth = mailbox
+        .run(ops::GetAuth {
+            target: mailbox.target.clone(),
+        })
+        .await?;
+    Ok(auth.session_gen)
 }
 
 /// Hand `raw` to smtp-in for `to`, from `from`.
 pub async fn send_in(hcu: &LocalHcu, from: &str, to: &[&str], raw: &[u8]) -> anyhow::Result<()> {
-    let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(hcu.smtp_addr.port())
-        .timeout(Some(Duration::from_secs(30)))
-        .build();
-    let rcpts = to
-        .iter()
-        .map(|t| t.parse())
-        .collect::<Result<Vec<_>, _>>()?;
-    let envelope = Envelope::new(Some(from.parse()?), rcpts)?;
-    smtp.send_raw(&envelope, raw).await?;
-    Ok(())
+    crate::support::mail::send_raw(hcu.smtp_addr, from, to, raw).await
 }
 
 /// Wait until `user`'s Inbox holds `n` messages.
 pub async fn wait_inbox(hcu: &LocalHcu, user: &str, n: u64) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let have = hcu.inbox_count(user).await?;
-        if have >= n {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("{user}'s Inbox holds {have} messages, not {n}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            match hcu.inbox_count(user).await {
+                Ok(have) if have >= n => Ok(()),
+                Ok(have) => Err(anyhow::anyhow!(
+                    "{user}'s Inbox holds {have} messages, not {n}"
+                )),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await
 }

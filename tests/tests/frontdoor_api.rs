@@ -7,6 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use megamail_tests::frontdoor::{self, claims, now_secs, send_in, wait_inbox, FrontDoor};
 use megamail_tests::hcu::{HcuOpts, LocalHcu};
+use megamail_tests::support::mail::strip_trace_header;
 use serde_json::{json, Value};
 
 const ALICE: &str = "alice@megamail.test";
@@ -192,10 +193,7 @@ async fn the_api_reads_sends_files_and_searches_mail() {
         .await
         .unwrap();
     let bob_stored = hcu.inbox(BOB).await.unwrap();
-    assert_eq!(
-        megamail_tests::hcu::strip_trace_header(&bob_stored[0].1),
-        copy_raw.as_ref()
-    );
+    assert_eq!(strip_trace_header(&bob_stored[0].1), copy_raw.as_ref());
 
     // A reply is threaded and marks the original answered.
     let r = fd
@@ -402,7 +400,7 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
     .unwrap();
     hcu.add_user(ALICE).await.unwrap();
     hcu.add_user(BOB).await.unwrap();
-    frontdoor::set_password(&hcu, ALICE, "old secret words")
+    megamail_tests::web::set_password(&hcu, ALICE, "old secret words")
         .await
         .unwrap();
     send_in(

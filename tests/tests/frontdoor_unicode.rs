@@ -6,7 +6,8 @@
 
 use base64::Engine as _;
 use megamail_tests::frontdoor::{send_in, wait_inbox, FrontDoor};
-use megamail_tests::hcu::{strip_trace_header, HcuOpts, LocalHcu};
+use megamail_tests::hcu::{HcuOpts, LocalHcu};
+use megamail_tests::support::mail::strip_trace_header;
 use serde_json::Value;
 
 const ALICE: &str = "alice@megamail.test";

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use megamail_tests::hcu::metric_value;
 use megamail_tests::mserv::{test_client, Mserv, MservOpts};
+use megamail_tests::support::metrics::sample;
 use megamail_tests::{http_get, Proc, Ustore, UstoreOpts};
 use mserv::{Policy, StoreInfo, StoreState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -144,10 +144,10 @@ async fn assert_counted(
     let (code, text) = http_get(admin, "/metrics").await.unwrap();
     assert_eq!(code, 200, "{what}: /metrics");
     for kind in KINDS {
-        let sample = format!("{metric}{{kind=\"{kind}\"}}");
-        let got = metric_value(&text, &sample).unwrap_or(0.0);
+        let name = format!("{metric}{{kind=\"{kind}\"}}");
+        let got = sample(&text, &name).unwrap_or(0.0);
         let want = expected.get(kind).copied().unwrap_or(0) as f64;
-        assert_eq!(got, want, "{what}: {sample}");
+        assert_eq!(got, want, "{what}: {name}");
     }
 }
 

@@ -5,33 +5,25 @@
 use std::sync::Arc;
 
 use mailctl::copy::{self, Rate, Side};
+use megamail_tests::support::mail::{self, padded};
+use megamail_tests::support::Mailbox;
 use megamail_tests::{Ustore, UstoreOpts};
-use sha2::{Digest, Sha256};
 use xfs::{
-    AccountState, CallError, Delivery, Flags, NewAccount, Op, RawRecord, Reply, Summary, Target,
+    AccountState, CallError, Delivery, Flags, IndexEntry, NewAccount, Op, RawRecord, Reply, Target,
     XfsError,
 };
 
 const USER: &str = "mover@megamail.test";
 
 fn delivery(i: usize, size: usize) -> Delivery {
-    let mut body =
-        format!("Subject: message {i}\r\nMessage-ID: <{i}@remote.test>\r\n\r\n").into_bytes();
-    while body.len() < size {
-        body.extend_from_slice(
-            format!("line {i} of the body, some text to fill it\r\n").as_bytes(),
-        );
-    }
+    let headers = format!("Subject: message {i}\r\nMessage-ID: <{i}@remote.test>\r\n");
     Delivery {
-        id: Sha256::digest(format!("m{i}").as_bytes()).into(),
-        folder: None,
         internal_date_ms: 1_700_000_000_000 + i as u64,
-        flags: Flags::NONE,
-        summary: Summary {
-            subject: format!("message {i}"),
-            ..Default::default()
-        },
-        body,
+        ..mail::delivery(
+            &format!("m{i}"),
+            &format!("message {i}"),
+            padded(&headers, size),
+        )
     }
 }
 
@@ -65,54 +57,10 @@ async fn deliver(side: &Side, i: usize, size: usize) -> u64 {
 
 /// Every folder with its entries (uid, flags, subject) and every body, in order.
 async fn content(side: &Side) -> Vec<(String, Vec<(u32, Flags, String, Vec<u8>)>)> {
-    let folders = match ok(
-        side,
-        Op::ListFolders {
-            target: side.target.clone(),
-        },
-    )
-    .await
-    {
-        Reply::Folders(f) => f,
-        other => panic!("{other:?}"),
-    };
-    let mut out = Vec::new();
-    for f in folders {
-        let page = match ok(
-            side,
-            Op::ListFolder {
-                target: side.target.clone(),
-                folder: f.name.clone(),
-                offset: 0,
-                limit: 1000,
-                before_uid: None,
-            },
-        )
-        .await
-        {
-            Reply::Page(p) => p,
-            other => panic!("{other:?}"),
-        };
-        let mut entries = Vec::new();
-        for e in page.entries {
-            let body = match ok(
-                side,
-                Op::Fetch {
-                    target: side.target.clone(),
-                    msg: e.msg,
-                    mark_seen: false,
-                },
-            )
-            .await
-            {
-                Reply::Message(m) => m.body,
-                other => panic!("{other:?}"),
-            };
-            entries.push((e.uid, e.flags, e.summary.subject, body));
-        }
-        out.push((f.name, entries));
-    }
-    out
+    let content = Mailbox::from(side).content().await.unwrap();
+    let entry = |(e, body): (IndexEntry, Vec<u8>)| (e.uid, e.flags, e.summary.subject, body);
+    let folder = |messages: Vec<_>| messages.into_iter().map(entry).collect();
+    content.into_iter().map(|(f, m)| (f, folder(m))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
