@@ -81,6 +81,15 @@ impl Default for HcuOpts {
 }
 
 impl HcuOpts {
+    /// One store with one segment (every user in one place), the rest as by default.
+    pub fn one_store() -> HcuOpts {
+        HcuOpts {
+            stores: 1,
+            segments_per_store: 1,
+            ..Default::default()
+        }
+    }
+
     /// smtp-in's config for these options.
     pub fn smtp_config(&self, listen: SocketAddr, admin: SocketAddr, mserv: &[String]) -> String {
         let list = |v: &[String]| {
@@ -216,6 +225,14 @@ impl LocalHcu {
     /// Place `user` on the least-loaded store and create the account there.
     pub async fn add_user(&self, user: &str) -> anyhow::Result<Placement> {
         self.add_user_with(user, Policy::LeastLoaded).await
+    }
+
+    /// Place each of `users` on the least-loaded store and create its account there.
+    pub async fn add_users(&self, users: &[&str]) -> anyhow::Result<()> {
+        for user in users {
+            self.add_user(user).await?;
+        }
+        Ok(())
     }
 
     /// Place `user` on `store`/`segment` and create the account there.

@@ -40,6 +40,20 @@ fn err(r: Result<Reply, CallError>) -> XfsError {
     }
 }
 
+/// The store's refusal of `op` at `side` (an answer fails the test).
+async fn refused(side: &Side, op: Op) -> XfsError {
+    err(side.call_op(op).await)
+}
+
+/// Purge `side`'s copy: after it the mailbox is unknown there.
+async fn purge(side: &Side) {
+    let target = side.target.clone();
+    ok(side, Op::Purge { target }).await;
+    let target = side.target.clone();
+    let gone = refused(side, Op::GetAccount { target }).await;
+    assert!(matches!(gone, XfsError::NoSuchUser), "{gone:?}");
+}
+
 async fn deliver(side: &Side, i: usize, size: usize) -> u64 {
     match ok(
         side,
@@ -133,40 +147,34 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
 
     // The target refuses an import before it is begun, and a live mailbox is never purged.
     assert!(matches!(
-        err(dst
-            .call_op(Op::Import {
+        refused(
+            &dst,
+            Op::Import {
                 target: dst.target.clone(),
                 records: vec![],
                 delete: vec![],
                 reset_records: false
-            })
-            .await),
+            }
+        )
+        .await,
         XfsError::NoSuchUser
     ));
     assert!(matches!(
-        err(src
-            .call_op(Op::Purge {
+        refused(
+            &src,
+            Op::Purge {
                 target: src.target.clone()
-            })
-            .await),
+            }
+        )
+        .await,
         XfsError::BadRequest { .. }
     ));
-    ok(
-        &dst,
-        Op::BeginImport {
-            target: dst.target.clone(),
-            from: "store-a".into(),
-        },
-    )
-    .await;
-    ok(
-        &dst,
-        Op::BeginImport {
-            target: dst.target.clone(),
-            from: "store-a".into(),
-        },
-    )
-    .await;
+    // Beginning again is harmless (a rerun does it).
+    for _ in 0..2 {
+        let target = dst.target.clone();
+        let from = "store-a".into();
+        ok(&dst, Op::BeginImport { target, from }).await;
+    }
 
     // Bulk copy of bodies while mail keeps arriving and flags keep changing.
     let rate = Rate::new(0);
@@ -199,11 +207,13 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
 
     // The importing copy is not live: every caller is told to wait.
     assert!(matches!(
-        err(dst
-            .call_op(Op::ListFolders {
+        refused(
+            &dst,
+            Op::ListFolders {
                 target: dst.target.clone()
-            })
-            .await),
+            }
+        )
+        .await,
         XfsError::Frozen { .. }
     ));
 
@@ -216,12 +226,14 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     )
     .await;
     assert!(matches!(
-        err(src
-            .call_op(Op::Deliver {
+        refused(
+            &src,
+            Op::Deliver {
                 target: src.target.clone(),
                 delivery: delivery(99, 100)
-            })
-            .await),
+            }
+        )
+        .await,
         XfsError::Frozen { .. }
     ));
     ok(
@@ -246,20 +258,10 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
 
     // Commit at the target, redirect at the source.
     let moved = Target::new(USER, 1, 2);
-    ok(
-        &dst,
-        Op::FinishImport {
-            target: moved.clone(),
-        },
-    )
-    .await;
-    ok(
-        &dst,
-        Op::FinishImport {
-            target: moved.clone(),
-        },
-    )
-    .await;
+    for _ in 0..2 {
+        let target = moved.clone();
+        ok(&dst, Op::FinishImport { target }).await;
+    }
     ok(
         &src,
         Op::MarkMoved {
@@ -269,11 +271,13 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
         },
     )
     .await;
-    match err(src
-        .call_op(Op::ListFolders {
+    match refused(
+        &src,
+        Op::ListFolders {
             target: src.target.clone(),
-        })
-        .await)
+        },
+    )
+    .await
     {
         XfsError::Moved { to, epoch } => assert_eq!((to.as_str(), epoch), ("store-b", 2)),
         other => panic!("{other:?}"),
@@ -330,21 +334,7 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     );
 
     // Grace over: the source copy goes.
-    ok(
-        &src,
-        Op::Purge {
-            target: src.target.clone(),
-        },
-    )
-    .await;
-    assert!(matches!(
-        err(src
-            .call_op(Op::GetAccount {
-                target: src.target.clone()
-            })
-            .await),
-        XfsError::NoSuchUser
-    ));
+    purge(&src).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,19 +409,5 @@ async fn a_bad_import_is_refused_and_changes_nothing() {
     };
     assert!(keys.is_empty(), "{keys:?}");
     // An abandoned import is purged.
-    ok(
-        &dst,
-        Op::Purge {
-            target: dst.target.clone(),
-        },
-    )
-    .await;
-    assert!(matches!(
-        err(dst
-            .call_op(Op::GetAccount {
-                target: dst.target.clone()
-            })
-            .await),
-        XfsError::NoSuchUser
-    ));
+    purge(&dst).await;
 }

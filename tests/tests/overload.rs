@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use megamail_tests::frontdoor::status_and_text;
 use megamail_tests::support::mail::mailer;
 use megamail_tests::support::{eventually, metrics};
 use megamail_tests::{http_get, Ustore, UstoreOpts};
@@ -485,6 +486,20 @@ async fn store_sheds_three_times_its_capacity_and_recovers() {
         .expect("clean stop");
 }
 
+/// A front door's answer: its status (0 when there was none), `Retry-After` and text.
+async fn answer(
+    r: anyhow::Result<reqwest::Response>,
+) -> (u16, Option<reqwest::header::HeaderValue>, String) {
+    match r {
+        Ok(r) => {
+            let retry_after = r.headers().get("retry-after").cloned();
+            let (status, text) = status_and_text(r).await;
+            (status, retry_after, text)
+        }
+        Err(e) => (0, None, e.to_string()),
+    }
+}
+
 /// What the front door and smtp-in answered while the store was overloaded.
 #[derive(Default)]
 struct Answers {
@@ -547,28 +562,7 @@ async fn front_door_and_smtp_say_try_again_under_overload() {
             while running.load(Ordering::Relaxed) {
                 let page = fd.page(&token, "/folder/Inbox").await;
                 let api = fd.get(&token, "/api/v1/folders/Inbox/messages").await;
-                let page = match page {
-                    Ok(r) => {
-                        let retry_after = r.headers().get("retry-after").cloned();
-                        (
-                            r.status().as_u16(),
-                            retry_after,
-                            r.text().await.unwrap_or_default(),
-                        )
-                    }
-                    Err(e) => (0, None, e.to_string()),
-                };
-                let api = match api {
-                    Ok(r) => {
-                        let retry_after = r.headers().get("retry-after").cloned();
-                        (
-                            r.status().as_u16(),
-                            retry_after,
-                            r.text().await.unwrap_or_default(),
-                        )
-                    }
-                    Err(e) => (0, None, e.to_string()),
-                };
+                let (page, api) = (answer(page).await, answer(api).await);
                 let mut a = answers.lock().expect("lock");
                 if page.0 != api.0 {
                     a.differed += 1;
