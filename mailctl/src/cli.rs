@@ -225,17 +225,8 @@ mod tests {
 
     #[test]
     fn the_command_line_parses() {
-        let cli = Cli::try_parse_from([
-            "mailctl",
-            "--json",
-            "migrate",
-            "--from",
-            "store-1",
-            "--all",
-            "--parallel",
-            "8",
-        ])
-        .unwrap();
+        let parse = |line: &str| Cli::try_parse_from(line.split(' '));
+        let cli = parse("mailctl --json migrate --from store-1 --all --parallel 8").unwrap();
         assert!(cli.json);
         match cli.cmd {
             Cmd::Migrate(a) => {
@@ -246,9 +237,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(Cli::try_parse_from(["mailctl", "migrate", "--all"]).is_err());
+        match parse("mailctl restore --user u@x.test").unwrap().cmd {
+            Cmd::Restore { user, from, .. } => {
+                assert_eq!((user.as_str(), from), ("u@x.test", None))
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(
-            Cli::try_parse_from(["mailctl", "restore", "--user", "u", "--as-of", "x"]).is_err()
+            parse("mailctl migrate --all").is_err(),
+            "--all needs --from"
+        );
+        assert!(parse("mailctl migrate --parallel 0").is_err());
+        assert!(
+            parse("mailctl restore --user u --as-of x").is_err(),
+            "--as-of needs --from"
         );
     }
 }

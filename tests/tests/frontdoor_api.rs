@@ -224,13 +224,8 @@ async fn the_api_reads_sends_files_and_searches_mail() {
     assert_eq!(r.status(), 200);
     let r = post(&fd, &alice, "/api/v1/folders", json!({"name": "Projects"})).await;
     assert_eq!(r.status(), 409);
-    let r = post(
-        &fd,
-        &alice,
-        "/api/v1/messages/move",
-        json!({"ids": [id], "folder": "Projects"}),
-    )
-    .await;
+    let to_projects = json!({"ids": [id], "folder": "Projects"});
+    let r = post(&fd, &alice, "/api/v1/messages/move", to_projects).await;
     let (status, body) = status_and_text(r).await;
     assert_eq!(status, 200, "{body}");
     let folders = fd.json(&alice, "/api/v1/folders").await.unwrap();
@@ -307,22 +302,11 @@ async fn the_api_reads_sends_files_and_searches_mail() {
         .await
         .unwrap();
     assert_eq!(page["folder"]["name"], "Archive 2026");
-    let r = post(
-        &fd,
-        &alice,
-        "/api/v1/folders/delete",
-        json!({"name": "Inbox"}),
-    )
-    .await;
-    assert_eq!(r.status(), 400);
-    let r = post(
-        &fd,
-        &alice,
-        "/api/v1/folders/delete",
-        json!({"name": "Archive 2026"}),
-    )
-    .await;
-    assert_eq!(r.status(), 200);
+    for (name, status) in [("Inbox", 400), ("Archive 2026", 200)] {
+        let delete = json!({ "name": name });
+        let r = post(&fd, &alice, "/api/v1/folders/delete", delete).await;
+        assert_eq!(r.status(), status, "deleting {name}");
+    }
     let r = fd
         .get(&alice, "/api/v1/folders/Archive%202026/messages")
         .await
@@ -498,13 +482,8 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let r = post(
-        &fd,
-        &alice,
-        "/api/v1/messages/move",
-        json!({"ids": [bob_only], "folder": "Trash"}),
-    )
-    .await;
+    let to_trash = json!({"ids": [bob_only], "folder": "Trash"});
+    let r = post(&fd, &alice, "/api/v1/messages/move", to_trash).await;
     assert_eq!(r.status(), 404);
     let r = post(&fd, &alice, "/api/v1/messages/flags", flag(bob_only)).await;
     assert_eq!(r.status(), 404);

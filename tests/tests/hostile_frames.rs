@@ -108,6 +108,16 @@ impl Bomb {
         }
     }
 
+    /// A frame of `encoded` whose string or buffer holding `field` claims `claim` bytes.
+    fn lying(what: &'static str, encoded: &[u8], field: &[u8], claim: u64) -> Bomb {
+        Bomb::new(
+            what,
+            true,
+            with_lying_length(encoded, field, claim),
+            "decode",
+        )
+    }
+
     /// Close our writing half after the bytes: a truncated frame ends at the peer's close.
     fn then_shutdown(&self) -> bool {
         self.kind == "truncated"
@@ -303,23 +313,23 @@ async fn a_store_survives_length_bombs_and_counts_them() {
             bad_crc_bomb,
             "bad_crc",
         ),
-        Bomb::new(
+        Bomb::lying(
             "a request whose trace claims 2^62 bytes",
-            true,
-            with_lying_length(&plain, &trace, 1 << 62),
-            "decode",
+            &plain,
+            &trace,
+            1 << 62,
         ),
-        Bomb::new(
+        Bomb::lying(
             "a delivery whose body claims 2^62 bytes",
-            true,
-            with_lying_length(&plain, &body, 1 << 62),
-            "decode",
+            &plain,
+            &body,
+            1 << 62,
         ),
-        Bomb::new(
+        Bomb::lying(
             "a delivery whose body claims 2^40 bytes",
-            true,
-            with_lying_length(&plain, &body, 1 << 40),
-            "decode",
+            &plain,
+            &body,
+            1 << 40,
         ),
         Bomb::new("three bytes of a header", false, vec![0, 0, 0], "truncated"),
         Bomb::new(
@@ -404,23 +414,23 @@ async fn an_index_replica_survives_length_bombs_and_counts_them() {
     .unwrap();
     let mut bombs = common_bombs();
     bombs.extend([
-        Bomb::new(
+        Bomb::lying(
             "a lookup whose user claims 2^62 bytes",
-            true,
-            with_lying_length(&lookup, &name, 1 << 62),
-            "decode",
+            &lookup,
+            &name,
+            1 << 62,
         ),
-        Bomb::new(
+        Bomb::lying(
             "a create-user write whose user claims 2^40 bytes",
-            true,
-            with_lying_length(&write, &other, 1 << 40),
-            "decode",
+            &write,
+            &other,
+            1 << 40,
         ),
-        Bomb::new(
+        Bomb::lying(
             "a create-user write whose user claims 2^62 bytes",
-            true,
-            with_lying_length(&write, &other, 1 << 62),
-            "decode",
+            &write,
+            &other,
+            1 << 62,
         ),
         Bomb::new(
             "a lookup cut short after the hello",
