@@ -52,14 +52,10 @@ pub fn cpu_secs(pid: &str) -> Option<f64> {
     Some((utime + stime) / clock_tick())
 }
 
-/// The samples of a Prometheus text page (comments skipped).
+/// The samples of a Prometheus text page (comments skipped), kept.
 pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.trim().to_string(), value.trim().parse().ok()?))
-        })
+    runtime::metrics::samples(text)
+        .map(|(name, value)| (name.to_string(), value))
         .collect()
 }
 

@@ -97,12 +97,9 @@ pub struct Extra {
     pub cpu_tick_secs: f64,
 }
 
+/// The `p` quantile of sorted latencies in microseconds, in milliseconds (0 when there are none).
 fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i] as f64 / 1000.0
+    runtime::metrics::percentile(sorted, p).map_or(0.0, |us| us as f64 / 1000.0)
 }
 
 /// Per-operation figures for samples that started within `[from, to)`.

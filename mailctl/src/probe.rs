@@ -10,6 +10,7 @@ use mserv_client::{MservError, Policy};
 use serde_json::{json, Value};
 
 use crate::admin::Hcu;
+use crate::cli::print;
 use runtime::http_client as http;
 
 /// How long the message may take to show through the front door.
@@ -70,8 +71,33 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
+/// Run `mailctl probe`: the transaction once, its timings printed; `Err` names the failed step.
+pub async fn run(hcu: &Hcu, json_out: bool) -> anyhow::Result<()> {
+    match transaction(hcu).await {
+        Ok(v) => {
+            let human = format!(
+                "probe OK via {}: smtp {} ms, sign-in {} ms, seen {} ms after sending, read {} ms; total {} ms",
+                v["front_door"].as_str().unwrap_or(""),
+                v["smtp_ms"],
+                v["login_ms"],
+                v["seen_ms"],
+                v["read_ms"],
+                v["total_ms"]
+            );
+            print(json_out, v, human);
+            Ok(())
+        }
+        Err(e) => {
+            if json_out {
+                println!("{}", json!({"ok": false, "error": format!("{e:#}")}));
+            }
+            Err(e.context("probe failed"))
+        }
+    }
+}
+
 /// Run the probe once; the timings in milliseconds as JSON, or the step that failed.
-pub async fn run(hcu: &Hcu) -> anyhow::Result<Value> {
+pub async fn transaction(hcu: &Hcu) -> anyhow::Result<Value> {
     let e = &hcu.endpoints;
     let smtp = e.smtp.context("this HCU has no smtp-in")?;
     let login_url = e

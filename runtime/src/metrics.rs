@@ -1,4 +1,6 @@
-//! One shared Prometheus registry for the process, constructors that register into it, and the text exposition.
+//! One shared Prometheus registry for the process, constructors that register into it, and the text
+//! exposition; for the programs that read other processes' metrics (loadgen, the tests), that text
+//! read back, and the percentile of a sorted sample.
 //!
 //! Callers keep their metrics in statics so each is registered once:
 //! ```
@@ -163,6 +165,30 @@ pub fn render() -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The samples of a Prometheus text page: `(name{labels}, value)` as rendered, comments skipped.
+pub fn samples(text: &str) -> impl Iterator<Item = (&str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.trim(), value.trim().parse().ok()?))
+        })
+}
+
+/// The value of one sample of a Prometheus text page: `name` with its labels exactly as rendered
+/// (`smtp_messages_total{result="accepted"}`), `None` when absent.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    samples(text).find(|(n, _)| *n == name).map(|(_, v)| v)
+}
+
+/// The `p` quantile (0 to 1) of an ascending sample by the nearest-rank method: the smallest
+/// value with at least `p` of the sample at or below it. `None` for an empty sample.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let n = sorted.len();
+    let rank = ((p * n as f64).ceil() as usize).clamp(1, n.max(1));
+    sorted.get(rank - 1).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +262,39 @@ mod tests {
         assert_eq!(LATENCY_BUCKETS.first(), Some(&0.0005));
         assert_eq!(LATENCY_BUCKETS.last(), Some(&10.0));
         assert!(LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_rendered_page_reads_back() {
+        let text = "# HELP x Things.\n# TYPE x counter\nx{kind=\"a b\"} 3\nx{kind=\"c\"} 4.5\n\
+                    y 7\ny_total_other 1\nbroken line\n";
+        let all: Vec<(&str, f64)> = samples(text).collect();
+        assert_eq!(
+            all,
+            [
+                ("x{kind=\"a b\"}", 3.0),
+                ("x{kind=\"c\"}", 4.5),
+                ("y", 7.0),
+                ("y_total_other", 1.0)
+            ]
+        );
+        assert_eq!(sample(text, "x{kind=\"c\"}"), Some(4.5));
+        assert_eq!(sample(text, "y"), Some(7.0));
+        assert_eq!(sample(text, "x"), None);
+        let c = int_counter("runtime_test_read_back_total", "Read back by a unit test.");
+        c.inc_by(5);
+        assert_eq!(sample(&render(), "runtime_test_read_back_total"), Some(5.0));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), Some(50));
+        assert_eq!(percentile(&v, 0.99), Some(99));
+        assert_eq!(percentile(&v, 1.0), Some(100));
+        assert_eq!(percentile(&v, 0.0), Some(1));
+        assert_eq!(percentile(&[1, 2, 3, 4], 0.5), Some(2));
+        assert_eq!(percentile(&[7.5], 0.99), Some(7.5));
+        assert_eq!(percentile::<u32>(&[], 0.5), None);
     }
 }

@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use lettre::address::Envelope;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use session::token::{Claims, Keys};
-use xfs::{Op, Reply, Target};
+use xfs::ops;
 
 use crate::hcu::LocalHcu;
+use crate::support::eventually;
 use crate::{free_addr, Proc};
 
 /// The session key of every test front door.
@@ -163,6 +162,106 @@ impl FrontDoor {
     }
 }
 
+/// A page's status and text.
+pub async fn status_and_text(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// A signed-in browser at a front door: its session cookie and its CSRF token, which it adds to
+/// every form it posts, as the pages' own forms do.
+pub struct Browser<'a> {
+    pub fd: &'a FrontDoor,
+    pub token: String,
+    pub csrf: String,
+}
+
+impl FrontDoor {
+    /// A browser holding the session `token`.
+    pub fn browser(&self, token: &str) -> Browser<'_> {
+        Browser {
+            fd: self,
+            token: token.to_string(),
+            csrf: self.csrf(token),
+        }
+    }
+}
+
+impl Browser<'_> {
+    /// A page (the session in the cookie): its status and text.
+    pub async fn page(&self, path: &str) -> (u16, String) {
+        let r = self.fd.page(&self.token, path).await;
+        status_and_text(r.unwrap_or_else(|e| panic!("GET {path}: {e}"))).await
+    }
+
+    /// A form POST with the CSRF token and `fields`.
+    pub async fn post(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut all = vec![("csrf", self.csrf.as_str())];
+        all.extend_from_slice(fields);
+        let r = self.fd.post_form(&self.token, path, &all).await;
+        r.unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// A form POST that must be answered with a redirect (post/redirect/get): where to.
+    pub async fn post_redirect(&self, path: &str, fields: &[(&str, &str)]) -> String {
+        let r = self.post(path, fields).await;
+        location(&r, &format!("POST {path} {fields:?}"))
+    }
+
+    /// `action` on message `id` from the Inbox's page (`POST /messages`), with `extra` fields:
+    /// where it redirects.
+    pub async fn act(&self, id: u64, action: &str, extra: &[(&str, &str)]) -> String {
+        let id = id.to_string();
+        let mut fields = vec![("id", id.as_str()), ("folder", "Inbox"), ("action", action)];
+        fields.extend_from_slice(extra);
+        self.post_redirect("/messages", &fields).await
+    }
+
+    /// The compose form sent (multipart, as a browser sends it), with one attachment if given.
+    pub async fn compose(
+        &self,
+        fields: &[(&str, String)],
+        file: Option<(&str, &[u8])>,
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new().text("csrf", self.csrf.clone());
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.clone());
+        }
+        if let Some((name, data)) = file {
+            let part = reqwest::multipart::Part::bytes(data.to_vec())
+                .file_name(name.to_string())
+                .mime_str("text/plain")
+                .expect("a MIME type");
+            form = form.part("attachments", part);
+        }
+        self.fd
+            .http
+            .post(self.fd.url("/compose"))
+            .header("cookie", format!("mm_session={}", self.token))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /compose: {e}"))
+    }
+}
+
+/// A download the browser must save, never show: 200 as `application/octet-stream`. Its
+/// `Content-Disposition`.
+pub fn download(r: &reqwest::Response, what: &str) -> String {
+    assert_eq!(r.status(), 200, "{what}");
+    let kind = &r.headers()["content-type"];
+    assert_eq!(kind, "application/octet-stream", "{what}");
+    let disposition = r.headers()["content-disposition"].to_str();
+    disposition.expect("an ASCII header").to_string()
+}
+
+/// Where a redirect (303) sends the browser; anything else fails the test, naming `what`.
+pub fn location(r: &reqwest::Response, what: &str) -> String {
+    assert_eq!(r.status(), 303, "{what}: not a redirect");
+    let to = r.headers()["location"].to_str().expect("an ASCII location");
+    to.to_string()
+}
+
 impl Drop for FrontDoor {
     /// A failing test shows the end of the front door's log.
     fn drop(&mut self) {
@@ -183,13 +282,9 @@ pub fn claims(user: &str, gen: u64, exp: u64) -> Claims {
     }
 }
 
-/// An HTTP client that does not follow redirects.
+/// An HTTP client that does not follow redirects (connections kept for reuse).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client")
+    crate::web::no_redirects().build().expect("an HTTP client")
 }
 
 fn enc(s: &str) -> String {
@@ -208,56 +303,34 @@ fn enc(s: &str) -> String {
 
 /// The account's session generation, read from its store.
 pub async fn session_gen(hcu: &LocalHcu, user: &str) -> anyhow::Result<u64> {
-    let p = hcu.client.lookup(user).await?;
-    let op = Op::GetAuth {
-        target: Target::new(user, p.segment, p.epoch),
-    };
-    match hcu.call(&p.store, op).await? {
-        Reply::Auth(a) => Ok(a.session_gen),
-        other => bail!("get_auth answered {other:?}"),
-    }
-}
-
-/// Give `user` a real password (argon2id), as login would check it. Bumps the generation.
-pub async fn set_password(hcu: &LocalHcu, user: &str, password: &str) -> anyhow::Result<()> {
-    let hash = session::password::hash(password).map_err(anyhow::Error::msg)?;
-    let p = hcu.client.lookup(user).await?;
-    let op = Op::UpdateAccount {
-        target: Target::new(user, p.segment, p.epoch),
-        display_name: None,
-        password_hash: Some(hash),
-        quota_bytes: None,
-    };
-    hcu.call(&p.store, op).await?;
-    Ok(())
+    let mailbox = hcu.mailbox(user).await?;
+    let auth = mailbox
+        .run(ops::GetAuth {
+            target: mailbox.target.clone(),
+        })
+        .await?;
+    Ok(auth.session_gen)
 }
 
 /// Hand `raw` to smtp-in for `to`, from `from`.
 pub async fn send_in(hcu: &LocalHcu, from: &str, to: &[&str], raw: &[u8]) -> anyhow::Result<()> {
-    let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(hcu.smtp_addr.port())
-        .timeout(Some(Duration::from_secs(30)))
-        .build();
-    let rcpts = to
-        .iter()
-        .map(|t| t.parse())
-        .collect::<Result<Vec<_>, _>>()?;
-    let envelope = Envelope::new(Some(from.parse()?), rcpts)?;
-    smtp.send_raw(&envelope, raw).await?;
-    Ok(())
+    crate::support::mail::send_raw(hcu.smtp_addr, from, to, raw).await
 }
 
 /// Wait until `user`'s Inbox holds `n` messages.
 pub async fn wait_inbox(hcu: &LocalHcu, user: &str, n: u64) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let have = hcu.inbox_count(user).await?;
-        if have >= n {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("{user}'s Inbox holds {have} messages, not {n}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            match hcu.inbox_count(user).await {
+                Ok(have) if have >= n => Ok(()),
+                Ok(have) => Err(anyhow::anyhow!(
+                    "{user}'s Inbox holds {have} messages, not {n}"
+                )),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await
 }

@@ -13,13 +13,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use mserv::{Placement, Policy, StoreInfo, StoreState};
 use xfs::{CallError, IndexEntry, NewAccount, Op, Reply, StorePool, Target, XfsError, INBOX};
 
 use crate::mserv::{Mserv, MservOpts};
+use crate::support::mailbox::{call_retrying, Mailbox, STORE_RETRY};
+use crate::support::metrics;
 use crate::{free_addr, Proc, Ustore, UstoreOpts};
 
 /// The cluster name every test store is registered under.
@@ -79,6 +81,15 @@ impl Default for HcuOpts {
 }
 
 impl HcuOpts {
+    /// One store with one segment (every user in one place), the rest as by default.
+    pub fn one_store() -> HcuOpts {
+        HcuOpts {
+            stores: 1,
+            segments_per_store: 1,
+            ..Default::default()
+        }
+    }
+
     /// smtp-in's config for these options.
     pub fn smtp_config(&self, listen: SocketAddr, admin: SocketAddr, mserv: &[String]) -> String {
         let list = |v: &[String]| {
@@ -216,6 +227,14 @@ impl LocalHcu {
         self.add_user_with(user, Policy::LeastLoaded).await
     }
 
+    /// Place each of `users` on the least-loaded store and create its account there.
+    pub async fn add_users(&self, users: &[&str]) -> anyhow::Result<()> {
+        for user in users {
+            self.add_user(user).await?;
+        }
+        Ok(())
+    }
+
     /// Place `user` on `store`/`segment` and create the account there.
     pub async fn add_user_on(
         &self,
@@ -250,128 +269,55 @@ impl LocalHcu {
         }
     }
 
-    /// Call the store named `store`, retrying transient failures for up to 30 s (a restarted
-    /// store takes a moment to come back). Only for idempotent operations.
+    /// Call the store named `store`, retrying transient failures (a restarted store takes a
+    /// moment to come back). Only for idempotent operations.
     pub async fn call(&self, store: &str, op: Op) -> Result<Reply, CallError> {
         let pool = &self.pools[self.store_index(store)];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match pool.call(op.clone()).await {
-                Err(e) if e.is_transient() && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                r => return r,
-            }
-        }
+        call_retrying(pool, op, STORE_RETRY).await
     }
 
-    /// Every message in `user`'s Inbox with its stored bytes, oldest first.
-    pub async fn inbox(&self, user: &str) -> anyhow::Result<Vec<(IndexEntry, Vec<u8>)>> {
-        let (p, entries) = self.inbox_entries(user).await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let op = Op::Fetch {
-                target: Target::new(user, p.segment, p.epoch),
-                msg: e.msg,
-                mark_seen: false,
-            };
-            match self.call(&p.store, op).await? {
-                Reply::Message(m) => out.push((m.entry, m.body)),
-                other => bail!("fetch answered {other:?}"),
-            }
-        }
-        Ok(out)
-    }
-
-    /// The index entries of `user`'s Inbox, oldest first, with the user's placement.
-    pub async fn inbox_entries(&self, user: &str) -> anyhow::Result<(Placement, Vec<IndexEntry>)> {
+    /// `user`'s mailbox where the index places it.
+    pub async fn mailbox(&self, user: &str) -> anyhow::Result<Mailbox> {
         let p = self
             .client
             .lookup(user)
             .await
             .with_context(|| format!("looking up {user}"))?;
-        let mut entries = Vec::new();
-        let mut before_uid = None;
-        loop {
-            let op = Op::ListFolder {
-                target: Target::new(user, p.segment, p.epoch),
-                folder: INBOX.into(),
-                offset: 0,
-                limit: 500,
-                before_uid,
-            };
-            let page = match self.call(&p.store, op).await? {
-                Reply::Page(page) => page,
-                other => bail!("list_folder answered {other:?}"),
-            };
-            let Some(last) = page.entries.last() else {
-                break;
-            };
-            before_uid = Some(last.uid);
-            entries.extend(page.entries);
-        }
+        Ok(Mailbox {
+            pool: self.pools[self.store_index(&p.store)].clone(),
+            target: Target::new(user, p.segment, p.epoch),
+            store: p.store,
+        })
+    }
+
+    /// Every message in `user`'s Inbox with its stored bytes, oldest first.
+    pub async fn inbox(&self, user: &str) -> anyhow::Result<Vec<(IndexEntry, Vec<u8>)>> {
+        let mut messages = self.mailbox(user).await?.messages(INBOX).await?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// The index entries of `user`'s Inbox, oldest first.
+    pub async fn inbox_entries(&self, user: &str) -> anyhow::Result<Vec<IndexEntry>> {
+        let mut entries = self.mailbox(user).await?.entries(INBOX).await?;
         entries.reverse();
-        Ok((p, entries))
+        Ok(entries)
     }
 
     /// How many messages `user`'s Inbox holds (the folder's own count).
     pub async fn inbox_count(&self, user: &str) -> anyhow::Result<u64> {
-        let p = self.client.lookup(user).await?;
-        let op = Op::ListFolder {
-            target: Target::new(user, p.segment, p.epoch),
-            folder: INBOX.into(),
-            offset: 0,
-            limit: 0,
-            before_uid: None,
-        };
-        match self.call(&p.store, op).await? {
-            Reply::Page(page) => Ok(page.folder.total.into()),
-            other => bail!("list_folder answered {other:?}"),
-        }
+        Ok(self.mailbox(user).await?.count(INBOX).await?)
     }
 
     /// smtp-in's `/metrics` text.
     pub async fn smtp_metrics(&self) -> anyhow::Result<String> {
-        let (status, body) = crate::http_get(self.smtp_admin, "/metrics").await?;
-        if status != 200 {
-            bail!("/metrics answered {status}");
-        }
-        Ok(body)
+        metrics::scrape(self.smtp_admin).await
     }
 
     /// The value of one sample on smtp-in's `/metrics` (`name{labels}` exactly as printed, e.g.
     /// `smtp_messages_total{result="accepted"}`), 0 when absent.
     pub async fn smtp_metric(&self, sample: &str) -> anyhow::Result<f64> {
-        Ok(metric_value(&self.smtp_metrics().await?, sample).unwrap_or(0.0))
-    }
-}
-
-/// The value of `sample` (a metric name with its labels, as printed) in Prometheus text.
-pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(sample)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// The message as its sender handed it over: the stored bytes without the first header (the
-/// `Received:` trace header the receiver prepends), folded continuation lines included.
-pub fn strip_trace_header(stored: &[u8]) -> &[u8] {
-    let mut rest = stored;
-    let mut first = true;
-    loop {
-        let starts_folded = matches!(rest.first(), Some(b' ' | b'\t'));
-        if !first && !starts_folded {
-            return rest;
-        }
-        first = false;
-        match rest.iter().position(|&b| b == b'\n') {
-            Some(i) => rest = &rest[i + 1..],
-            None => return &[],
-        }
+        metrics::metric(self.smtp_admin, sample).await
     }
 }
 
@@ -392,28 +338,5 @@ impl Drop for LocalHcu {
                 eprintln!("--- {} log tail:\n{}", s.proc.name, s.proc.log_tail());
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_one_folded_header() {
-        let stored = b"Received: from x\r\n\tby y;\r\n  date\r\nFrom: a\r\n\r\nbody\r\n";
-        assert_eq!(strip_trace_header(stored), b"From: a\r\n\r\nbody\r\n");
-        assert_eq!(strip_trace_header(b"Received: x\r\n"), b"");
-    }
-
-    #[test]
-    fn reads_a_labelled_sample() {
-        let text = "# HELP x\nsmtp_messages_total{result=\"accepted\"} 12\n\
-                    smtp_messages_total{result=\"deferred\"} 3\n";
-        assert_eq!(
-            metric_value(text, "smtp_messages_total{result=\"deferred\"}"),
-            Some(3.0)
-        );
-        assert_eq!(metric_value(text, "nope"), None);
     }
 }

@@ -7,13 +7,14 @@
 
 pub mod hcu;
 pub mod mserv;
+pub mod support;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -176,22 +177,38 @@ impl Proc {
 
     /// Wait until `/healthz` answers 200, or fail with the log's tail.
     pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok((200, _)) = http_get(self.admin, "/healthz").await {
-                return Ok(());
+        /// Why it is not healthy yet.
+        enum Not {
+            Yet,
+            Running,
+        }
+        let admin = self.admin;
+        let healthy = support::retry_while(
+            timeout,
+            Duration::from_millis(25),
+            || {
+                let running = self.is_running();
+                async move {
+                    match http_get(admin, "/healthz").await {
+                        Ok((200, _)) => Ok(()),
+                        _ if running => Err(Not::Yet),
+                        _ => Err(Not::Running),
+                    }
+                }
+            },
+            |why| matches!(why, Not::Yet),
+        )
+        .await;
+        match healthy {
+            Ok(()) => Ok(()),
+            Err(Not::Running) => {
+                bail!("{} exited while starting:\n{}", self.name, self.log_tail())
             }
-            if !self.is_running() {
-                bail!("{} exited while starting:\n{}", self.name, self.log_tail());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} not healthy after {timeout:?}:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            Err(Not::Yet) => bail!(
+                "{} not healthy after {timeout:?}:\n{}",
+                self.name,
+                self.log_tail()
+            ),
         }
     }
 
@@ -216,17 +233,9 @@ impl Proc {
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         self.signal(libc::SIGTERM);
         let mut child = self.child.take().context("not running")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = child.try_wait()? {
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{} did not exit within {timeout:?} of SIGTERM", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match support::poll::wait_exit(&mut child, timeout)? {
+            Some(st) => Ok(st),
+            None => bail!("{} did not exit within {timeout:?} of SIGTERM", self.name),
         }
     }
 

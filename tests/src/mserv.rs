@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, Context};
 use mserv::{Client, ClientConfig, ReplicaId, Stats};
 
+use crate::support::eventually;
 use crate::{free_addr, Proc};
 
 /// How a test cluster is configured.
@@ -143,8 +144,7 @@ impl Mserv {
     /// Wait until a majority of the running replicas name the same leader, and that leader
     /// says it leads. Returns its id.
     pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<ReplicaId> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(timeout, Duration::from_millis(50), || async {
             let mut votes: BTreeMap<ReplicaId, usize> = BTreeMap::new();
             let mut leading = Vec::new();
             for id in self.replicas.keys() {
@@ -158,17 +158,17 @@ impl Mserv {
                 }
             }
             let quorum = self.replicas.len() / 2 + 1;
-            if let Some((l, _)) = votes
+            match votes
                 .iter()
                 .find(|(l, n)| **n >= quorum && leading.contains(l))
             {
-                return Ok(*l);
+                Some((l, _)) => Ok(*l),
+                None => Err(anyhow!(
+                    "no leader after {timeout:?} (votes {votes:?}, leading {leading:?})"
+                )),
             }
-            if Instant::now() > deadline {
-                bail!("no leader after {timeout:?} (votes {votes:?}, leading {leading:?})");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// Wait until replica `id` has applied the log up to `index`.
@@ -178,24 +178,21 @@ impl Mserv {
         index: u64,
         timeout: Duration,
     ) -> anyhow::Result<Stats> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(s) = self.stats(id).await {
-                if s.raft.last_applied.is_some_and(|a| a >= index) {
-                    return Ok(s);
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "replica {id} applied {:?}, not {index}, after {timeout:?}:\n{}",
-                        s.raft.last_applied,
-                        self.replicas[&id].proc.log_tail()
-                    );
-                }
-            } else if Instant::now() > deadline {
-                bail!("replica {id} unreachable for {timeout:?}");
+        let applied = eventually(timeout, Duration::from_millis(50), || async {
+            match self.stats(id).await {
+                Ok(s) if s.raft.last_applied.is_some_and(|a| a >= index) => Ok(s),
+                Ok(s) => Err(Some(s.raft.last_applied)),
+                Err(_) => Err(None),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        applied.map_err(|seen| match seen {
+            Some(applied) => anyhow!(
+                "replica {id} applied {applied:?}, not {index}, after {timeout:?}:\n{}",
+                self.replicas[&id].proc.log_tail()
+            ),
+            None => anyhow!("replica {id} unreachable for {timeout:?}"),
+        })
     }
 
     /// Wait until every running replica has applied as far as the leader had when called.

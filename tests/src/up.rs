@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::poll::{eventually, wait_exit};
+use crate::support::succeeded;
 use crate::{bin, bin_dir, ensure_built, free_addr};
 
 /// A running `mailctl up` on a temporary directory with free loopback ports.
@@ -80,14 +82,9 @@ pub fn mailctl(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// The standard output of a `mailctl` run that must have succeeded.
 pub fn ok(out: &Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "mailctl failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    succeeded(out, "mailctl")
 }
 
 impl Up {
@@ -139,25 +136,32 @@ impl Up {
         serde_json::from_slice(&out.stdout).unwrap_or_default()
     }
 
+    /// An operator's handle on this HCU (its index and stores), from its endpoints.
+    pub fn hcu(&self) -> operator::admin::Hcu {
+        let endpoints = operator::endpoints::Endpoints::load(&self.data.join("endpoints.json"))
+            .expect("endpoints.json of a running HCU");
+        operator::admin::Hcu::new(endpoints)
+    }
+
     pub async fn wait_all_ok(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let all_ok = eventually(timeout, Duration::from_millis(250), || {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("mailctl up exited with {st}:\n{}", self.log());
             }
-            if self.data.join("endpoints.json").exists() {
+            let ok = self.data.join("endpoints.json").exists() && {
                 let rows = self.status();
-                if rows.len() == 10 && rows.iter().all(|r| r["state"] == "ok") {
-                    return;
+                rows.len() == 10 && rows.iter().all(|r| r["state"] == "ok")
+            };
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(())
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "not all healthy:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await;
+        assert!(all_ok.is_ok(), "not all healthy:\n{}", self.log());
     }
 
     pub fn pid_of(&self, name: &str) -> i32 {
@@ -169,19 +173,23 @@ impl Up {
     /// Run `mailctl probe` until it succeeds; how long it took.
     pub async fn probe_until_ok(&self, timeout: Duration) -> Duration {
         let started = Instant::now();
-        loop {
+        let probe = eventually(timeout, Duration::from_millis(200), || async {
             let out = mailctl(&self.data, &["--json", "probe"], None);
             if out.status.success() {
-                return started.elapsed();
+                Ok(())
+            } else {
+                Err(out)
             }
-            assert!(
-                started.elapsed() < timeout,
+        })
+        .await;
+        if let Err(out) = probe {
+            panic!(
                 "probe still failing after {timeout:?}: {}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        started.elapsed()
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
@@ -190,16 +198,9 @@ impl Up {
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("mailctl up did not exit after SIGTERM:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match wait_exit(&mut child, Duration::from_secs(60)).unwrap() {
+            Some(st) => st,
+            None => panic!("mailctl up did not exit after SIGTERM:\n{}", self.log()),
         }
     }
 }
@@ -214,6 +215,22 @@ impl Drop for Up {
     }
 }
 
+/// Add `user` (password `pw`) on `store` segment `segment`, as `mailctl user add --store` does.
+pub async fn add_user_on(
+    hcu: &operator::admin::Hcu,
+    user: &str,
+    store: &str,
+    segment: u32,
+) -> mserv_client::Placement {
+    let policy = mserv_client::Policy::Explicit {
+        store: store.into(),
+        segment,
+    };
+    hcu.add_user(user, "pw", "", policy, 0)
+        .await
+        .unwrap_or_else(|e| panic!("adding {user} on {store} segment {segment}: {e:#}"))
+}
+
 /// A socket address written as a JSON string.
 pub fn addr(v: &Value) -> SocketAddr {
     v.as_str().unwrap().parse().unwrap()
@@ -221,10 +238,9 @@ pub fn addr(v: &Value) -> SocketAddr {
 
 /// The address of an `http://host:port` URL.
 pub fn url_addr(url: &str) -> SocketAddr {
-    url.trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap()
+    mailctl::http::split_url(url)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .0
 }
 
 /// A session from login's JSON API: the front door it sends the user to and the
@@ -232,6 +248,37 @@ pub fn url_addr(url: &str) -> SocketAddr {
 pub struct ApiSession {
     pub door: SocketAddr,
     pub auth: String,
+}
+
+impl ApiSession {
+    /// `GET path` at the session's front door with its `Authorization`.
+    pub async fn get(&self, path: &str) -> anyhow::Result<mailctl::http::Answer> {
+        self.request("GET", path, &[], b"").await
+    }
+
+    /// `POST path` with a JSON body at the session's front door.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<mailctl::http::Answer> {
+        let body = body.to_string();
+        let json = [("Content-Type", "application/json")];
+        self.request("POST", path, &json, body.as_bytes()).await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<mailctl::http::Answer> {
+        let mut all = vec![("Authorization", self.auth.as_str())];
+        all.extend_from_slice(headers);
+        let timeout = Duration::from_secs(30);
+        mailctl::http::request(self.door, method, path, &all, body, timeout).await
+    }
 }
 
 /// `POST /api/v1/session` to the login server at `login`: the status, and the session on 200.

@@ -7,14 +7,15 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use mserv::Placement;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use xfs::{AccountInfo, Op, Reply, Target};
+use xfs::{ops, AccountInfo};
 
-use crate::hcu::{metric_value, LocalHcu};
-use crate::{free_addr, http_get, Proc};
+use crate::hcu::LocalHcu;
+use crate::support::metrics;
+use crate::{free_addr, Proc};
 
 /// The session key every test login server and test check uses.
 pub const KEY_ID: &str = "test-1";
@@ -101,11 +102,7 @@ impl Login {
 
     /// The value of one sample on the admin port's `/metrics`, 0 when absent.
     pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
-        let (status, body) = http_get(self.proc.admin, "/metrics").await?;
-        if status != 200 {
-            bail!("/metrics answered {status}");
-        }
-        Ok(metric_value(&body, sample).unwrap_or(0.0))
+        metrics::metric(self.proc.admin, sample).await
     }
 }
 
@@ -201,17 +198,19 @@ pub async fn add_user_with_password(
     Ok(p)
 }
 
-/// Change `user`'s password at their store.
+/// Change `user`'s password at their store (argon2id, as login checks it). Bumps the session
+/// generation.
 pub async fn set_password(hcu: &LocalHcu, user: &str, password: &str) -> anyhow::Result<()> {
-    let p = hcu.client.lookup(user).await?;
+    let mailbox = hcu.mailbox(user).await?;
     let hash = session::password::hash(password).map_err(anyhow::Error::msg)?;
-    let op = Op::UpdateAccount {
-        target: Target::new(user, p.segment, p.epoch),
+    let op = ops::UpdateAccount {
+        target: mailbox.target.clone(),
         display_name: None,
         password_hash: Some(hash),
         quota_bytes: None,
     };
-    hcu.call(&p.store, op)
+    mailbox
+        .run(op)
         .await
         .with_context(|| format!("setting the password of {user}"))?;
     Ok(())
@@ -219,32 +218,33 @@ pub async fn set_password(hcu: &LocalHcu, user: &str, password: &str) -> anyhow:
 
 /// `user`'s account record at their store.
 pub async fn account(hcu: &LocalHcu, user: &str) -> anyhow::Result<AccountInfo> {
-    let p = hcu.client.lookup(user).await?;
-    let op = Op::GetAccount {
-        target: Target::new(user, p.segment, p.epoch),
+    let mailbox = hcu.mailbox(user).await?;
+    let op = ops::GetAccount {
+        target: mailbox.target.clone(),
     };
-    match hcu.call(&p.store, op).await? {
-        Reply::Account(a) => Ok(a),
-        other => bail!("get_account answered {other:?}"),
-    }
+    Ok(mailbox.run(op).await?)
 }
 
-/// An HTTP client that does not follow redirects.
+/// An HTTP client that does not follow redirects and opens a fresh connection per request.
 pub fn client() -> reqwest::Client {
-    client_builder().build().expect("http client")
+    unpooled().build().expect("http client")
 }
 
 /// An HTTP client that connects from `local` (any 127.x.y.z address works on loopback).
 pub fn client_from(local: IpAddr) -> reqwest::Client {
-    client_builder()
+    unpooled()
         .local_address(local)
         .build()
         .expect("http client")
 }
 
-fn client_builder() -> reqwest::ClientBuilder {
+/// An HTTP client builder that does not follow redirects, 30 s per request.
+pub fn no_redirects() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(0)
+}
+
+fn unpooled() -> reqwest::ClientBuilder {
+    no_redirects().pool_max_idle_per_host(0)
 }

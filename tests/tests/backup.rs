@@ -11,74 +11,28 @@ use std::time::{Duration, Instant};
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mailctl::backup::Manifest;
-use megamail_tests::up::{addr, mailctl, ok, Up};
-use mserv::{MservError, Policy};
+use megamail_tests::support::mail::mailer;
+use megamail_tests::support::Mailbox;
+use megamail_tests::up::{add_user_on, addr, mailctl, ok, Up};
+use mserv::MservError;
 use operator::admin::Hcu;
-use operator::endpoints::Endpoints;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use xfs::{CallError, Flags, Op, Reply, Target, XfsError};
-
-fn hcu_of(up: &Up) -> Hcu {
-    Hcu::new(Endpoints::load(&up.data.join("endpoints.json")).unwrap())
-}
+use xfs::{Flags, IndexEntry, Op};
 
 /// Per folder: (uid, flags, sha256 of the stored bytes), newest first.
 type Content = BTreeMap<String, Vec<(u32, u32, String)>>;
 
-async fn call(pool: &xfs::StorePool, op: Op) -> Reply {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match pool.call(op.clone()).await {
-            Err(CallError::Remote(XfsError::Frozen { .. })) if Instant::now() < deadline => {}
-            r => return r.unwrap(),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn content(hcu: &Hcu, user: &str) -> Content {
-    let p = hcu.mserv.lookup_uncached(user).await.unwrap();
-    let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await.unwrap());
-    let t = Target::new(user, p.segment, p.epoch);
-    let Reply::Folders(fs) = call(&pool, Op::ListFolders { target: t.clone() }).await else {
-        panic!("folders")
+    let mailbox = Mailbox::of(hcu, user).await.unwrap();
+    let digests = |messages: Vec<(IndexEntry, Vec<u8>)>| {
+        messages
+            .iter()
+            .map(|(e, body)| (e.uid, e.flags.0, format!("{:x}", Sha256::digest(body))))
+            .collect()
     };
-    let mut out = BTreeMap::new();
-    for f in fs {
-        let op = Op::ListFolder {
-            target: t.clone(),
-            folder: f.name.clone(),
-            offset: 0,
-            limit: 1000,
-            before_uid: None,
-        };
-        let Reply::Page(page) = call(&pool, op).await else {
-            panic!("page")
-        };
-        let mut entries = Vec::new();
-        for e in page.entries {
-            let op = Op::Fetch {
-                target: t.clone(),
-                msg: e.msg,
-                mark_seen: false,
-            };
-            let Reply::Message(m) = call(&pool, op).await else {
-                panic!("fetch")
-            };
-            entries.push((e.uid, e.flags.0, format!("{:x}", Sha256::digest(&m.body))));
-        }
-        out.insert(f.name, entries);
-    }
-    out
-}
-
-fn mailer(e: &Value) -> AsyncSmtpTransport<Tokio1Executor> {
-    let smtp = addr(&e["smtp"]);
-    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.ip().to_string())
-        .port(smtp.port())
-        .timeout(Some(Duration::from_secs(30)))
-        .build()
+    let folders = mailbox.content().await.unwrap().into_iter();
+    folders.map(|(name, m)| (name, digests(m))).collect()
 }
 
 async fn send(m: &AsyncSmtpTransport<Tokio1Executor>, to: &str, subject: &str) {
@@ -135,17 +89,13 @@ fn manifest(dir: &Path, id: &str) -> Manifest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_under_load_restores_one_mailbox_and_the_next_backup_is_incremental() {
     let up = Up::start().await;
-    let hcu = hcu_of(&up);
+    let hcu = up.hcu();
     let e = up.endpoints();
     let users: Vec<String> = (0..4).map(|i| format!("bk{i}@megamail.test")).collect();
     for (i, u) in users.iter().enumerate() {
-        let policy = Policy::Explicit {
-            store: format!("store-{}", i % 2 + 1),
-            segment: (i / 2) as u32,
-        };
-        hcu.add_user(u, "pw", "", policy, 0).await.unwrap();
+        add_user_on(&hcu, u, &format!("store-{}", i % 2 + 1), (i / 2) as u32).await;
     }
-    let m = mailer(&e);
+    let m = mailer(addr(&e["smtp"]));
     for u in &users {
         for k in 0..5 {
             send(&m, u, &format!("before the backup {k} for {u}")).await;
@@ -154,34 +104,27 @@ async fn a_backup_under_load_restores_one_mailbox_and_the_next_backup_is_increme
     // The victim also has a folder of its own and flags, which must come back.
     let victim = users[0].clone();
     {
-        let p = hcu.mserv.lookup_uncached(&victim).await.unwrap();
-        let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await.unwrap());
-        let t = Target::new(&victim, p.segment, p.epoch);
+        let mailbox = Mailbox::of(&hcu, &victim).await.unwrap();
+        let t = mailbox.target.clone();
         let name = "Kept".to_string();
-        call(
-            &pool,
-            Op::CreateFolder {
-                target: t.clone(),
-                name: name.clone(),
-            },
-        )
-        .await;
-        call(
-            &pool,
-            Op::Move {
-                target: t.clone(),
-                msgs: vec![1, 2],
-                to_folder: name,
-            },
-        )
-        .await;
+        let create = Op::CreateFolder {
+            target: t.clone(),
+            name: name.clone(),
+        };
+        mailbox.call(create).await.unwrap();
+        let file = Op::Move {
+            target: t.clone(),
+            msgs: vec![1, 2],
+            to_folder: name,
+        };
+        mailbox.call(file).await.unwrap();
         let op = Op::SetFlags {
             target: t,
             msgs: vec![3],
             add: Flags::FLAGGED.union(Flags::SEEN),
             remove: Flags::NONE,
         };
-        call(&pool, op).await;
+        mailbox.call(op).await.unwrap();
     }
 
     // SMTP load to the users of store-2 while the backup runs (store-1's segment 1 then sees no
@@ -191,7 +134,7 @@ async fn a_backup_under_load_restores_one_mailbox_and_the_next_backup_is_increme
     let load = {
         let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
         let targets: Vec<String> = vec![users[1].clone(), users[3].clone()];
-        let m = mailer(&e);
+        let m = mailer(addr(&e["smtp"]));
         tokio::spawn(async move {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) && n < 5000 {

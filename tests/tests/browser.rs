@@ -12,14 +12,15 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use lettre::message::Mailbox;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::message::Mailbox as Address;
+use lettre::{AsyncTransport, Message};
 use megamail_tests::bin_dir;
+use megamail_tests::support::mail::mailer;
+use megamail_tests::support::mailbox::subjects;
+use megamail_tests::support::Mailbox;
 use megamail_tests::up::{addr, Up};
 use mserv::Policy;
-use operator::admin::Hcu;
-use operator::endpoints::Endpoints;
-use xfs::{IndexEntry, Op, Reply, Target, INBOX};
+use xfs::INBOX;
 
 const PYTHON: &str = "/usr/bin/python3";
 const CHROMIUM: [&str; 2] = ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
@@ -38,6 +39,8 @@ const ATTACHMENT: &str = "notes.txt";
 const ATTACHMENT_TEXT: &str = "Attached from a browser.\nline two\n";
 /// The longest the browser script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long mail may take to show in a folder.
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The `tests/` directory of this checkout.
 fn tests_dir() -> PathBuf {
@@ -105,85 +108,11 @@ fn screenshot_dir() -> PathBuf {
     dir
 }
 
-/// A mailbox on its store.
-struct Mbox {
-    pool: std::sync::Arc<xfs::StorePool>,
-    target: Target,
-}
-
-async fn mbox(hcu: &Hcu, user: &str) -> Mbox {
-    let p = hcu.mserv.lookup_uncached(user).await.unwrap();
-    let addr = hcu.store_addr(&p.store).await.unwrap();
-    Mbox {
-        pool: hcu.xfs.pool(&addr),
-        target: Target::new(user, p.segment, p.epoch),
-    }
-}
-
-impl Mbox {
-    /// Every entry of `folder` (empty when there is no such folder).
-    async fn list(&self, folder: &str) -> Vec<IndexEntry> {
-        let op = Op::ListFolder {
-            target: self.target.clone(),
-            folder: folder.into(),
-            offset: 0,
-            limit: 500,
-            before_uid: None,
-        };
-        match self.pool.call(op).await {
-            Ok(Reply::Page(p)) => p.entries,
-            Ok(other) => panic!("list_folder answered {other:?}"),
-            Err(xfs::CallError::Remote(xfs::XfsError::NoSuchFolder { .. })) => Vec::new(),
-            Err(e) => panic!("listing {folder}: {e}"),
-        }
-    }
-
-    async fn body(&self, msg: xfs::MsgId) -> Vec<u8> {
-        let op = Op::Fetch {
-            target: self.target.clone(),
-            msg,
-            mark_seen: false,
-        };
-        match self.pool.call(op).await.unwrap() {
-            Reply::Message(m) => m.body,
-            other => panic!("fetch answered {other:?}"),
-        }
-    }
-
-    /// The entry of `folder` with `subject`, waiting up to a minute for it to show up.
-    async fn wait_for(&self, folder: &str, subject: &str) -> IndexEntry {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let entries = self.list(folder).await;
-            if let Some(e) = entries.iter().find(|e| e.summary.subject == subject) {
-                return e.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no {subject:?} in {folder}; it holds {:?}",
-                self.target.user,
-                entries
-                    .iter()
-                    .map(|e| &e.summary.subject)
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn subjects(entries: &[IndexEntry]) -> Vec<&str> {
-        entries.iter().map(|e| e.summary.subject.as_str()).collect()
-    }
-}
-
 /// Three messages from Bob to Alice, through smtp-in.
 async fn send_mail(smtp: std::net::SocketAddr) {
-    let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.ip().to_string())
-        .port(smtp.port())
-        .timeout(Some(Duration::from_secs(60)))
-        .build();
-    let from: Mailbox = format!("Bob Example <{BOB}>").parse().unwrap();
-    let to: Mailbox = format!("Alice Example <{ALICE}>").parse().unwrap();
+    let mailer = mailer(smtp);
+    let from: Address = format!("Bob Example <{BOB}>").parse().unwrap();
+    let to: Address = format!("Alice Example <{ALICE}>").parse().unwrap();
     for (i, subject) in [DELETE_SUBJECT, MOVE_SUBJECT, REPLY_SUBJECT]
         .iter()
         .enumerate()
@@ -212,7 +141,7 @@ async fn a_browser_signs_in_replies_with_an_attachment_files_deletes_and_signs_o
     let up = Up::start().await;
     let e = up.endpoints();
     let login_url = e["login_url"].as_str().expect("a login URL").to_string();
-    let hcu = Hcu::new(Endpoints::load(&up.data.join("endpoints.json")).unwrap());
+    let hcu = up.hcu();
     hcu.add_user(
         ALICE,
         ALICE_PASSWORD,
@@ -233,10 +162,10 @@ async fn a_browser_signs_in_replies_with_an_attachment_files_deletes_and_signs_o
     .unwrap();
 
     send_mail(addr(&e["smtp"])).await;
-    let alice = mbox(&hcu, ALICE).await;
-    let bob = mbox(&hcu, BOB).await;
+    let alice = Mailbox::of(&hcu, ALICE).await.unwrap();
+    let bob = Mailbox::of(&hcu, BOB).await.unwrap();
     for s in [REPLY_SUBJECT, MOVE_SUBJECT, DELETE_SUBJECT] {
-        alice.wait_for(INBOX, s).await;
+        alice.wait_for(INBOX, s, WAIT).await;
     }
 
     let files = tempfile::tempdir().unwrap();
@@ -332,13 +261,13 @@ async fn a_browser_signs_in_replies_with_an_attachment_files_deletes_and_signs_o
 
     // The reply reached Bob, with the uploaded file attached.
     let reply_subject = format!("Re: {REPLY_SUBJECT}");
-    let reply = bob.wait_for(INBOX, &reply_subject).await;
+    let reply = bob.wait_for(INBOX, &reply_subject, WAIT).await;
     assert!(
         reply.summary.attachments.iter().any(|a| a == ATTACHMENT),
         "the reply's attachments: {:?}",
         reply.summary.attachments
     );
-    let body = bob.body(reply.msg).await;
+    let body = bob.body(reply.msg).await.unwrap();
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains(ATTACHMENT), "{text}");
     let b64 = base64::engine::general_purpose::STANDARD.encode(ATTACHMENT_TEXT);
@@ -355,8 +284,8 @@ async fn a_browser_signs_in_replies_with_an_attachment_files_deletes_and_signs_o
     );
     assert!(text.contains("Thanks, the notes are attached."), "{text}");
     // Alice keeps a copy in Sent, and the original is marked answered.
-    alice.wait_for("Sent", &reply_subject).await;
-    let original = alice.wait_for(INBOX, REPLY_SUBJECT).await;
+    alice.wait_for("Sent", &reply_subject, WAIT).await;
+    let original = alice.wait_for(INBOX, REPLY_SUBJECT, WAIT).await;
     assert!(
         original.flags.contains(xfs::Flags::ANSWERED),
         "{:?}",
@@ -365,10 +294,10 @@ async fn a_browser_signs_in_replies_with_an_attachment_files_deletes_and_signs_o
 
     // The moved message is in the new folder and no longer in the Inbox; the deleted one is in
     // Trash.
-    let moved = alice.list(FOLDER).await;
-    assert_eq!(Mbox::subjects(&moved), vec![MOVE_SUBJECT]);
-    let trash = alice.list("Trash").await;
-    assert_eq!(Mbox::subjects(&trash), vec![DELETE_SUBJECT]);
-    let inbox = alice.list(INBOX).await;
-    assert_eq!(Mbox::subjects(&inbox), vec![REPLY_SUBJECT]);
+    let moved = alice.entries(FOLDER).await.unwrap();
+    assert_eq!(subjects(&moved), vec![MOVE_SUBJECT]);
+    let trash = alice.entries("Trash").await.unwrap();
+    assert_eq!(subjects(&trash), vec![DELETE_SUBJECT]);
+    let inbox = alice.entries(INBOX).await.unwrap();
+    assert_eq!(subjects(&inbox), vec![REPLY_SUBJECT]);
 }

@@ -12,9 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::AsyncTransport;
 use megamail_tests::frontdoor::FrontDoor;
-use megamail_tests::hcu::{metric_value, strip_trace_header, HcuOpts, LocalHcu};
+use megamail_tests::hcu::{HcuOpts, LocalHcu};
+use megamail_tests::support::mail::{mailer, message_id, strip_trace_header};
+use megamail_tests::support::metrics::metric;
+use megamail_tests::support::poll::Deadline;
 use megamail_tests::{http_get, http_request};
 use serde_json::{json, Value};
 use xfs::{CallError, Delivery, Flags, Op, Reply, Summary, Target, XfsError};
@@ -44,13 +47,8 @@ async fn faults_of(admin: SocketAddr) -> Value {
 
 /// `faults_injected_total` of one point on a process's `/metrics` (0 when absent).
 async fn injected(admin: SocketAddr, point: &str) -> f64 {
-    let (status, body) = http_get(admin, "/metrics").await.unwrap();
-    assert_eq!(status, 200);
-    metric_value(
-        &body,
-        &format!("faults_injected_total{{point=\"{point}\"}}"),
-    )
-    .unwrap_or(0.0)
+    let sample = format!("faults_injected_total{{point=\"{point}\"}}");
+    metric(admin, &sample).await.unwrap()
 }
 
 /// A message whose mail data as received is exactly the returned bytes (lettre ends the data
@@ -68,15 +66,6 @@ fn message(i: usize, to: &[&str]) -> (String, Vec<u8>, Vec<u8>) {
     (id, raw, data)
 }
 
-fn message_id(stored: &[u8]) -> String {
-    let text = String::from_utf8_lossy(strip_trace_header(stored)).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("Message-ID: "))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
 /// Send through SMTP like a real MTA: a 4xx or a broken connection is retried (after a pause),
 /// a 5xx fails the test. Returns how many attempts were refused first.
 async fn send_like_an_mta(smtp: SocketAddr, from: &str, to: &[&str], raw: &[u8]) -> usize {
@@ -84,11 +73,7 @@ async fn send_like_an_mta(smtp: SocketAddr, from: &str, to: &[&str], raw: &[u8])
     let envelope = Envelope::new(Some(from.parse().unwrap()), rcpts).unwrap();
     let mut refused = 0;
     loop {
-        let client = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-            .port(smtp.port())
-            .timeout(Some(Duration::from_secs(60)))
-            .build();
-        match client.send_raw(&envelope, raw).await {
+        match mailer(smtp).send_raw(&envelope, raw).await {
             Ok(_) => return refused,
             Err(e) if e.is_permanent() => panic!("a permanent SMTP error under faults: {e}"),
             Err(e) => {
@@ -231,7 +216,7 @@ async fn smtp_and_webmail_stay_correct_with_failing_and_slow_xfs_calls() {
         let inbox = hcu.inbox(user).await.unwrap();
         let mut got: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         for (_, body) in &inbox {
-            got.entry(message_id(body))
+            got.entry(message_id(body).unwrap_or_default())
                 .or_default()
                 .push(strip_trace_header(body).to_vec());
         }
@@ -359,7 +344,7 @@ async fn smtp_and_webmail_stay_correct_with_failing_and_slow_xfs_calls() {
         "{copies} reported, {sent}"
     );
     let bob = fd.token(&hcu, BOB).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Deadline::after(Duration::from_secs(30), Duration::from_millis(200));
     loop {
         let page = clean
             .until_ok("bob's inbox", || {
@@ -374,12 +359,11 @@ async fn smtp_and_webmail_stay_correct_with_failing_and_slow_xfs_calls() {
             .filter(|s| s.starts_with("fault send"))
             .map(str::to_string)
             .collect();
-        if subjects.len() >= 3 || Instant::now() > deadline {
+        if subjects.len() >= 3 || !deadline.pause().await {
             let unique: BTreeSet<&String> = subjects.iter().collect();
             assert_eq!((subjects.len(), unique.len()), (3, 3), "{subjects:?}");
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Ten more messages go through at the first attempt.
     for i in MESSAGES..MESSAGES + 10 {
@@ -486,7 +470,10 @@ async fn a_failed_disk_write_leaves_nothing_written() {
     }
     clear_fault(store_admin, "ustore.disk.write").await;
     let inbox = hcu.inbox(ALICE).await.unwrap();
-    let distinct: BTreeSet<String> = inbox.iter().map(|(_, b)| message_id(b)).collect();
+    let distinct: BTreeSet<String> = inbox
+        .iter()
+        .map(|(_, b)| message_id(b).unwrap_or_default())
+        .collect();
     assert_eq!((inbox.len(), distinct.len()), (20, 20));
 
     // The retry succeeds, and a second retry stores no second copy.

@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use megamail_tests::frontdoor::{self, claims, now_secs, send_in, wait_inbox, FrontDoor};
+use megamail_tests::frontdoor::{
+    self, claims, download, location, now_secs, send_in, status_and_text, wait_inbox, FrontDoor,
+};
 use megamail_tests::hcu::{HcuOpts, LocalHcu};
+use megamail_tests::support::mail::strip_trace_header;
 use serde_json::{json, Value};
 
 const ALICE: &str = "alice@megamail.test";
@@ -31,9 +34,16 @@ Content-Transfer-Encoding: base64\r\n\r\nYSxiCjEsMgo=\r\n--b1--\r\n"
         .to_vec()
 }
 
-async fn status_of(r: reqwest::Response) -> (u16, String) {
-    let s = r.status().as_u16();
-    (s, r.text().await.unwrap_or_default())
+/// A JSON API POST as `token` (the session in a Bearer header).
+async fn post(fd: &FrontDoor, token: &str, path: &str, body: Value) -> reqwest::Response {
+    let r = fd.post_json(token, path, &body).await;
+    r.unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+/// The message ids of a listing, in order.
+fn ids(page: &Value) -> Vec<u64> {
+    let messages = page["messages"].as_array().unwrap();
+    messages.iter().map(|m| m["id"].as_u64().unwrap()).collect()
 }
 
 fn folder<'a>(folders: &'a Value, name: &str) -> &'a Value {
@@ -51,7 +61,8 @@ async fn the_api_reads_sends_files_and_searches_mail() {
     hcu.add_user_on(ALICE, "store-1", 0).await.unwrap();
     hcu.add_user_on(BOB, "store-2", 1).await.unwrap();
     let fd = FrontDoor::start(&hcu, "").await.unwrap();
-    let (status, body) = status_of(fd.http.get(fd.url("/healthz")).send().await.unwrap()).await;
+    let (status, body) =
+        status_and_text(fd.http.get(fd.url("/healthz")).send().await.unwrap()).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
 
     send_in(&hcu, "carol@remote.test", &[ALICE], &mail_with_attachment())
@@ -118,12 +129,7 @@ async fn the_api_reads_sends_files_and_searches_mail() {
         .get(&alice, &format!("/api/v1/messages/{id}/attachments/0"))
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "application/octet-stream");
-    let cd = r.headers()["content-disposition"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let cd = download(&r, "the attachment");
     assert!(
         cd.starts_with("attachment; filename=\"figures.csv\""),
         "{cd}"
@@ -137,21 +143,20 @@ async fn the_api_reads_sends_files_and_searches_mail() {
 
     // Sending to a user on the other store: it arrives, and a copy is filed in Sent.
     let b64 = base64::engine::general_purpose::STANDARD;
-    let r = fd
-        .post_json(
-            &alice,
-            "/api/v1/send",
-            &json!({
-                "to": [BOB],
-                "subject": "Lunch on Friday?",
-                "text": "Shall we try the new place?\nAlice",
-                "attachments": [{"name": "menu.txt", "content_type": "text/plain",
-                                 "data_base64": b64.encode("soup\nbread\n")}],
-            }),
-        )
-        .await
-        .unwrap();
-    let (status, body) = status_of(r).await;
+    let r = post(
+        &fd,
+        &alice,
+        "/api/v1/send",
+        json!({
+            "to": [BOB],
+            "subject": "Lunch on Friday?",
+            "text": "Shall we try the new place?\nAlice",
+            "attachments": [{"name": "menu.txt", "content_type": "text/plain",
+                             "data_base64": b64.encode("soup\nbread\n")}],
+        }),
+    )
+    .await;
+    let (status, body) = status_and_text(r).await;
     assert_eq!(status, 200, "{body}");
     let sent: Value = serde_json::from_str(&body).unwrap();
     assert!(sent["sent_copy"].is_u64(), "{sent}");
@@ -192,21 +197,17 @@ async fn the_api_reads_sends_files_and_searches_mail() {
         .await
         .unwrap();
     let bob_stored = hcu.inbox(BOB).await.unwrap();
-    assert_eq!(
-        megamail_tests::hcu::strip_trace_header(&bob_stored[0].1),
-        copy_raw.as_ref()
-    );
+    assert_eq!(strip_trace_header(&bob_stored[0].1), copy_raw.as_ref());
 
     // A reply is threaded and marks the original answered.
-    let r = fd
-        .post_json(
-            &bob,
-            "/api/v1/send",
-            &json!({"to": [ALICE], "subject": "Re: Lunch on Friday?", "text": "Yes!",
+    let r = post(
+        &fd,
+        &bob,
+        "/api/v1/send",
+        json!({"to": [ALICE], "subject": "Re: Lunch on Friday?", "text": "Yes!",
                     "in_reply_to": got["id"]}),
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     assert_eq!(r.status(), 200);
     wait_inbox(&hcu, ALICE, 2).await.unwrap();
     let reply = hcu.inbox(ALICE).await.unwrap().pop().unwrap().1;
@@ -219,37 +220,24 @@ async fn the_api_reads_sends_files_and_searches_mail() {
     assert_eq!(bob_inbox["messages"][0]["answered"], true);
 
     // Folders: create, move into, flag, search.
-    let r = fd
-        .post_json(&alice, "/api/v1/folders", &json!({"name": "Projects"}))
-        .await
-        .unwrap();
+    let r = post(&fd, &alice, "/api/v1/folders", json!({"name": "Projects"})).await;
     assert_eq!(r.status(), 200);
-    let r = fd
-        .post_json(&alice, "/api/v1/folders", &json!({"name": "Projects"}))
-        .await
-        .unwrap();
+    let r = post(&fd, &alice, "/api/v1/folders", json!({"name": "Projects"})).await;
     assert_eq!(r.status(), 409);
-    let r = fd
-        .post_json(
-            &alice,
-            "/api/v1/messages/move",
-            &json!({"ids": [id], "folder": "Projects"}),
-        )
-        .await
-        .unwrap();
-    let (status, body) = status_of(r).await;
+    let to_projects = json!({"ids": [id], "folder": "Projects"});
+    let r = post(&fd, &alice, "/api/v1/messages/move", to_projects).await;
+    let (status, body) = status_and_text(r).await;
     assert_eq!(status, 200, "{body}");
     let folders = fd.json(&alice, "/api/v1/folders").await.unwrap();
     assert_eq!(folder(&folders, "Projects")["total"], 1);
     assert_eq!(folder(&folders, "Inbox")["total"], 1);
-    let r = fd
-        .post_json(
-            &alice,
-            "/api/v1/messages/flags",
-            &json!({"ids": [id], "add": ["flagged"], "remove": ["seen"]}),
-        )
-        .await
-        .unwrap();
+    let r = post(
+        &fd,
+        &alice,
+        "/api/v1/messages/flags",
+        json!({"ids": [id], "add": ["flagged"], "remove": ["seen"]}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let projects = fd
         .json(&alice, "/api/v1/folders/Projects/messages")
@@ -257,55 +245,39 @@ async fn the_api_reads_sends_files_and_searches_mail() {
         .unwrap();
     assert_eq!(projects["messages"][0]["flagged"], true);
     assert_eq!(projects["messages"][0]["seen"], false);
-    let r = fd
-        .post_json(
-            &alice,
-            "/api/v1/messages/flags",
-            &json!({"ids": [id], "add": ["sparkly"]}),
-        )
-        .await
-        .unwrap();
+    let r = post(
+        &fd,
+        &alice,
+        "/api/v1/messages/flags",
+        json!({"ids": [id], "add": ["sparkly"]}),
+    )
+    .await;
     assert_eq!(r.status(), 400);
 
-    let hits = fd
-        .json(&alice, "/api/v1/search?q=quarterly&in=subject")
-        .await
-        .unwrap();
-    assert_eq!(hits["messages"].as_array().unwrap().len(), 1);
-    assert_eq!(hits["messages"][0]["id"], id);
-    let hits = fd
-        .json(&alice, "/api/v1/search?q=zebra&in=body")
-        .await
-        .unwrap();
-    assert_eq!(hits["messages"][0]["id"], id);
-    let hits = fd
-        .json(&alice, "/api/v1/search?q=zebra&in=subject")
-        .await
-        .unwrap();
-    assert_eq!(hits["messages"].as_array().unwrap().len(), 0);
-    let hits = fd
-        .json(&alice, "/api/v1/search?q=carol&in=from")
-        .await
-        .unwrap();
-    assert_eq!(hits["messages"][0]["id"], id);
+    for (query, found) in [
+        ("q=quarterly&in=subject", vec![id]),
+        ("q=zebra&in=body", vec![id]),
+        ("q=zebra&in=subject", vec![]),
+        ("q=carol&in=from", vec![id]),
+    ] {
+        let hits = fd
+            .json(&alice, &format!("/api/v1/search?{query}"))
+            .await
+            .unwrap();
+        assert_eq!(ids(&hits), found, "{query}: {hits}");
+    }
 
     // Delete: to Trash first, then for good.
-    let r = fd
-        .post_json(&alice, "/api/v1/messages/delete", &json!({"ids": [id]}))
-        .await
-        .unwrap();
-    let (status, body) = status_of(r).await;
+    let r = post(&fd, &alice, "/api/v1/messages/delete", json!({"ids": [id]})).await;
+    let (status, body) = status_and_text(r).await;
     assert_eq!(status, 200, "{body}");
     let trash = fd
         .json(&alice, "/api/v1/folders/Trash/messages")
         .await
         .unwrap();
     assert_eq!(trash["messages"][0]["id"], id);
-    let r = fd
-        .post_json(&alice, "/api/v1/messages/delete", &json!({"ids": [id]}))
-        .await
-        .unwrap();
-    let (_, body) = status_of(r).await;
+    let r = post(&fd, &alice, "/api/v1/messages/delete", json!({"ids": [id]})).await;
+    let (_, body) = status_and_text(r).await;
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["expunged"], 1, "{v}");
     let r = fd
@@ -317,34 +289,24 @@ async fn the_api_reads_sends_files_and_searches_mail() {
     assert_eq!(folder(&folders, "Trash")["total"], 0);
 
     // Rename and delete a folder; system folders refuse.
-    let r = fd
-        .post_json(
-            &alice,
-            "/api/v1/folders/rename",
-            &json!({"from": "Projects", "to": "Archive 2026"}),
-        )
-        .await
-        .unwrap();
+    let r = post(
+        &fd,
+        &alice,
+        "/api/v1/folders/rename",
+        json!({"from": "Projects", "to": "Archive 2026"}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let page = fd
         .json(&alice, "/api/v1/folders/Archive%202026/messages")
         .await
         .unwrap();
     assert_eq!(page["folder"]["name"], "Archive 2026");
-    let r = fd
-        .post_json(&alice, "/api/v1/folders/delete", &json!({"name": "Inbox"}))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = fd
-        .post_json(
-            &alice,
-            "/api/v1/folders/delete",
-            &json!({"name": "Archive 2026"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    for (name, status) in [("Inbox", 400), ("Archive 2026", 200)] {
+        let delete = json!({ "name": name });
+        let r = post(&fd, &alice, "/api/v1/folders/delete", delete).await;
+        assert_eq!(r.status(), status, "deleting {name}");
+    }
     let r = fd
         .get(&alice, "/api/v1/folders/Archive%202026/messages")
         .await
@@ -393,16 +355,9 @@ async fn inbox_state(fd: &FrontDoor, token: &str) -> Vec<(u64, bool, bool, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
-    let hcu = LocalHcu::start(HcuOpts {
-        stores: 1,
-        segments_per_store: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    hcu.add_user(ALICE).await.unwrap();
-    hcu.add_user(BOB).await.unwrap();
-    frontdoor::set_password(&hcu, ALICE, "old secret words")
+    let hcu = LocalHcu::start(HcuOpts::one_store()).await.unwrap();
+    hcu.add_users(&[ALICE, BOB]).await.unwrap();
+    megamail_tests::web::set_password(&hcu, ALICE, "old secret words")
         .await
         .unwrap();
     send_in(
@@ -446,10 +401,7 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
     ] {
         let r = fd.get(bad, "/api/v1/folders").await.unwrap();
         assert_eq!(r.status(), 401, "{what}");
-        let r = fd
-            .post_json(bad, "/api/v1/messages/flags", &flag(alice_id))
-            .await
-            .unwrap();
+        let r = post(&fd, bad, "/api/v1/messages/flags", flag(alice_id)).await;
         assert_eq!(r.status(), 401, "{what}");
         let r = fd.page(bad, "/folder/Inbox").await.unwrap();
         assert_eq!(r.status(), 303, "{what}");
@@ -507,21 +459,8 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
     let folders = fd.json(&alice, "/api/v1/folders").await.unwrap();
     assert!(!folders.to_string().contains("Nope"));
     // With the right token the same form works.
-    let csrf = fd.csrf(&alice);
-    let r = fd
-        .post_form(
-            &alice,
-            "/messages",
-            &[
-                ("csrf", &csrf),
-                ("id", &id),
-                ("action", "flag"),
-                ("folder", "Inbox"),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
+    let browser = fd.browser(&alice);
+    browser.act(alice_id, "flag", &[]).await;
     assert!(inbox_state(&fd, &alice).await[0].2, "flagged");
 
     // Another user's message ids do not exist in this mailbox (ids are per mailbox, and the
@@ -534,7 +473,7 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
         format!("/api/v1/messages/{bob_only}/raw"),
         format!("/api/v1/messages/{bob_only}/attachments/0"),
     ] {
-        let (status, body) = status_of(fd.get(&alice, &path).await.unwrap()).await;
+        let (status, body) = status_and_text(fd.get(&alice, &path).await.unwrap()).await;
         assert_eq!(status, 404, "{path}");
         assert!(!body.contains("bob private"), "{body}");
     }
@@ -543,52 +482,30 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let r = fd
-        .post_json(
-            &alice,
-            "/api/v1/messages/move",
-            &json!({"ids": [bob_only], "folder": "Trash"}),
-        )
-        .await
-        .unwrap();
+    let to_trash = json!({"ids": [bob_only], "folder": "Trash"});
+    let r = post(&fd, &alice, "/api/v1/messages/move", to_trash).await;
     assert_eq!(r.status(), 404);
-    let r = fd
-        .post_json(&alice, "/api/v1/messages/flags", &flag(bob_only))
-        .await
-        .unwrap();
+    let r = post(&fd, &alice, "/api/v1/messages/flags", flag(bob_only)).await;
     assert_eq!(r.status(), 404);
     assert_eq!(inbox_state(&fd, &bob).await, bob_msgs);
 
     // A password change (through this front door) ends the sessions issued before it; the
     // browser that changed it gets a fresh cookie.
     let old_session = fd.token(&hcu, ALICE).await.unwrap();
-    let r = fd
-        .post_form(
-            &alice,
-            "/settings/password",
-            &[
-                ("csrf", &csrf),
-                ("current", "wrong guess"),
-                ("new", "new secret words"),
-                ("confirm", "new secret words"),
-            ],
-        )
-        .await
-        .unwrap();
+    let change = |current| {
+        [
+            ("current", current),
+            ("new", "new secret words"),
+            ("confirm", "new secret words"),
+        ]
+    };
+    let r = browser
+        .post("/settings/password", &change("wrong guess"))
+        .await;
     assert_eq!(r.status(), 403, "a wrong current password");
-    let r = fd
-        .post_form(
-            &alice,
-            "/settings/password",
-            &[
-                ("csrf", &csrf),
-                ("current", "old secret words"),
-                ("new", "new secret words"),
-                ("confirm", "new secret words"),
-            ],
-        )
-        .await
-        .unwrap();
+    let r = browser
+        .post("/settings/password", &change("old secret words"))
+        .await;
     assert_eq!(r.status(), 303);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     let fresh = cookie
@@ -603,14 +520,13 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
     for old in [&alice, &old_session] {
         assert_eq!(fd.get(old, "/api/v1/folders").await.unwrap().status(), 401);
         assert_eq!(fd.page(old, "/folder/Inbox").await.unwrap().status(), 303);
-        let r = fd
-            .post_json(
-                old,
-                "/api/v1/messages/flags",
-                &json!({"ids": [alice_id], "remove": ["flagged"]}),
-            )
-            .await
-            .unwrap();
+        let r = post(
+            &fd,
+            old,
+            "/api/v1/messages/flags",
+            json!({"ids": [alice_id], "remove": ["flagged"]}),
+        )
+        .await;
         assert_eq!(r.status(), 401);
     }
     assert!(inbox_state(&fd, &fresh).await[0].2, "still flagged");
@@ -618,22 +534,11 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
         fd.page(&fresh, "/folder/Inbox").await.unwrap().status(),
         200
     );
-    let auth = {
-        let p = hcu.client.lookup(ALICE).await.unwrap();
-        match hcu
-            .call(
-                &p.store,
-                xfs::Op::GetAuth {
-                    target: xfs::Target::new(ALICE, p.segment, p.epoch),
-                },
-            )
-            .await
-            .unwrap()
-        {
-            xfs::Reply::Auth(a) => a,
-            other => panic!("{other:?}"),
-        }
+    let mailbox = hcu.mailbox(ALICE).await.unwrap();
+    let op = xfs::ops::GetAuth {
+        target: mailbox.target.clone(),
     };
+    let auth = mailbox.run(op).await.unwrap();
     assert!(session::password::verify(
         "new secret words",
         &auth.password_hash
@@ -669,7 +574,7 @@ async fn with_the_users_store_down_pages_say_so_and_sending_still_works() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Pages render, with the notice.
-    let (status, body) = status_of(fd.page(&alice, "/folder/Inbox").await.unwrap()).await;
+    let (status, body) = status_and_text(fd.page(&alice, "/folder/Inbox").await.unwrap()).await;
     assert_eq!(status, 503);
     assert!(
         body.contains("Your mailbox is temporarily unavailable"),
@@ -679,23 +584,22 @@ async fn with_the_users_store_down_pages_say_so_and_sending_still_works() {
         body.contains("<form method=\"post\" action=\"/logout\""),
         "{body}"
     );
-    let (status, body) = status_of(fd.page(&alice, "/compose").await.unwrap()).await;
+    let (status, body) = status_and_text(fd.page(&alice, "/compose").await.unwrap()).await;
     assert_eq!(status, 200, "composing needs no store");
     assert!(body.contains("temporarily unavailable"));
-    let (status, body) = status_of(fd.get(&alice, "/api/v1/folders").await.unwrap()).await;
+    let (status, body) = status_and_text(fd.get(&alice, "/api/v1/folders").await.unwrap()).await;
     assert_eq!(status, 503);
     assert!(body.contains("temporarily unavailable"), "{body}");
 
     // Sending works; the Sent copy cannot be filed, and the answer says so.
-    let r = fd
-        .post_json(
-            &alice,
-            "/api/v1/send",
-            &json!({"to": [BOB], "subject": "sent while down", "text": "still here"}),
-        )
-        .await
-        .unwrap();
-    let (status, body) = status_of(r).await;
+    let r = post(
+        &fd,
+        &alice,
+        "/api/v1/send",
+        json!({"to": [BOB], "subject": "sent while down", "text": "still here"}),
+    )
+    .await;
+    let (status, body) = status_and_text(r).await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["sent_copy"], Value::Null);
@@ -703,21 +607,13 @@ async fn with_the_users_store_down_pages_say_so_and_sending_still_works() {
     wait_inbox(&hcu, BOB, 1).await.unwrap();
 
     // And from the compose form.
-    let form = reqwest::multipart::Form::new()
-        .text("csrf", fd.csrf(&alice))
-        .text("to", BOB)
-        .text("subject", "form sent while down")
-        .text("text", "hello from the form");
-    let r = fd
-        .http
-        .post(fd.url("/compose"))
-        .header("cookie", format!("mm_session={alice}"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], "/folder/Inbox?n=sent_nocopy");
+    let form = [
+        ("to", BOB.to_string()),
+        ("subject", "form sent while down".to_string()),
+        ("text", "hello from the form".to_string()),
+    ];
+    let r = fd.browser(&alice).compose(&form, None).await;
+    assert_eq!(location(&r, "compose"), "/folder/Inbox?n=sent_nocopy");
     wait_inbox(&hcu, BOB, 2).await.unwrap();
     let got = hcu.inbox(BOB).await.unwrap();
     assert_eq!(got[0].0.summary.subject, "sent while down");
@@ -729,7 +625,7 @@ async fn with_the_users_store_down_pages_say_so_and_sending_still_works() {
     }
     // Past the store registry's refresh age: the stale entry must serve.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, body) = status_of(fd.page(&bob, "/folder/Inbox").await.unwrap()).await;
+    let (status, body) = status_and_text(fd.page(&bob, "/folder/Inbox").await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("form sent while down"));
     let v = fd

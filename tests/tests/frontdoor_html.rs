@@ -2,7 +2,9 @@
 //! pages and forms people use (folders, paging, reading, filing, composing with attachments,
 //! replying and forwarding, search, settings, sign-out), all without scripts.
 
-use megamail_tests::frontdoor::{self, send_in, wait_inbox, FrontDoor};
+use megamail_tests::frontdoor::{
+    self, download, location, send_in, status_and_text, wait_inbox, FrontDoor,
+};
 use megamail_tests::hcu::{HcuOpts, LocalHcu};
 use serde_json::Value;
 
@@ -137,11 +139,6 @@ fn ids_in(page: &str) -> Vec<u64> {
         .collect()
 }
 
-async fn text(r: reqwest::Response) -> (u16, String) {
-    let s = r.status().as_u16();
-    (s, r.text().await.unwrap())
-}
-
 #[test]
 fn the_event_handler_check_sees_handlers_only() {
     assert!(has_event_handler("<img src=x onerror=alert(1)>"));
@@ -156,14 +153,8 @@ fn the_event_handler_check_sees_handlers_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_html_mail_is_rendered_inert() {
-    let hcu = LocalHcu::start(HcuOpts {
-        stores: 1,
-        segments_per_store: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    hcu.add_user(ALICE).await.unwrap();
+    let hcu = LocalHcu::start(HcuOpts::one_store()).await.unwrap();
+    hcu.add_users(&[ALICE]).await.unwrap();
     send_in(&hcu, "bank@remote.test", &[ALICE], &hostile_mail())
         .await
         .unwrap();
@@ -194,7 +185,7 @@ async fn hostile_html_mail_is_rendered_inert() {
     let plain_id = id_of("plain");
 
     // The folder page shows the hostile subject and sender as text.
-    let (status, folder) = text(fd.page(&alice, "/folder/Inbox").await.unwrap()).await;
+    let (status, folder) = fd.browser(&alice).page("/folder/Inbox").await;
     assert_eq!(status, 200);
     assert!(folder.contains("&lt;script&gt;alert('subject')&lt;/script&gt; Your invoice"));
     assert!(!folder.to_ascii_lowercase().contains("<script"));
@@ -292,12 +283,7 @@ async fn hostile_html_mail_is_rendered_inert() {
         .page(&alice, &format!("/message/{hostile}/attachment/{k}"))
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "application/octet-stream");
-    let cd = r.headers()["content-disposition"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let cd = download(&r, "the HTML attachment");
     assert!(
         cd.starts_with("attachment; filename=\"invoice.html\""),
         "{cd}"
@@ -308,12 +294,10 @@ async fn hostile_html_mail_is_rendered_inert() {
         .contains("sandbox"));
 
     // A plain-text message is escaped.
-    let (status, page) = text(
-        fd.page(&alice, &format!("/message/{plain_id}"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, page) = fd
+        .browser(&alice)
+        .page(&format!("/message/{plain_id}"))
+        .await;
     assert_eq!(status, 200);
     assert!(
         page.contains("&lt;script&gt;alert(1)&lt;/script&gt; &lt;img src=x onerror=alert(1)&gt;")
@@ -324,15 +308,8 @@ async fn hostile_html_mail_is_rendered_inert() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webmail_pages_work_without_scripts() {
-    let hcu = LocalHcu::start(HcuOpts {
-        stores: 1,
-        segments_per_store: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    hcu.add_user(ALICE).await.unwrap();
-    hcu.add_user(BOB).await.unwrap();
+    let hcu = LocalHcu::start(HcuOpts::one_store()).await.unwrap();
+    hcu.add_users(&[ALICE, BOB]).await.unwrap();
     for subject in ["first note", "second note", "third note"] {
         let m = format!(
             "From: Xavier <x@remote.test>\r\nTo: {ALICE}\r\nSubject: {subject}\r\nMessage-ID: <{}@remote.test>\r\n\
@@ -348,8 +325,8 @@ async fn webmail_pages_work_without_scripts() {
     wait_inbox(&hcu, ALICE, 3).await.unwrap();
     let fd = FrontDoor::start(&hcu, "page-size = 2").await.unwrap();
     let alice = fd.token(&hcu, ALICE).await.unwrap();
-    let bob = fd.token(&hcu, BOB).await.unwrap();
-    let csrf = fd.csrf(&alice);
+    let browser = fd.browser(&alice);
+    let csrf = &browser.csrf;
 
     // No session: off to sign in. The root goes to the Inbox.
     let r = fd.http.get(fd.url("/folder/Inbox")).send().await.unwrap();
@@ -385,22 +362,17 @@ async fn webmail_pages_work_without_scripts() {
     let ids = ids_in(&page);
     assert_eq!(ids.len(), 2);
     let (third_id, second_id) = (ids[0], ids[1]);
-    let (_, page1) = text(fd.page(&alice, "/folder/Inbox?page=1").await.unwrap()).await;
+    let (_, page1) = browser.page("/folder/Inbox?page=1").await;
     assert!(page1.contains("first note"));
     let first_id = ids_in(&page1)[0];
 
     // Reading marks it read.
-    let (status, msg) = text(
-        fd.page(&alice, &format!("/message/{third_id}"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, msg) = browser.page(&format!("/message/{third_id}")).await;
     assert_eq!(status, 200);
     assert!(msg.contains("<h1>third note</h1>"));
     assert!(msg.contains("This is the third note."));
     assert!(msg.contains("n.txt"));
-    let (_, page) = text(fd.page(&alice, "/folder/Inbox").await.unwrap()).await;
+    let (_, page) = browser.page("/folder/Inbox").await;
     assert!(page.contains("title=\"2 unread\">2</span>"));
     let r = fd
         .page(&alice, &format!("/message/{third_id}/attachment/0"))
@@ -410,196 +382,74 @@ async fn webmail_pages_work_without_scripts() {
     assert_eq!(r.text().await.unwrap(), "notes for third note");
 
     // Mark unread again, flag from the message view.
-    let id = third_id.to_string();
-    let r = fd
-        .post_form(
-            &alice,
-            "/messages",
-            &[
-                ("csrf", &csrf),
-                ("id", &id),
-                ("folder", "Inbox"),
-                ("action", "unread"),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], "/folder/Inbox?n=marked");
-    let r = fd
-        .post_form(
-            &alice,
-            "/messages",
-            &[
-                ("csrf", &csrf),
-                ("id", &id),
-                ("folder", "Inbox"),
-                ("from", "message"),
-                ("action", "flag"),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        r.headers()["location"],
-        format!("/message/{third_id}?n=marked")
-    );
-    let (_, page) = text(fd.page(&alice, "/folder/Inbox?n=marked").await.unwrap()).await;
+    let to = browser.act(third_id, "unread", &[]).await;
+    assert_eq!(to, "/folder/Inbox?n=marked");
+    let to = browser.act(third_id, "flag", &[("from", "message")]).await;
+    assert_eq!(to, format!("/message/{third_id}?n=marked"));
+    let (_, page) = browser.page("/folder/Inbox?n=marked").await;
     assert!(page.contains("title=\"3 unread\""));
     assert!(page.contains("<tr class=\"unread flagged\">"));
     assert!(page.contains("Updated."));
 
     // Folders: create, move into, rename, delete.
-    let r = fd
-        .post_form(
-            &alice,
-            "/folders/create",
-            &[("csrf", &csrf), ("name", "Receipts")],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["location"], "/folders?n=folder_created");
-    let (_, page) = text(fd.page(&alice, "/folders").await.unwrap()).await;
+    let to = browser
+        .post_redirect("/folders/create", &[("name", "Receipts")])
+        .await;
+    assert_eq!(to, "/folders?n=folder_created");
+    let (_, page) = browser.page("/folders").await;
     assert!(page.contains("href=\"/folder/Receipts\""));
-    let sid = second_id.to_string();
-    let r = fd
-        .post_form(
-            &alice,
-            "/messages",
-            &[
-                ("csrf", &csrf),
-                ("id", &sid),
-                ("folder", "Inbox"),
-                ("action", "move"),
-                ("to", "Receipts"),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["location"], "/folder/Inbox?n=moved");
-    let (_, page) = text(fd.page(&alice, "/folder/Receipts").await.unwrap()).await;
+    let to = browser.act(second_id, "move", &[("to", "Receipts")]).await;
+    assert_eq!(to, "/folder/Inbox?n=moved");
+    let (_, page) = browser.page("/folder/Receipts").await;
     assert!(page.contains("second note"));
-    let r = fd
-        .post_form(
-            &alice,
-            "/folders/rename",
-            &[
-                ("csrf", &csrf),
-                ("from", "Receipts"),
-                ("to", "Paid receipts"),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["location"], "/folders?n=folder_renamed");
-    let (status, page) = text(fd.page(&alice, "/folder/Paid%20receipts").await.unwrap()).await;
+    let rename = [("from", "Receipts"), ("to", "Paid receipts")];
+    let to = browser.post_redirect("/folders/rename", &rename).await;
+    assert_eq!(to, "/folders?n=folder_renamed");
+    let (status, page) = browser.page("/folder/Paid%20receipts").await;
     assert_eq!(status, 200);
     assert!(page.contains("second note"));
-    let r = fd
-        .post_form(
-            &alice,
-            "/folders/create",
-            &[("csrf", &csrf), ("name", "Inbox")],
-        )
-        .await
-        .unwrap();
+    let r = browser.post("/folders/create", &[("name", "Inbox")]).await;
     assert_eq!(r.status(), 409, "a folder that exists");
-    let r = fd
-        .post_form(
-            &alice,
-            "/folders/delete",
-            &[("csrf", &csrf), ("name", "Paid receipts")],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["location"], "/folders?n=folder_deleted");
-    assert_eq!(
-        fd.page(&alice, "/folder/Paid%20receipts")
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    let to = browser
+        .post_redirect("/folders/delete", &[("name", "Paid receipts")])
+        .await;
+    assert_eq!(to, "/folders?n=folder_deleted");
+    assert_eq!(browser.page("/folder/Paid%20receipts").await.0, 404);
 
     // Delete goes to Trash; Trash empties.
-    let fid = first_id.to_string();
-    let r = fd
-        .post_form(
-            &alice,
-            "/messages",
-            &[
-                ("csrf", &csrf),
-                ("id", &fid),
-                ("folder", "Inbox"),
-                ("action", "delete"),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["location"], "/folder/Inbox?n=deleted");
-    let (_, trash) = text(fd.page(&alice, "/folder/Trash").await.unwrap()).await;
+    let to = browser.act(first_id, "delete", &[]).await;
+    assert_eq!(to, "/folder/Inbox?n=deleted");
+    let (_, trash) = browser.page("/folder/Trash").await;
     assert!(trash.contains("first note"));
     assert!(trash.contains("action=\"/folder/Trash/empty\""));
-    let r = fd
-        .post_form(&alice, "/folder/Trash/empty", &[("csrf", &csrf)])
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["location"], "/folder/Trash?n=emptied");
-    let (_, trash) = text(fd.page(&alice, "/folder/Trash").await.unwrap()).await;
+    let to = browser.post_redirect("/folder/Trash/empty", &[]).await;
+    assert_eq!(to, "/folder/Trash?n=emptied");
+    let (_, trash) = browser.page("/folder/Trash").await;
     assert!(trash.contains("No messages in Trash."));
 
     // Search.
-    let (status, page) = text(fd.page(&alice, "/search?q=third&in=subject").await.unwrap()).await;
+    let (status, page) = browser.page("/search?q=third&in=subject").await;
     assert_eq!(status, 200);
     assert!(page.contains("third note"));
     assert!(page.contains("1 found"));
 
     // Reply, with an attachment, through the compose form.
-    let (_, form) = text(
-        fd.page(&alice, &format!("/compose?reply={third_id}"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, form) = browser.page(&format!("/compose?reply={third_id}")).await;
     assert!(form.contains("value=\"x@remote.test\""));
     assert!(form.contains("value=\"Re: third note\""));
     assert!(form.contains("&gt; This is the third note."));
     assert!(form.contains("enctype=\"multipart/form-data\""));
-    let send = |fields: Vec<(&'static str, String)>,
-                file: Option<(&'static str, &'static [u8])>| {
-        let mut f = reqwest::multipart::Form::new().text("csrf", csrf.clone());
-        for (k, v) in fields {
-            f = f.text(k, v);
-        }
-        if let Some((name, data)) = file {
-            f = f.part(
-                "attachments",
-                reqwest::multipart::Part::bytes(data)
-                    .file_name(name)
-                    .mime_str("text/plain")
-                    .unwrap(),
-            );
-        }
-        fd.http
-            .post(fd.url("/compose"))
-            .header("cookie", format!("mm_session={alice}"))
-            .multipart(f)
-            .send()
-    };
-    let r = send(
-        vec![
-            ("to", BOB.to_string()),
-            ("subject", "Re: third note".to_string()),
-            ("text", "Seen it.\n> This is the third note.".to_string()),
-            ("in_reply_to", "<third-note@remote.test>".to_string()),
-            ("answered", id.clone()),
-        ],
-        Some(("plan.txt", b"step one\nstep two\n")),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], "/folder/Inbox?n=sent");
+    let id = third_id.to_string();
+    let reply = [
+        ("to", BOB.to_string()),
+        ("subject", "Re: third note".to_string()),
+        ("text", "Seen it.\n> This is the third note.".to_string()),
+        ("in_reply_to", "<third-note@remote.test>".to_string()),
+        ("answered", id.clone()),
+    ];
+    let plan = Some(("plan.txt", &b"step one\nstep two\n"[..]));
+    let r = browser.compose(&reply, plan).await;
+    assert_eq!(location(&r, "the reply"), "/folder/Inbox?n=sent");
     wait_inbox(&hcu, BOB, 1).await.unwrap();
     let got = hcu.inbox(BOB).await.unwrap();
     assert_eq!(got[0].0.summary.subject, "Re: third note");
@@ -627,26 +477,17 @@ async fn webmail_pages_work_without_scripts() {
     assert_eq!(sent["messages"][0]["subject"], "Re: third note");
 
     // Forward keeps the original's attachments.
-    let (_, form) = text(
-        fd.page(&alice, &format!("/compose?forward={third_id}"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, form) = browser.page(&format!("/compose?forward={third_id}")).await;
     assert!(form.contains("value=\"Fwd: third note\""));
     assert!(form.contains("name=\"keep\" value=\"0\" checked"));
-    let r = send(
-        vec![
-            ("to", BOB.to_string()),
-            ("subject", "Fwd: third note".to_string()),
-            ("text", "See below.".to_string()),
-            ("forward_of", id.clone()),
-            ("keep", "0".to_string()),
-        ],
-        None,
-    )
-    .await
-    .unwrap();
+    let forward = [
+        ("to", BOB.to_string()),
+        ("subject", "Fwd: third note".to_string()),
+        ("text", "See below.".to_string()),
+        ("forward_of", id.clone()),
+        ("keep", "0".to_string()),
+    ];
+    let r = browser.compose(&forward, None).await;
     assert_eq!(r.status(), 303);
     wait_inbox(&hcu, BOB, 2).await.unwrap();
     let got = hcu.inbox(BOB).await.unwrap();
@@ -658,49 +499,30 @@ async fn webmail_pages_work_without_scripts() {
     );
 
     // A bad address is refused with the form kept.
-    let r = send(
-        vec![
-            ("to", "not an address".to_string()),
-            ("subject", "oops".to_string()),
-        ],
-        None,
-    )
-    .await
-    .unwrap();
-    let (status, page) = text(r).await;
+    let bad = [
+        ("to", "not an address".to_string()),
+        ("subject", "oops".to_string()),
+    ];
+    let (status, page) = status_and_text(browser.compose(&bad, None).await).await;
     assert_eq!(status, 400);
     assert!(page.contains("is not an email address"));
     assert!(page.contains("value=\"oops\""));
-    let _ = bob;
 
     // Settings: the display name shows and is used when sending.
-    let r = fd
-        .post_form(
-            &alice,
-            "/settings/name",
-            &[("csrf", &csrf), ("display_name", "Alice Liddell")],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["location"], "/settings?n=name_saved");
-    let (_, page) = text(fd.page(&alice, "/settings?n=name_saved").await.unwrap()).await;
+    let name = [("display_name", "Alice Liddell")];
+    let to = browser.post_redirect("/settings/name", &name).await;
+    assert_eq!(to, "/settings?n=name_saved");
+    let (_, page) = browser.page("/settings?n=name_saved").await;
     assert!(page.contains("Alice Liddell"));
     assert!(page.contains("Display name saved."));
 
     // Sign out: the cookie goes, and the browser lands on the sign-in page.
-    let r = fd
-        .post_form(&alice, "/logout", &[("csrf", &csrf)])
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(
-        r.headers()["location"],
-        format!(
-            "{}/?signed_out=1",
-            frontdoor::LOGIN_URL.trim_end_matches('/')
-        )
-        .as_str()
+    let r = browser.post("/logout", &[]).await;
+    let signed_out = format!(
+        "{}/?signed_out=1",
+        frontdoor::LOGIN_URL.trim_end_matches('/')
     );
+    assert_eq!(location(&r, "signing out"), signed_out);
     let cookie = r.headers()["set-cookie"].to_str().unwrap();
     assert!(
         cookie.starts_with("mm_session=;") && cookie.contains("Max-Age=0"),

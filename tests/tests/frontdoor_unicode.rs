@@ -5,8 +5,9 @@
 //! message, the raw bytes, and the attachment downloads with their RFC 6266 `filename*`.
 
 use base64::Engine as _;
-use megamail_tests::frontdoor::{send_in, wait_inbox, FrontDoor};
-use megamail_tests::hcu::{strip_trace_header, HcuOpts, LocalHcu};
+use megamail_tests::frontdoor::{download, location, send_in, wait_inbox, Browser, FrontDoor};
+use megamail_tests::hcu::{HcuOpts, LocalHcu};
+use megamail_tests::support::mail::strip_trace_header;
 use serde_json::Value;
 
 const ALICE: &str = "alice@megamail.test";
@@ -186,30 +187,39 @@ fn expected_reply(subject: &str) -> String {
     }
 }
 
+/// A front door for `hcu`, Alice's session at it, and the JSON listing of her Inbox.
+async fn inbox_listing(hcu: &LocalHcu) -> (FrontDoor, String, Value) {
+    let fd = FrontDoor::start(hcu, "").await.unwrap();
+    let alice = fd.token(hcu, ALICE).await.unwrap();
+    let list = fd.json(&alice, "/api/v1/folders/Inbox/messages").await;
+    (fd, alice, list.unwrap())
+}
+
 /// A page's status and text; the body must be UTF-8 with no replacement characters (nothing cut
 /// inside a character anywhere on the way).
-async fn page_text(r: reqwest::Response) -> (u16, String) {
-    let status = r.status().as_u16();
-    let bytes = r.bytes().await.unwrap();
-    let text = String::from_utf8(bytes.to_vec()).expect("a UTF-8 page");
+async fn page_text(browser: &Browser<'_>, path: &str) -> (u16, String) {
+    let (status, text) = browser.page(path).await;
     assert!(
         !text.contains('\u{FFFD}'),
-        "a replacement character in:\n{text}"
+        "a replacement character in {path}:\n{text}"
     );
     (status, text)
 }
 
+/// The compose form for `kind` (`reply` or `forward`) of message `id`, which must be there with
+/// `subject` in its subject field.
+async fn compose_form(browser: &Browser<'_>, kind: &str, id: u64, subject: &str) -> String {
+    let (status, form) = page_text(browser, &format!("/compose?{kind}={id}")).await;
+    assert_eq!(status, 200, "{kind} of {subject}");
+    let field = format!("name=\"subject\" value=\"{subject}\"");
+    assert!(form.contains(&field), "{kind} with {subject}:\n{form}");
+    form
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unicode_mail_shows_whole_on_every_page() {
-    let hcu = LocalHcu::start(HcuOpts {
-        stores: 1,
-        segments_per_store: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    hcu.add_user(ALICE).await.unwrap();
-    hcu.add_user(BOB).await.unwrap();
+    let hcu = LocalHcu::start(HcuOpts::one_store()).await.unwrap();
+    hcu.add_users(&[ALICE, BOB]).await.unwrap();
     let mut sent = Vec::new();
     for (n, c) in CASES.iter().enumerate() {
         let raw = mail(c, n);
@@ -221,16 +231,12 @@ async fn unicode_mail_shows_whole_on_every_page() {
     }
     wait_inbox(&hcu, ALICE, CASES.len() as u64).await.unwrap();
     let stored = hcu.inbox(ALICE).await.unwrap();
-    let fd = FrontDoor::start(&hcu, "").await.unwrap();
-    let alice = fd.token(&hcu, ALICE).await.unwrap();
-    let list = fd
-        .json(&alice, "/api/v1/folders/Inbox/messages")
-        .await
-        .unwrap();
+    let (fd, alice, list) = inbox_listing(&hcu).await;
+    let browser = fd.browser(&alice);
     let listed = list["messages"].as_array().unwrap();
     assert_eq!(listed.len(), CASES.len());
 
-    let (status, folder) = page_text(fd.page(&alice, "/folder/Inbox").await.unwrap()).await;
+    let (status, folder) = page_text(&browser, "/folder/Inbox").await;
     assert_eq!(status, 200);
 
     for (n, c) in CASES.iter().enumerate() {
@@ -261,8 +267,7 @@ async fn unicode_mail_shows_whole_on_every_page() {
         );
 
         // The message view.
-        let (status, view) =
-            page_text(fd.page(&alice, &format!("/message/{id}")).await.unwrap()).await;
+        let (status, view) = page_text(&browser, &format!("/message/{id}")).await;
         assert_eq!(status, 200, "{what}");
         assert!(
             view.contains(&format!("<title>{} · megamail</title>", c.subject)),
@@ -283,20 +288,7 @@ async fn unicode_mail_shows_whole_on_every_page() {
         );
 
         // Reply: the prefix once, the original quoted.
-        let (status, reply) = page_text(
-            fd.page(&alice, &format!("/compose?reply={id}"))
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(status, 200, "Reply to {what}");
-        assert!(
-            reply.contains(&format!(
-                "name=\"subject\" value=\"{}\"",
-                expected_reply(c.subject)
-            )),
-            "Reply to {what}:\n{reply}"
-        );
+        let reply = compose_form(&browser, "reply", id, &expected_reply(c.subject)).await;
         assert!(reply.contains(&format!("&gt; {}", c.body)), "{what}");
         assert!(
             reply.contains(&format!("{} &lt;{}&gt; wrote:", c.name, c.from)),
@@ -304,17 +296,7 @@ async fn unicode_mail_shows_whole_on_every_page() {
         );
 
         // Forward: the prefix, the original's headers and its attachment offered.
-        let (status, forward) = page_text(
-            fd.page(&alice, &format!("/compose?forward={id}"))
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(status, 200, "Forward of {what}");
-        assert!(
-            forward.contains(&format!("name=\"subject\" value=\"Fwd: {}\"", c.subject)),
-            "Forward of {what}:\n{forward}"
-        );
+        let forward = compose_form(&browser, "forward", id, &format!("Fwd: {}", c.subject)).await;
         assert!(
             forward.contains(&format!("Subject: {}", c.subject)),
             "{what}"
@@ -359,11 +341,7 @@ async fn unicode_mail_shows_whole_on_every_page() {
             format!("/api/v1/messages/{id}/attachments/0"),
         ] {
             let r = fd.page(&alice, &path).await.unwrap();
-            assert_eq!(r.status(), 200, "{path}");
-            let cd = r.headers()["content-disposition"]
-                .to_str()
-                .expect("an ASCII header")
-                .to_string();
+            let cd = download(&r, &path);
             let (fallback, star) = cd
                 .strip_prefix("attachment; filename=\"")
                 .and_then(|rest| rest.split_once("\"; filename*=UTF-8''"))
@@ -371,7 +349,6 @@ async fn unicode_mail_shows_whole_on_every_page() {
             assert!(fallback.is_ascii() && !fallback.contains('"'), "{cd}");
             assert_eq!(fallback.chars().count(), c.file.chars().count(), "{cd}");
             assert_eq!(String::from_utf8(pct_decode(star)).unwrap(), c.file, "{cd}");
-            assert_eq!(r.headers()["content-type"], "application/octet-stream");
             assert_eq!(r.text().await.unwrap(), file_data(c), "{path}");
         }
     }
@@ -379,22 +356,14 @@ async fn unicode_mail_shows_whole_on_every_page() {
     // A reply sent from the form arrives with its subject whole.
     let ab = CASES.iter().position(|c| c.subject == "ab日").unwrap();
     let ab_id = listed.iter().find(|m| m["subject"] == "ab日").unwrap()["id"].clone();
-    let form = reqwest::multipart::Form::new()
-        .text("csrf", fd.csrf(&alice))
-        .text("to", CASES[ab].from)
-        .text("subject", expected_reply(CASES[ab].subject))
-        .text("text", "Ответ: получено 👍")
-        .text("answered", ab_id.to_string());
-    let r = fd
-        .http
-        .post(fd.url("/compose"))
-        .header("cookie", format!("mm_session={alice}"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], "/folder/Inbox?n=sent");
+    let form = [
+        ("to", CASES[ab].from.to_string()),
+        ("subject", expected_reply(CASES[ab].subject)),
+        ("text", "Ответ: получено 👍".to_string()),
+        ("answered", ab_id.to_string()),
+    ];
+    let r = browser.compose(&form, None).await;
+    assert_eq!(location(&r, "the reply"), "/folder/Inbox?n=sent");
     wait_inbox(&hcu, BOB, 1).await.unwrap();
     let got = hcu.inbox(BOB).await.unwrap();
     assert_eq!(got[0].0.summary.subject, "Re: ab日");
@@ -403,14 +372,8 @@ async fn unicode_mail_shows_whole_on_every_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_unicode_subject_is_cut_on_characters() {
-    let hcu = LocalHcu::start(HcuOpts {
-        stores: 1,
-        segments_per_store: 1,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    hcu.add_user(ALICE).await.unwrap();
+    let hcu = LocalHcu::start(HcuOpts::one_store()).await.unwrap();
+    hcu.add_users(&[ALICE]).await.unwrap();
     // 650 characters, 1,300 bytes and more: every cut falls among multibyte characters.
     let subject = "Длинная тема письма 日本語 🎉 ".repeat(25);
     let raw = format!(
@@ -423,26 +386,22 @@ async fn a_long_unicode_subject_is_cut_on_characters() {
         .await
         .unwrap();
     wait_inbox(&hcu, ALICE, 1).await.unwrap();
-    let fd = FrontDoor::start(&hcu, "").await.unwrap();
-    let alice = fd.token(&hcu, ALICE).await.unwrap();
-    let list = fd
-        .json(&alice, "/api/v1/folders/Inbox/messages")
-        .await
-        .unwrap();
+    let (fd, alice, list) = inbox_listing(&hcu).await;
+    let browser = fd.browser(&alice);
     let m = &list["messages"][0];
     let id = m["id"].as_u64().unwrap();
     let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>().trim().to_string();
     let shown = cut(&subject, 500);
     assert_eq!(m["subject"], shown.as_str());
     assert_eq!(m["preview"], cut(&"текст ".repeat(100), 200).as_str());
-    let (status, view) = page_text(fd.page(&alice, &format!("/message/{id}")).await.unwrap()).await;
+    let (status, view) = page_text(&browser, &format!("/message/{id}")).await;
     assert_eq!(status, 200);
     assert!(view.contains(&format!("<h1>{shown}</h1>")), "{view}");
     for path in [
         format!("/compose?reply={id}"),
         format!("/compose?forward={id}"),
     ] {
-        let (status, page) = page_text(fd.page(&alice, &path).await.unwrap()).await;
+        let (status, page) = page_text(&browser, &path).await;
         assert_eq!(status, 200, "{path}");
         assert!(page.contains(&shown), "{path}");
     }

@@ -8,14 +8,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use mailctl::http;
+use lettre::{AsyncTransport, Message};
+use megamail_tests::support::mail::mailer;
+use megamail_tests::support::mailbox::subjects;
+use megamail_tests::support::Mailbox;
 use megamail_tests::up::{self, addr, mailctl, ok, Up};
 use mserv::{MservError, Policy};
 use operator::admin::Hcu;
-use operator::endpoints::Endpoints;
 use serde_json::{json, Value};
-use xfs::{NewAccount, Op, Reply, Target};
+use xfs::{ops, NewAccount, Op, Target};
 
 const PER_STORE: usize = 100;
 
@@ -33,22 +34,9 @@ fn user(store: usize, i: usize) -> String {
 }
 
 async fn inbox_subjects(hcu: &Hcu, user: &str) -> Vec<String> {
-    let p = hcu.mserv.lookup_uncached(user).await.unwrap();
-    let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await.unwrap());
-    let op = Op::ListFolder {
-        target: Target::new(user, p.segment, p.epoch),
-        folder: "Inbox".into(),
-        offset: 0,
-        limit: 100,
-        before_uid: None,
-    };
-    let Reply::Page(page) = pool.call(op).await.unwrap() else {
-        panic!("page")
-    };
-    page.entries
-        .into_iter()
-        .map(|e| e.summary.subject)
-        .collect()
+    let inbox = Mailbox::of(hcu, user).await.unwrap().entries("Inbox").await;
+    let inbox = inbox.unwrap();
+    subjects(&inbox).into_iter().map(str::to_string).collect()
 }
 
 fn gc(data: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -57,14 +45,20 @@ fn gc(data: &std::path::Path, args: &[&str]) -> std::process::Output {
     mailctl(data, &all, None)
 }
 
+/// `mailctl --json gc-inactive ARGS`, which must succeed: its report.
+fn gc_json(data: &std::path::Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json", "gc-inactive"];
+    all.extend_from_slice(args);
+    let out = ok(&mailctl(data, &all, None));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_lists_refuses_over_the_fraction_deletes_restorably_and_restores() {
     let up = Up::start().await;
-    let hcu = Arc::new(Hcu::new(
-        Endpoints::load(&up.data.join("endpoints.json")).unwrap(),
-    ));
+    let hcu = Arc::new(up.hcu());
     let e = up.endpoints();
-    let login = http::split_url(e["login_url"].as_str().unwrap()).unwrap().0;
+    let login = up::url_addr(e["login_url"].as_str().unwrap());
 
     // PER_STORE users on each store, over both segments, with one password hash.
     let started = Instant::now();
@@ -100,11 +94,7 @@ async fn gc_lists_refuses_over_the_fraction_deletes_restorably_and_restores() {
     }
     println!("{} users created in {:?}", all.len(), started.elapsed());
     let (idle1, idle2) = (user(1, 7), user(2, 42));
-    let smtp = addr(&e["smtp"]);
-    let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.ip().to_string())
-        .port(smtp.port())
-        .timeout(Some(Duration::from_secs(30)))
-        .build();
+    let mailer = mailer(addr(&e["smtp"]));
     let mail = |to: &str, subject: &str| {
         Message::builder()
             .from("friend@remote.test".parse().unwrap())
@@ -144,20 +134,14 @@ async fn gc_lists_refuses_over_the_fraction_deletes_restorably_and_restores() {
     let idle: BTreeSet<String> = [idle1.clone(), idle2.clone()].into();
 
     // Dry run: exactly the idle ones, nothing deleted.
-    let days = days_since(since);
-    let out = ok(&mailctl(
-        &up.data,
-        &["--json", "gc-inactive", "--days", &days],
-        None,
-    ));
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = gc_json(&up.data, &["--days", &days_since(since)]);
     let listed: BTreeSet<String> = v["candidates"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["user"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(listed, idle, "{out}");
+    assert_eq!(listed, idle, "{v}");
     assert_eq!(v["deleted"], 0);
     let human = ok(&gc(&up.data, &["--days", &days_since(since)]));
     assert!(
@@ -193,29 +177,16 @@ async fn gc_lists_refuses_over_the_fraction_deletes_restorably_and_restores() {
         assert!(err.contains(needle), "{needle:?} missing in: {err}");
     }
     for u in &idle {
-        hcu.mserv.lookup_uncached(u).await.unwrap();
-        let p = hcu.mserv.lookup_uncached(u).await.unwrap();
-        let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await.unwrap());
-        let op = Op::GetAccount {
-            target: Target::new(u, p.segment, p.epoch),
+        let mailbox = Mailbox::of(&hcu, u).await.unwrap();
+        let op = ops::GetAccount {
+            target: mailbox.target.clone(),
         };
-        assert!(matches!(pool.call(op).await, Ok(Reply::Account(_))), "{u}");
+        assert!(mailbox.run(op).await.is_ok(), "{u}");
     }
 
     // Under the fraction: deleted, restorably.
-    let out = ok(&mailctl(
-        &up.data,
-        &[
-            "--json",
-            "gc-inactive",
-            "--days",
-            &days_since(since),
-            "--apply",
-        ],
-        None,
-    ));
-    let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["deleted"], 2, "{out}");
+    let v = gc_json(&up.data, &["--days", &days_since(since), "--apply"]);
+    assert_eq!(v["deleted"], 2, "{v}");
     for u in &idle {
         assert!(matches!(
             hcu.mserv.lookup_uncached(u).await,
@@ -242,30 +213,18 @@ async fn gc_lists_refuses_over_the_fraction_deletes_restorably_and_restores() {
     // still places it): the user is already gone for callers, and the next run finishes it.
     let half = user(2, 50);
     {
-        let p = hcu.mserv.lookup_uncached(&half).await.unwrap();
-        let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await.unwrap());
-        let op = Op::SoftDelete {
-            target: Target::new(&half, p.segment, p.epoch),
+        let mailbox = Mailbox::of(&hcu, &half).await.unwrap();
+        let op = ops::SoftDelete {
+            target: mailbox.target.clone(),
         };
-        pool.call(op).await.unwrap();
+        mailbox.run(op).await.unwrap();
     }
     assert_eq!(sign_in(login, &half).await, 401);
-    let out = ok(&mailctl(
-        &up.data,
-        &[
-            "--json",
-            "gc-inactive",
-            "--days",
-            &days_since(since),
-            "--apply",
-        ],
-        None,
-    ));
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = gc_json(&up.data, &["--days", &days_since(since), "--apply"]);
     assert_eq!(
         (v["deleted"].clone(), v["finished"][0].clone()),
         (json!(0), json!(half)),
-        "{out}"
+        "{v}"
     );
     assert!(matches!(
         hcu.mserv.lookup_uncached(&half).await,

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use megamail_tests::hcu::metric_value;
 use megamail_tests::mserv::{test_client, Mserv, MservOpts};
+use megamail_tests::support::metrics::sample;
 use megamail_tests::{http_get, Proc, Ustore, UstoreOpts};
 use mserv::{Policy, StoreInfo, StoreState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -94,10 +94,74 @@ struct Bomb {
     /// Send a good hello (and read the server's) first.
     after_hello: bool,
     bytes: Vec<u8>,
-    /// Close our writing half after the bytes (a truncated frame ends at the peer's close).
-    then_shutdown: bool,
     /// The kind it is counted under.
     kind: &'static str,
+}
+
+impl Bomb {
+    fn new(what: &'static str, after_hello: bool, bytes: Vec<u8>, kind: &'static str) -> Bomb {
+        Bomb {
+            what,
+            after_hello,
+            bytes,
+            kind,
+        }
+    }
+
+    /// A frame of `encoded` whose string or buffer holding `field` claims `claim` bytes.
+    fn lying(what: &'static str, encoded: &[u8], field: &[u8], claim: u64) -> Bomb {
+        Bomb::new(
+            what,
+            true,
+            with_lying_length(encoded, field, claim),
+            "decode",
+        )
+    }
+
+    /// Close our writing half after the bytes: a truncated frame ends at the peer's close.
+    fn then_shutdown(&self) -> bool {
+        self.kind == "truncated"
+    }
+}
+
+/// The bombs every framed server must survive whatever its protocol: hellos whose client name
+/// claims 2^62 (19 bytes in all) and 2^40 bytes, a header claiming 4 GiB before and after the
+/// hello, and a hello cut short.
+fn common_bombs() -> Vec<Bomb> {
+    let hello_19 = hello_bomb(1 << 62);
+    assert_eq!(hello_19.len(), 19);
+    vec![
+        Bomb::new(
+            "hello whose client name claims 2^62 bytes (19 bytes)",
+            false,
+            hello_19,
+            "decode",
+        ),
+        Bomb::new(
+            "hello whose client name claims 2^40 bytes",
+            false,
+            hello_bomb(1 << 40),
+            "decode",
+        ),
+        Bomb::new(
+            "a header claiming 4 GiB instead of a hello",
+            false,
+            four_gib_header(),
+            "too_large",
+        ),
+        Bomb::new(
+            "a header claiming 4 GiB after the hello",
+            true,
+            four_gib_header(),
+            "too_large",
+        ),
+        Bomb::new(
+            "a hello cut short inside its payload",
+            false,
+            hello_bomb(1 << 62)[..13].to_vec(),
+            "truncated",
+        ),
+    ]
 }
 
 /// Send one bomb and wait for the server to close the connection.
@@ -113,7 +177,7 @@ async fn explode(addr: SocketAddr, good_hello: &[u8], bomb: &Bomb) {
         assert!(reply.is_some(), "{}: closed at the hello", bomb.what);
     }
     s.write_all(&bomb.bytes).await.unwrap();
-    if bomb.then_shutdown {
+    if bomb.then_shutdown() {
         s.shutdown().await.unwrap();
     }
     let mut rest = Vec::new();
@@ -144,10 +208,40 @@ async fn assert_counted(
     let (code, text) = http_get(admin, "/metrics").await.unwrap();
     assert_eq!(code, 200, "{what}: /metrics");
     for kind in KINDS {
-        let sample = format!("{metric}{{kind=\"{kind}\"}}");
-        let got = metric_value(&text, &sample).unwrap_or(0.0);
+        let name = format!("{metric}{{kind=\"{kind}\"}}");
+        let got = sample(&text, &name).unwrap_or(0.0);
         let want = expected.get(kind).copied().unwrap_or(0) as f64;
-        assert_eq!(got, want, "{what}: {sample}");
+        assert_eq!(got, want, "{what}: {name}");
+    }
+}
+
+/// The server behind `addr` (admin port `admin`, counting under `metric`) survives every bomb:
+/// after each one (each on a fresh connection) it is running (`alive`), has counted exactly the
+/// bombs so far by kind, is healthy, and still does its work (`answers`).
+async fn survive<Fut: std::future::Future<Output = ()>>(
+    who: &str,
+    (addr, admin, metric): (SocketAddr, SocketAddr, &str),
+    good_hello: &[u8],
+    bombs: &[Bomb],
+    mut alive: impl FnMut(&str),
+    mut answers: impl FnMut(&'static str) -> Fut,
+) {
+    let mut expected = BTreeMap::new();
+    assert_counted(admin, metric, &expected, "at start").await;
+    for bomb in bombs {
+        let started = Instant::now();
+        explode(addr, good_hello, bomb).await;
+        *expected.entry(bomb.kind).or_insert(0) += 1;
+        alive(bomb.what);
+        assert_counted(admin, metric, &expected, bomb.what).await;
+        answers(bomb.what).await;
+        alive(bomb.what);
+        println!(
+            "{who}: {} -> {} ({:?})",
+            bomb.what,
+            bomb.kind,
+            started.elapsed()
+        );
     }
 }
 
@@ -209,128 +303,59 @@ async fn a_store_survives_length_bombs_and_counts_them() {
     };
     let (trace, body) = (marker(1, 300), marker(2, 400));
     let plain = request(String::from_utf8(trace.clone()).unwrap(), body.clone());
-    let hello_19 = hello_bomb(1 << 62);
-    assert_eq!(hello_19.len(), 19);
     let mut bad_crc_bomb = hello_bomb(1 << 62);
     bad_crc_bomb[4] ^= 0x01;
+    let mut bombs = common_bombs();
+    bombs.extend([
+        Bomb::new(
+            "the 2^62 hello with a wrong crc",
+            false,
+            bad_crc_bomb,
+            "bad_crc",
+        ),
+        Bomb::lying(
+            "a request whose trace claims 2^62 bytes",
+            &plain,
+            &trace,
+            1 << 62,
+        ),
+        Bomb::lying(
+            "a delivery whose body claims 2^62 bytes",
+            &plain,
+            &body,
+            1 << 62,
+        ),
+        Bomb::lying(
+            "a delivery whose body claims 2^40 bytes",
+            &plain,
+            &body,
+            1 << 40,
+        ),
+        Bomb::new("three bytes of a header", false, vec![0, 0, 0], "truncated"),
+        Bomb::new(
+            "a delivery cut short after the hello",
+            true,
+            plain[..plain.len() / 2].to_vec(),
+            "truncated",
+        ),
+    ]);
 
-    let bombs = vec![
-        Bomb {
-            what: "hello whose client name claims 2^62 bytes (19 bytes)",
-            after_hello: false,
-            bytes: hello_19,
-            then_shutdown: false,
-            kind: "decode",
-        },
-        Bomb {
-            what: "hello whose client name claims 2^40 bytes",
-            after_hello: false,
-            bytes: hello_bomb(1 << 40),
-            then_shutdown: false,
-            kind: "decode",
-        },
-        Bomb {
-            what: "the 2^62 hello with a wrong crc",
-            after_hello: false,
-            bytes: bad_crc_bomb,
-            then_shutdown: false,
-            kind: "bad_crc",
-        },
-        Bomb {
-            what: "a header claiming 4 GiB instead of a hello",
-            after_hello: false,
-            bytes: four_gib_header(),
-            then_shutdown: false,
-            kind: "too_large",
-        },
-        Bomb {
-            what: "a header claiming 4 GiB after the hello",
-            after_hello: true,
-            bytes: four_gib_header(),
-            then_shutdown: false,
-            kind: "too_large",
-        },
-        Bomb {
-            what: "a request whose trace claims 2^62 bytes",
-            after_hello: true,
-            bytes: with_lying_length(&plain, &trace, 1 << 62),
-            then_shutdown: false,
-            kind: "decode",
-        },
-        Bomb {
-            what: "a delivery whose body claims 2^62 bytes",
-            after_hello: true,
-            bytes: with_lying_length(&plain, &body, 1 << 62),
-            then_shutdown: false,
-            kind: "decode",
-        },
-        Bomb {
-            what: "a delivery whose body claims 2^40 bytes",
-            after_hello: true,
-            bytes: with_lying_length(&plain, &body, 1 << 40),
-            then_shutdown: false,
-            kind: "decode",
-        },
-        Bomb {
-            what: "a hello cut short inside its payload",
-            after_hello: false,
-            bytes: hello_bomb(1 << 62)[..13].to_vec(),
-            then_shutdown: true,
-            kind: "truncated",
-        },
-        Bomb {
-            what: "three bytes of a header",
-            after_hello: false,
-            bytes: vec![0, 0, 0],
-            then_shutdown: true,
-            kind: "truncated",
-        },
-        Bomb {
-            what: "a delivery cut short after the hello",
-            after_hello: true,
-            bytes: plain[..plain.len() / 2].to_vec(),
-            then_shutdown: true,
-            kind: "truncated",
-        },
-    ];
-
-    let mut expected = BTreeMap::new();
-    assert_counted(
-        store.proc.admin,
-        "ustore_frame_errors_total",
-        &expected,
-        "at start",
-    )
-    .await;
-    for bomb in &bombs {
-        let started = Instant::now();
-        explode(store.addr, &good_hello, bomb).await;
-        *expected.entry(bomb.kind).or_insert(0) += 1;
-        assert_alive(&mut store.proc, bomb.what);
-        assert_counted(
-            store.proc.admin,
-            "ustore_frame_errors_total",
-            &expected,
-            bomb.what,
-        )
-        .await;
+    let server = (store.addr, store.proc.admin, "ustore_frame_errors_total");
+    let proc = &mut store.proc;
+    let alive = |what: &str| assert_alive(proc, what);
+    let (kept, addr) = (&kept, &addr);
+    let answers = |what: &'static str| async move {
         xfs::Client::new(cfg())
-            .pool(&addr)
+            .pool(addr)
             .run(xfs::ops::Ping {})
             .await
-            .unwrap_or_else(|e| panic!("{}: a fresh client's ping: {e}", bomb.what));
-        kept.pool(&addr)
+            .unwrap_or_else(|e| panic!("{what}: a fresh client's ping: {e}"));
+        kept.pool(addr)
             .run(xfs::ops::Ping {})
             .await
-            .unwrap_or_else(|e| panic!("{}: a pooled client's ping: {e}", bomb.what));
-        assert_alive(&mut store.proc, bomb.what);
-        println!(
-            "store: {} -> {} ({:?})",
-            bomb.what,
-            bomb.kind,
-            started.elapsed()
-        );
-    }
+            .unwrap_or_else(|e| panic!("{what}: a pooled client's ping: {e}"));
+    };
+    survive("store", server, &good_hello, &bombs, alive, answers).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,108 +414,47 @@ async fn an_index_replica_survives_length_bombs_and_counts_them() {
         },
     }))
     .unwrap();
-    let hello_19 = hello_bomb(1 << 62);
-    assert_eq!(hello_19.len(), 19);
+    let mut bombs = common_bombs();
+    bombs.extend([
+        Bomb::lying(
+            "a lookup whose user claims 2^62 bytes",
+            &lookup,
+            &name,
+            1 << 62,
+        ),
+        Bomb::lying(
+            "a create-user write whose user claims 2^40 bytes",
+            &write,
+            &other,
+            1 << 40,
+        ),
+        Bomb::lying(
+            "a create-user write whose user claims 2^62 bytes",
+            &write,
+            &other,
+            1 << 62,
+        ),
+        Bomb::new(
+            "a lookup cut short after the hello",
+            true,
+            lookup[..lookup.len() / 2].to_vec(),
+            "truncated",
+        ),
+    ]);
 
-    let bombs = vec![
-        Bomb {
-            what: "hello whose client name claims 2^62 bytes (19 bytes)",
-            after_hello: false,
-            bytes: hello_19,
-            then_shutdown: false,
-            kind: "decode",
-        },
-        Bomb {
-            what: "hello whose client name claims 2^40 bytes",
-            after_hello: false,
-            bytes: hello_bomb(1 << 40),
-            then_shutdown: false,
-            kind: "decode",
-        },
-        Bomb {
-            what: "a header claiming 4 GiB instead of a hello",
-            after_hello: false,
-            bytes: four_gib_header(),
-            then_shutdown: false,
-            kind: "too_large",
-        },
-        Bomb {
-            what: "a header claiming 4 GiB after the hello",
-            after_hello: true,
-            bytes: four_gib_header(),
-            then_shutdown: false,
-            kind: "too_large",
-        },
-        Bomb {
-            what: "a lookup whose user claims 2^62 bytes",
-            after_hello: true,
-            bytes: with_lying_length(&lookup, &name, 1 << 62),
-            then_shutdown: false,
-            kind: "decode",
-        },
-        Bomb {
-            what: "a create-user write whose user claims 2^40 bytes",
-            after_hello: true,
-            bytes: with_lying_length(&write, &other, 1 << 40),
-            then_shutdown: false,
-            kind: "decode",
-        },
-        Bomb {
-            what: "a create-user write whose user claims 2^62 bytes",
-            after_hello: true,
-            bytes: with_lying_length(&write, &other, 1 << 62),
-            then_shutdown: false,
-            kind: "decode",
-        },
-        Bomb {
-            what: "a hello cut short inside its payload",
-            after_hello: false,
-            bytes: hello_bomb(1 << 62)[..13].to_vec(),
-            then_shutdown: true,
-            kind: "truncated",
-        },
-        Bomb {
-            what: "a lookup cut short after the hello",
-            after_hello: true,
-            bytes: lookup[..lookup.len() / 2].to_vec(),
-            then_shutdown: true,
-            kind: "truncated",
-        },
-    ];
-
-    let mut expected = BTreeMap::new();
-    assert_counted(admin, "mserv_frame_errors_total", &expected, "at start").await;
-    for bomb in &bombs {
-        let started = Instant::now();
-        explode(addr, &good_hello, bomb).await;
-        *expected.entry(bomb.kind).or_insert(0) += 1;
-        let proc = &mut m.replicas.get_mut(&id).unwrap().proc;
-        assert_alive(proc, bomb.what);
-        assert_counted(admin, "mserv_frame_errors_total", &expected, bomb.what).await;
+    let alive = |what: &str| assert_alive(&mut m.replicas.get_mut(&id).unwrap().proc, what);
+    let (kept, placed) = (&kept, &placed);
+    let answers = |what: &'static str| async move {
         let fresh = test_client(vec![addr.to_string()]);
         fresh
             .ping()
             .await
-            .unwrap_or_else(|e| panic!("{}: a fresh client's ping: {e}", bomb.what));
-        assert_eq!(
-            fresh.lookup("alice@example.test").await.unwrap(),
-            placed,
-            "{}: a fresh client's lookup",
-            bomb.what
-        );
-        assert_eq!(
-            kept.lookup("alice@example.test").await.unwrap(),
-            placed,
-            "{}: a pooled client's lookup",
-            bomb.what
-        );
-        let proc = &mut m.replicas.get_mut(&id).unwrap().proc;
-        assert_alive(proc, bomb.what);
-        println!(
-            "mserv: {} -> {} ({:?})",
-            bomb.what,
-            bomb.kind,
-            started.elapsed()
-        );
-    }
+            .unwrap_or_else(|e| panic!("{what}: a fresh client's ping: {e}"));
+        let found = fresh.lookup("alice@example.test").await.unwrap();
+        assert_eq!(&found, placed, "{what}: a fresh client's lookup");
+        let found = kept.lookup("alice@example.test").await.unwrap();
+        assert_eq!(&found, placed, "{what}: a pooled client's lookup");
+    };
+    let server = (addr, admin, "mserv_frame_errors_total");
+    survive("mserv", server, &good_hello, &bombs, alive, answers).await;
 }

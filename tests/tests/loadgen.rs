@@ -1,9 +1,10 @@
 //! The load generator against `mailctl up`: a short run with every kind of operation writes a
 //! capacity profile with every required figure, and `hcu-sizing` accepts it.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use megamail_tests::bin;
+use megamail_tests::support::{run_ok, succeeded};
 use megamail_tests::up::Up;
 use serde_json::Value;
 
@@ -15,14 +16,6 @@ const OPS: &[&str] = &[
     "send",
     "smtp",
 ];
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_run_writes_a_capacity_profile_that_hcu_sizing_accepts() {
@@ -65,15 +58,13 @@ async fn a_short_run_writes_a_capacity_profile_that_hcu_sizing_accepts() {
     })
     .await
     .unwrap();
-    assert!(
-        run.status.success(),
-        "loadgen failed: {}\n{}",
-        text(&run),
-        up.log()
-    );
+    if !run.status.success() {
+        eprintln!("--- mailctl up log:\n{}", up.log());
+    }
+    let report = succeeded(&run, "loadgen");
 
     // Every operation ran, and (almost) none failed.
-    let report: Value = serde_json::from_slice(&run.stdout).expect("the report is JSON");
+    let report: Value = serde_json::from_str(&report).expect("the report is JSON");
     for op in OPS {
         let o = report["ops"]
             .as_array()
@@ -146,12 +137,12 @@ async fn a_short_run_writes_a_capacity_profile_that_hcu_sizing_accepts() {
     up.terminate();
 
     // hcu-sizing reads it, alone and with a small workload.
-    let check = Command::new(bin("hcu-sizing"))
-        .args(["check", "--capacity"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "hcu-sizing check: {}", text(&check));
+    run_ok(
+        Command::new(bin("hcu-sizing"))
+            .args(["check", "--capacity"])
+            .arg(&out),
+        "hcu-sizing check",
+    );
     let workload = dir.path().join("workload.toml");
     std::fs::write(
         &workload,
@@ -160,14 +151,14 @@ async fn a_short_run_writes_a_capacity_profile_that_hcu_sizing_accepts() {
          stored_bytes_per_user = 500000\nretention_days = 120\n",
     )
     .unwrap();
-    let plan = Command::new(bin("hcu-sizing"))
-        .arg("plan")
-        .arg("--workload")
-        .arg(&workload)
-        .arg("--capacity")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(plan.status.success(), "hcu-sizing plan: {}", text(&plan));
-    println!("{}", String::from_utf8_lossy(&plan.stdout));
+    let plan = run_ok(
+        Command::new(bin("hcu-sizing"))
+            .arg("plan")
+            .arg("--workload")
+            .arg(&workload)
+            .arg("--capacity")
+            .arg(&out),
+        "hcu-sizing plan",
+    );
+    println!("{plan}");
 }

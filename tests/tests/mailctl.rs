@@ -2,11 +2,11 @@
 //! processes; the other mailctl commands run against it, as an operator would type them.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
-use mailctl::http;
 use megamail_tests::free_addr;
+use megamail_tests::support::mail::smtplib;
+use megamail_tests::support::metrics::scrape;
 use megamail_tests::up::{self, addr, mailctl, ok, url_addr, Up};
 use serde_json::Value;
 
@@ -80,35 +80,20 @@ async fn up_runs_every_role_and_a_new_user_gets_mail_through_smtp_and_the_api() 
     ));
 
     // Mail in through SMTP ...
-    let smtp = addr(&e["smtp"]);
-    let script = "import smtplib,sys\ns=smtplib.SMTP(sys.argv[1],int(sys.argv[2]),timeout=20)\ns.sendmail('a@remote.test',['carol@megamail.test'],b'Subject: via mailctl up\\r\\nMessage-ID: <up@remote.test>\\r\\n\\r\\nhello carol\\r\\n')\ns.quit()\n";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(smtp.ip().to_string())
-        .arg(smtp.port().to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    smtplib(
+        addr(&e["smtp"]),
+        "s.sendmail('a@remote.test',['carol@megamail.test'],b'Subject: via mailctl up\\r\\nMessage-ID: <up@remote.test>\\r\\n\\r\\nhello carol\\r\\n')\ns.quit()\n",
     );
 
     // ... read through the JSON API after signing in with the new password.
     let login = url_addr(e["login_url"].as_str().unwrap());
     let (status, session) = up::sign_in(login, "carol@megamail.test", "second-password").await;
     assert_eq!(status, 200);
-    let up::ApiSession { door, auth } = session.unwrap();
-    let a = http::request(
-        door,
-        "GET",
-        "/api/v1/folders/Inbox/messages?offset=0&limit=10",
-        &[("Authorization", auth.as_str())],
-        b"",
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
+    let a = session
+        .unwrap()
+        .get("/api/v1/folders/Inbox/messages?offset=0&limit=10")
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&a.body);
     assert_eq!(a.status, 200, "{text}");
     assert!(text.contains("via mailctl up"), "{text}");
@@ -164,11 +149,9 @@ async fn every_role_killed_with_9_is_restarted_and_the_probe_passes_again() {
         up.wait_all_ok(Duration::from_secs(60)).await;
         assert_ne!(up.pid_of(name), pid, "{name} was not restarted");
     }
-    let (status, metrics) =
-        megamail_tests::http_get(addr(&up.endpoints()["supervisor_admin"]), "/metrics")
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
+    let metrics = scrape(addr(&up.endpoints()["supervisor_admin"]))
+        .await
+        .unwrap();
     assert!(
         metrics.contains("mailctl_restarts_total{name=\"smtp-in\",role=\"smtp-in\"} 1"),
         "{metrics}"

@@ -8,70 +8,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use mailctl::http;
-use megamail_tests::up::{self, addr, mailctl, ok, url_addr, Up};
-use mserv::Policy;
+use megamail_tests::support::mail::{delivery, message_id, padded, smtp_load};
+use megamail_tests::support::mailbox::{call_retrying, STORE_RETRY};
+use megamail_tests::support::metrics::percentile;
+use megamail_tests::support::{eventually, Mailbox};
+use megamail_tests::up::{self, add_user_on, addr, mailctl, ok, url_addr, Up};
 use operator::admin::Hcu;
-use operator::endpoints::Endpoints;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use xfs::{CallError, Delivery, Flags, Op, Reply, Summary, Target, XfsError};
-
-/// Call a store, waiting out a restart (transient errors) and the end of a move (`Frozen`).
-async fn call_retry(pool: &xfs::StorePool, op: Op) -> Result<Reply, CallError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match pool.call(op.clone()).await {
-            Err(CallError::Remote(XfsError::Frozen { .. })) if Instant::now() < deadline => {}
-            Err(e) if e.is_transient() && e.remote().is_none() && Instant::now() < deadline => {}
-            r => return r,
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn hcu_of(up: &Up) -> Hcu {
-    Hcu::new(Endpoints::load(&up.data.join("endpoints.json")).unwrap())
-}
-
-fn message_id(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Message-ID: "))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
+use xfs::{ops, CallError, Delivery, Flags, IndexEntry, Op, Target, XfsError};
 
 /// Deliver straight to the user's store (fast setup).
 async fn preload(hcu: &Hcu, user: &str, n: usize, size: usize) {
-    let p = hcu.mserv.lookup_uncached(user).await.unwrap();
-    let addr = hcu.store_addr(&p.store).await.unwrap();
-    let pool = hcu.xfs.pool(&addr);
+    let mailbox = Mailbox::of(hcu, user).await.unwrap();
     for i in 0..n {
-        let mut body =
-            format!("Subject: preload {i}\r\nMessage-ID: <pre-{i}-{user}>\r\n\r\n").into_bytes();
-        while body.len() < size {
-            body.extend_from_slice(
-                b"0123456789 abcdefghijklmnopqrstuvwxyz 0123456789 ABCDEFGHIJKLMNOPQRSTUV\r\n",
-            );
-        }
-        let op = Op::Deliver {
-            target: Target::new(user, p.segment, p.epoch),
-            delivery: Delivery {
-                id: Sha256::digest(format!("pre-{i}-{user}")).into(),
-                folder: None,
-                internal_date_ms: 1_700_000_000_000 + i as u64,
-                flags: Flags::NONE,
-                summary: Summary {
-                    subject: format!("preload {i}"),
-                    ..Default::default()
-                },
-                body,
-            },
+        let key = format!("pre-{i}-{user}");
+        let body = padded(
+            &format!("Subject: preload {i}\r\nMessage-ID: <{key}>\r\n"),
+            size,
+        );
+        let delivery = Delivery {
+            internal_date_ms: 1_700_000_000_000 + i as u64,
+            ..delivery(&key, &format!("preload {i}"), body)
         };
-        pool.call(op).await.unwrap();
+        let op = ops::Deliver {
+            target: mailbox.target.clone(),
+            delivery,
+        };
+        mailbox.run(op).await.unwrap();
     }
 }
 
@@ -83,52 +46,17 @@ struct Content {
 }
 
 async fn content(hcu: &Hcu, user: &str) -> Content {
-    let p = hcu.mserv.lookup_uncached(user).await.unwrap();
-    let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await.unwrap());
-    let t = Target::new(user, p.segment, p.epoch);
-    let call = |op: Op| {
-        let pool = pool.clone();
-        async move { call_retry(&pool, op).await.unwrap() }
+    let mailbox = Mailbox::of(hcu, user).await.unwrap();
+    let folders = mailbox.content().await.unwrap().into_iter();
+    let ids = |messages: Vec<(IndexEntry, Vec<u8>)>| {
+        messages
+            .iter()
+            .map(|(e, body)| (e.uid, e.flags.0, message_id(body).unwrap_or_default()))
+            .collect()
     };
-    let Reply::Folders(fs) = call(Op::ListFolders { target: t.clone() }).await else {
-        panic!()
-    };
-    let mut folders = BTreeMap::new();
-    for f in fs {
-        let mut entries = Vec::new();
-        let mut offset = 0;
-        loop {
-            let op = Op::ListFolder {
-                target: t.clone(),
-                folder: f.name.clone(),
-                offset,
-                limit: 500,
-                before_uid: None,
-            };
-            let Reply::Page(page) = call(op).await else {
-                panic!()
-            };
-            if page.entries.is_empty() {
-                break;
-            }
-            offset += page.entries.len() as u32;
-            for e in page.entries {
-                let op = Op::Fetch {
-                    target: t.clone(),
-                    msg: e.msg,
-                    mark_seen: false,
-                };
-                let Reply::Message(m) = call(op).await else {
-                    panic!()
-                };
-                entries.push((e.uid, e.flags.0, message_id(&m.body)));
-            }
-        }
-        folders.insert(f.name, entries);
-    }
     Content {
-        store: p.store,
-        folders,
+        store: mailbox.store,
+        folders: folders.map(|(name, m)| (name, ids(m))).collect(),
     }
 }
 
@@ -139,12 +67,29 @@ async fn not_live_at(hcu: &Hcu, store: &str, user: &str) {
         let op = Op::ListFolders {
             target: Target::new(user, seg, 0),
         };
-        match call_retry(&pool, op).await {
+        match call_retrying(&pool, op, STORE_RETRY).await {
             Err(CallError::Remote(XfsError::NoSuchUser))
             | Err(CallError::Remote(XfsError::Moved { .. })) => {}
             other => panic!("{user} still live at {store} segment {seg}: {other:?}"),
         }
     }
+}
+
+/// Create `folder` in the mailbox and move `msgs` into it.
+async fn file_away(mailbox: &Mailbox, folder: &str, msgs: Vec<u64>) {
+    let target = mailbox.target.clone();
+    let create = Op::CreateFolder {
+        target: target.clone(),
+        name: folder.into(),
+    };
+    mailbox.call(create).await.unwrap();
+    let to_folder = folder.into();
+    let op = Op::Move {
+        target,
+        msgs,
+        to_folder,
+    };
+    mailbox.call(op).await.unwrap();
 }
 
 fn other(store: &str) -> &'static str {
@@ -158,50 +103,22 @@ fn other(store: &str) -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_crashed_at_any_step_completes_when_run_again() {
     let mut up = Up::start().await;
-    let hcu = hcu_of(&up);
+    let hcu = up.hcu();
     let users: Vec<String> = (0..4).map(|i| format!("crash{i}@megamail.test")).collect();
     for (i, u) in users.iter().enumerate() {
-        hcu.add_user(
-            u,
-            "pw",
-            "",
-            Policy::Explicit {
-                store: "store-1".into(),
-                segment: i as u32 % 2,
-            },
-            0,
-        )
-        .await
-        .unwrap();
+        add_user_on(&hcu, u, "store-1", i as u32 % 2).await;
         preload(&hcu, u, 30, 60_000).await;
     }
     // Some folders and flags that must survive.
-    {
-        let p = hcu.mserv.lookup_uncached(&users[0]).await.unwrap();
-        let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await.unwrap());
-        let t = Target::new(&users[0], p.segment, p.epoch);
-        pool.call(Op::CreateFolder {
-            target: t.clone(),
-            name: "Kept".into(),
-        })
-        .await
-        .unwrap();
-        pool.call(Op::Move {
-            target: t.clone(),
-            msgs: vec![1, 2, 3],
-            to_folder: "Kept".into(),
-        })
-        .await
-        .unwrap();
-        pool.call(Op::SetFlags {
-            target: t,
-            msgs: vec![4, 5],
-            add: Flags::FLAGGED,
-            remove: Flags::NONE,
-        })
-        .await
-        .unwrap();
-    }
+    let mailbox = Mailbox::of(&hcu, &users[0]).await.unwrap();
+    file_away(&mailbox, "Kept", vec![1, 2, 3]).await;
+    let flag = Op::SetFlags {
+        target: mailbox.target.clone(),
+        msgs: vec![4, 5],
+        add: Flags::FLAGGED,
+        remove: Flags::NONE,
+    };
+    mailbox.call(flag).await.unwrap();
     let mut points = 0;
     // mailctl itself stops dead at each step of a move.
     for (k, point) in mailctl::migrate::CRASH_POINTS.iter().enumerate() {
@@ -262,22 +179,17 @@ async fn a_move_crashed_at_any_step_completes_when_run_again() {
         let first = run.wait().unwrap();
         up.wait_all_ok(Duration::from_secs(60)).await;
         // Run again until it goes through (the restarted store may take a moment).
-        let started = Instant::now();
-        loop {
-            let out = mailctl(
-                &up.data,
-                &["migrate", "--user", big, "--to", to, "--grace", "0"],
-                None,
-            );
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
+        let rerun = eventually(Duration::from_secs(60), Duration::from_millis(300), || {
+            let args = ["migrate", "--user", big, "--to", to, "--grace", "0"];
+            let out = mailctl(&up.data, &args, None);
+            async move { out.status.success().then_some(()).ok_or(out) }
+        })
+        .await;
+        if let Err(out) = rerun {
+            panic!(
                 "kill {victim} after {delay_ms} ms: never completed: {}",
                 String::from_utf8_lossy(&out.stdout)
             );
-            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let after = content(&hcu, big).await;
         assert_eq!(after.store, to);
@@ -299,19 +211,8 @@ async fn a_move_crashed_at_any_step_completes_when_run_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_runs_no_ops_and_refused_targets() {
     let up = Up::start().await;
-    let hcu = hcu_of(&up);
-    hcu.add_user(
-        "stay@megamail.test",
-        "pw",
-        "",
-        Policy::Explicit {
-            store: "store-1".into(),
-            segment: 0,
-        },
-        0,
-    )
-    .await
-    .unwrap();
+    let hcu = up.hcu();
+    add_user_on(&hcu, "stay@megamail.test", "store-1", 0).await;
     preload(&hcu, "stay@megamail.test", 5, 5000).await;
     let before = content(&hcu, "stay@megamail.test").await;
     let out = ok(&mailctl(
@@ -379,37 +280,6 @@ async fn dry_runs_no_ops_and_refused_targets() {
     assert_eq!(content(&hcu, "stay@megamail.test").await, before);
 }
 
-/// Mail sent through SMTP while the run goes on; what got 250, per user.
-async fn smtp_load(
-    smtp: std::net::SocketAddr,
-    users: Vec<String>,
-    stop: Arc<AtomicBool>,
-) -> HashMap<String, Vec<String>> {
-    let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.ip().to_string())
-        .port(smtp.port())
-        .timeout(Some(Duration::from_secs(30)))
-        .build();
-    let mut acked: HashMap<String, Vec<String>> = HashMap::new();
-    let mut n = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        n += 1;
-        let user = &users[(n as usize * 7919) % users.len()];
-        let id = format!("<load-{n}@remote.test>");
-        let msg = Message::builder()
-            .from("load@remote.test".parse().unwrap())
-            .to(user.parse().unwrap())
-            .message_id(Some(id.clone()))
-            .subject(format!("load {n}"))
-            .body(format!("message {n} during the evacuation\n"))
-            .unwrap();
-        if mailer.send(msg).await.is_ok() {
-            acked.entry(user.clone()).or_default().push(id);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    acked
-}
-
 /// A client signed in as `user`, reading its inbox and flagging messages; the ids it flagged.
 async fn api_client(
     login: std::net::SocketAddr,
@@ -418,19 +288,12 @@ async fn api_client(
     flagged: Arc<Mutex<Vec<(String, u64)>>>,
 ) {
     let session = up::sign_in(login, &user, "pw").await.1.expect("signed in");
-    let (door, auth) = (session.door, session.auth);
     let mut k = 0usize;
     while !stop.load(Ordering::SeqCst) {
         k += 1;
-        let page = http::request(
-            door,
-            "GET",
-            "/api/v1/folders/Inbox/messages?offset=0&limit=50",
-            &[("Authorization", &auth)],
-            b"",
-            Duration::from_secs(20),
-        )
-        .await;
+        let page = session
+            .get("/api/v1/folders/Inbox/messages?offset=0&limit=50")
+            .await;
         let Ok(page) = page else { continue };
         if page.status != 200 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -444,20 +307,8 @@ async fn api_client(
             .filter_map(|m| m["id"].as_u64())
             .collect();
         if let Some(id) = ids.get(k % ids.len().max(1)) {
-            let r = http::request(
-                door,
-                "POST",
-                "/api/v1/messages/flags",
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", "application/json"),
-                ],
-                json!({"ids": [id], "add": ["flagged"]})
-                    .to_string()
-                    .as_bytes(),
-                Duration::from_secs(20),
-            )
-            .await;
+            let flag = json!({"ids": [id], "add": ["flagged"]});
+            let r = session.post_json("/api/v1/messages/flags", &flag).await;
             if matches!(r, Ok(a) if a.status == 200) {
                 flagged.lock().unwrap().push((user.clone(), *id));
             }
@@ -466,18 +317,11 @@ async fn api_client(
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evacuating_a_store_under_load_loses_and_duplicates_nothing() {
     let up = Up::start().await;
     let e = up.endpoints();
-    let hcu = Arc::new(hcu_of(&up));
+    let hcu = Arc::new(up.hcu());
     let users: Vec<String> = (0..200)
         .map(|i| format!("evac{i:03}@megamail.test"))
         .collect();
@@ -488,18 +332,7 @@ async fn evacuating_a_store_under_load_loses_and_duplicates_nothing() {
         let (hcu, u, sem) = (hcu.clone(), u.clone(), sem.clone());
         setup.spawn(async move {
             let _p = sem.acquire().await.unwrap();
-            hcu.add_user(
-                &u,
-                "pw",
-                "",
-                Policy::Explicit {
-                    store: "store-1".into(),
-                    segment: i as u32 % 2,
-                },
-                0,
-            )
-            .await
-            .unwrap();
+            add_user_on(&hcu, &u, "store-1", i as u32 % 2).await;
             let (n, size) = match i {
                 0 => (0, 0),
                 1 => (20, 1_000_000),
@@ -513,22 +346,8 @@ async fn evacuating_a_store_under_load_loses_and_duplicates_nothing() {
     }
     // Folders to keep: a few users file messages away.
     for u in users[2..13].iter().filter(|u| !u.starts_with("evac009")) {
-        let p = hcu.mserv.lookup_uncached(u).await.unwrap();
-        let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await.unwrap());
-        let t = Target::new(u, p.segment, p.epoch);
-        pool.call(Op::CreateFolder {
-            target: t.clone(),
-            name: "Archive".into(),
-        })
-        .await
-        .unwrap();
-        pool.call(Op::Move {
-            target: t,
-            msgs: vec![1],
-            to_folder: "Archive".into(),
-        })
-        .await
-        .unwrap();
+        let mailbox = Mailbox::of(&hcu, u).await.unwrap();
+        file_away(&mailbox, "Archive", vec![1]).await;
     }
     let mut before = HashMap::new();
     for u in &users {
@@ -537,7 +356,13 @@ async fn evacuating_a_store_under_load_loses_and_duplicates_nothing() {
 
     // Load: SMTP to every user, and API clients reading and flagging.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(smtp_load(addr(&e["smtp"]), users.clone(), stop.clone()));
+    let every = Duration::from_millis(10);
+    let load = tokio::spawn(smtp_load(
+        addr(&e["smtp"]),
+        users.clone(),
+        every,
+        stop.clone(),
+    ));
     let flagged = Arc::new(Mutex::new(Vec::new()));
     let login = url_addr(e["login_url"].as_str().unwrap());
     let mut clients = Vec::new();
@@ -597,8 +422,8 @@ async fn evacuating_a_store_under_load_loses_and_duplicates_nothing() {
     freezes.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "evacuated 200 mailboxes in {took:?}; freeze window p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} messages accepted during the run, {} flags set",
-        percentile(&freezes, 0.5),
-        percentile(&freezes, 0.99),
+        percentile(&freezes, 0.5).unwrap_or(0.0),
+        percentile(&freezes, 0.99).unwrap_or(0.0),
         freezes.last().copied().unwrap_or(0.0),
         acked.values().map(Vec::len).sum::<usize>(),
         flagged.lock().unwrap().len()
@@ -629,15 +454,14 @@ async fn evacuating_a_store_under_load_loses_and_duplicates_nothing() {
                 lost += 1;
             }
         }
-        let p = hcu.mserv.lookup_uncached(u).await.unwrap();
-        let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await.unwrap());
+        let mailbox = Mailbox::of(&hcu, u).await.unwrap();
         for (fu, id) in flagged.iter().filter(|(fu, _)| fu == u) {
-            let op = Op::Fetch {
-                target: Target::new(fu, p.segment, p.epoch),
+            let op = ops::Fetch {
+                target: mailbox.target.clone(),
                 msg: *id,
                 mark_seen: false,
             };
-            let Ok(Reply::Message(m)) = call_retry(&pool, op).await else {
+            let Ok(m) = mailbox.run(op).await else {
                 panic!("{fu} message {id} gone")
             };
             assert!(

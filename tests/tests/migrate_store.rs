@@ -5,33 +5,25 @@
 use std::sync::Arc;
 
 use mailctl::copy::{self, Rate, Side};
+use megamail_tests::support::mail::{self, padded};
+use megamail_tests::support::Mailbox;
 use megamail_tests::{Ustore, UstoreOpts};
-use sha2::{Digest, Sha256};
 use xfs::{
-    AccountState, CallError, Delivery, Flags, NewAccount, Op, RawRecord, Reply, Summary, Target,
+    AccountState, CallError, Delivery, Flags, IndexEntry, NewAccount, Op, RawRecord, Reply, Target,
     XfsError,
 };
 
 const USER: &str = "mover@megamail.test";
 
 fn delivery(i: usize, size: usize) -> Delivery {
-    let mut body =
-        format!("Subject: message {i}\r\nMessage-ID: <{i}@remote.test>\r\n\r\n").into_bytes();
-    while body.len() < size {
-        body.extend_from_slice(
-            format!("line {i} of the body, some text to fill it\r\n").as_bytes(),
-        );
-    }
+    let headers = format!("Subject: message {i}\r\nMessage-ID: <{i}@remote.test>\r\n");
     Delivery {
-        id: Sha256::digest(format!("m{i}").as_bytes()).into(),
-        folder: None,
         internal_date_ms: 1_700_000_000_000 + i as u64,
-        flags: Flags::NONE,
-        summary: Summary {
-            subject: format!("message {i}"),
-            ..Default::default()
-        },
-        body,
+        ..mail::delivery(
+            &format!("m{i}"),
+            &format!("message {i}"),
+            padded(&headers, size),
+        )
     }
 }
 
@@ -46,6 +38,20 @@ fn err(r: Result<Reply, CallError>) -> XfsError {
         Err(CallError::Remote(e)) => e,
         other => panic!("expected a store error, got {other:?}"),
     }
+}
+
+/// The store's refusal of `op` at `side` (an answer fails the test).
+async fn refused(side: &Side, op: Op) -> XfsError {
+    err(side.call_op(op).await)
+}
+
+/// Purge `side`'s copy: after it the mailbox is unknown there.
+async fn purge(side: &Side) {
+    let target = side.target.clone();
+    ok(side, Op::Purge { target }).await;
+    let target = side.target.clone();
+    let gone = refused(side, Op::GetAccount { target }).await;
+    assert!(matches!(gone, XfsError::NoSuchUser), "{gone:?}");
 }
 
 async fn deliver(side: &Side, i: usize, size: usize) -> u64 {
@@ -65,54 +71,10 @@ async fn deliver(side: &Side, i: usize, size: usize) -> u64 {
 
 /// Every folder with its entries (uid, flags, subject) and every body, in order.
 async fn content(side: &Side) -> Vec<(String, Vec<(u32, Flags, String, Vec<u8>)>)> {
-    let folders = match ok(
-        side,
-        Op::ListFolders {
-            target: side.target.clone(),
-        },
-    )
-    .await
-    {
-        Reply::Folders(f) => f,
-        other => panic!("{other:?}"),
-    };
-    let mut out = Vec::new();
-    for f in folders {
-        let page = match ok(
-            side,
-            Op::ListFolder {
-                target: side.target.clone(),
-                folder: f.name.clone(),
-                offset: 0,
-                limit: 1000,
-                before_uid: None,
-            },
-        )
-        .await
-        {
-            Reply::Page(p) => p,
-            other => panic!("{other:?}"),
-        };
-        let mut entries = Vec::new();
-        for e in page.entries {
-            let body = match ok(
-                side,
-                Op::Fetch {
-                    target: side.target.clone(),
-                    msg: e.msg,
-                    mark_seen: false,
-                },
-            )
-            .await
-            {
-                Reply::Message(m) => m.body,
-                other => panic!("{other:?}"),
-            };
-            entries.push((e.uid, e.flags, e.summary.subject, body));
-        }
-        out.push((f.name, entries));
-    }
-    out
+    let content = Mailbox::from(side).content().await.unwrap();
+    let entry = |(e, body): (IndexEntry, Vec<u8>)| (e.uid, e.flags, e.summary.subject, body);
+    let folder = |messages: Vec<_>| messages.into_iter().map(entry).collect();
+    content.into_iter().map(|(f, m)| (f, folder(m))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,40 +147,34 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
 
     // The target refuses an import before it is begun, and a live mailbox is never purged.
     assert!(matches!(
-        err(dst
-            .call_op(Op::Import {
+        refused(
+            &dst,
+            Op::Import {
                 target: dst.target.clone(),
                 records: vec![],
                 delete: vec![],
                 reset_records: false
-            })
-            .await),
+            }
+        )
+        .await,
         XfsError::NoSuchUser
     ));
     assert!(matches!(
-        err(src
-            .call_op(Op::Purge {
+        refused(
+            &src,
+            Op::Purge {
                 target: src.target.clone()
-            })
-            .await),
+            }
+        )
+        .await,
         XfsError::BadRequest { .. }
     ));
-    ok(
-        &dst,
-        Op::BeginImport {
-            target: dst.target.clone(),
-            from: "store-a".into(),
-        },
-    )
-    .await;
-    ok(
-        &dst,
-        Op::BeginImport {
-            target: dst.target.clone(),
-            from: "store-a".into(),
-        },
-    )
-    .await;
+    // Beginning again is harmless (a rerun does it).
+    for _ in 0..2 {
+        let target = dst.target.clone();
+        let from = "store-a".into();
+        ok(&dst, Op::BeginImport { target, from }).await;
+    }
 
     // Bulk copy of bodies while mail keeps arriving and flags keep changing.
     let rate = Rate::new(0);
@@ -251,11 +207,13 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
 
     // The importing copy is not live: every caller is told to wait.
     assert!(matches!(
-        err(dst
-            .call_op(Op::ListFolders {
+        refused(
+            &dst,
+            Op::ListFolders {
                 target: dst.target.clone()
-            })
-            .await),
+            }
+        )
+        .await,
         XfsError::Frozen { .. }
     ));
 
@@ -268,12 +226,14 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     )
     .await;
     assert!(matches!(
-        err(src
-            .call_op(Op::Deliver {
+        refused(
+            &src,
+            Op::Deliver {
                 target: src.target.clone(),
                 delivery: delivery(99, 100)
-            })
-            .await),
+            }
+        )
+        .await,
         XfsError::Frozen { .. }
     ));
     ok(
@@ -298,20 +258,10 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
 
     // Commit at the target, redirect at the source.
     let moved = Target::new(USER, 1, 2);
-    ok(
-        &dst,
-        Op::FinishImport {
-            target: moved.clone(),
-        },
-    )
-    .await;
-    ok(
-        &dst,
-        Op::FinishImport {
-            target: moved.clone(),
-        },
-    )
-    .await;
+    for _ in 0..2 {
+        let target = moved.clone();
+        ok(&dst, Op::FinishImport { target }).await;
+    }
     ok(
         &src,
         Op::MarkMoved {
@@ -321,11 +271,13 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
         },
     )
     .await;
-    match err(src
-        .call_op(Op::ListFolders {
+    match refused(
+        &src,
+        Op::ListFolders {
             target: src.target.clone(),
-        })
-        .await)
+        },
+    )
+    .await
     {
         XfsError::Moved { to, epoch } => assert_eq!((to.as_str(), epoch), ("store-b", 2)),
         other => panic!("{other:?}"),
@@ -382,21 +334,7 @@ async fn a_mailbox_moves_between_stores_byte_for_byte() {
     );
 
     // Grace over: the source copy goes.
-    ok(
-        &src,
-        Op::Purge {
-            target: src.target.clone(),
-        },
-    )
-    .await;
-    assert!(matches!(
-        err(src
-            .call_op(Op::GetAccount {
-                target: src.target.clone()
-            })
-            .await),
-        XfsError::NoSuchUser
-    ));
+    purge(&src).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,19 +409,5 @@ async fn a_bad_import_is_refused_and_changes_nothing() {
     };
     assert!(keys.is_empty(), "{keys:?}");
     // An abandoned import is purged.
-    ok(
-        &dst,
-        Op::Purge {
-            target: dst.target.clone(),
-        },
-    )
-    .await;
-    assert!(matches!(
-        err(dst
-            .call_op(Op::GetAccount {
-                target: dst.target.clone()
-            })
-            .await),
-        XfsError::NoSuchUser
-    ));
+    purge(&dst).await;
 }

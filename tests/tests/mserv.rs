@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use megamail_tests::mserv::{test_client, Mserv, MservOpts};
+use megamail_tests::support::{eventually, retry_while};
 use megamail_tests::{free_addr, http_get, Proc};
 use mserv::{Client, ClientConfig, MservError, Placement, Policy, StoreInfo, StoreState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -230,21 +231,16 @@ async fn leader_kill9_fails_over_and_the_replica_catches_up_after_restart() {
     m.kill9(leader);
     let killed = Instant::now();
     let mut n = 0;
-    let failover = loop {
+    let written = eventually(Duration::from_secs(30), Duration::ZERO, || {
         n += 1;
-        match c
-            .create_user(&format!("after{n}@example.test"), Policy::LeastLoaded)
-            .await
-        {
-            Ok(_) => break killed.elapsed(),
-            Err(e) => {
-                assert!(
-                    killed.elapsed() < Duration::from_secs(30),
-                    "no write accepted: {e}"
-                );
-            }
-        }
-    };
+        let (c, user) = (&c, format!("after{n}@example.test"));
+        async move { c.create_user(&user, Policy::LeastLoaded).await }
+    })
+    .await;
+    if let Err(e) = written {
+        panic!("no write accepted: {e}");
+    }
+    let failover = killed.elapsed();
     println!(
         "failover: first write accepted {} ms after kill -9 of leader {leader}",
         failover.as_millis()
@@ -498,16 +494,14 @@ async fn the_client_survives_losing_the_replica_it_talks_to() {
         .await
         .unwrap();
     // The replica answering may learn of the commit a heartbeat after the leader.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match c.lookup_uncached("after@example.test").await {
-            Ok(found) => break assert_eq!(found, p),
-            Err(MservError::NoSuchUser) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let found = retry_while(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || c.lookup_uncached("after@example.test"),
+        |e| matches!(e, MservError::NoSuchUser),
+    )
+    .await;
+    assert_eq!(found.unwrap(), p);
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         assert!(r.await.unwrap() > 0);

@@ -3,10 +3,11 @@
 //! the answer's header into the front door's log and the log of the store that served it.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mailctl::http;
-use megamail_tests::http_get;
+use megamail_tests::support::eventually;
+use megamail_tests::support::mail::smtplib;
+use megamail_tests::support::metrics::{metric, sample, scrape};
 use megamail_tests::up::{self, addr, mailctl, ok, url_addr, Up};
 use serde_json::Value;
 
@@ -84,22 +85,27 @@ fn families(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Wait until `path`'s text contains `needle` (log lines are written as they happen).
+/// Wait until `path`'s text has a line with `needle` (log lines are written as they happen).
 async fn wait_for_log(path: &std::path::Path, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-            return line.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
+    let found = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            match text.lines().find(|l| l.contains(needle)) {
+                Some(line) => Ok(line.to_string()),
+                None => Err(text),
+            }
+        },
+    )
+    .await;
+    found.unwrap_or_else(|text| {
+        panic!(
             "{needle} not in {}; its end:\n{}",
             path.display(),
-            &text[text.len().saturating_sub(3000)..]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            &text[text.floor_char_boundary(text.len().saturating_sub(3000))..]
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,44 +128,23 @@ async fn every_role_exports_its_metrics_and_a_request_id_crosses_the_tiers() {
 
     // Traffic: the synthetic transaction through every tier, then a few refusals.
     up.probe_until_ok(Duration::from_secs(60)).await;
-    let smtp = addr(&e["smtp"]);
-    let script = "import smtplib,sys\ns=smtplib.SMTP(sys.argv[1],int(sys.argv[2]),timeout=20)\n\
-        s.ehlo()\nprint(s.mail('a@remote.test')[0], s.rcpt('nobody@megamail.test')[0])\n\
-        s.rset()\ns.sendmail('a@remote.test',['carol@megamail.test'],b'Subject: hi\\r\\n\\r\\nhello\\r\\n')\n\
-        s.quit()\n";
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &smtp.ip().to_string(),
-            &smtp.port().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let replies = smtplib(
+        addr(&e["smtp"]),
+        "s.ehlo()\nprint(s.mail('a@remote.test')[0], s.rcpt('nobody@megamail.test')[0])\n\
+         s.rset()\ns.sendmail('a@remote.test',['carol@megamail.test'],b'Subject: hi\\r\\n\\r\\nhello\\r\\n')\n\
+         s.quit()\n",
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "250 550");
+    assert_eq!(replies.trim(), "250 550");
     let login = url_addr(e["login_url"].as_str().unwrap());
     let (status, _) = up::sign_in(login, "carol@megamail.test", "wrong").await;
     assert_eq!(status, 401);
     let (status, session) = up::sign_in(login, "carol@megamail.test", "carol-password").await;
     assert_eq!(status, 200);
-    let up::ApiSession { door, auth } = session.unwrap();
-    let door_url = format!("http://{door}");
-    let a = http::request(
-        door,
-        "GET",
-        "/api/v1/messages/999999",
-        &[("Authorization", auth.as_str())],
-        b"",
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
+    let session = session.unwrap();
+    let a = session.get("/api/v1/messages/999999").await.unwrap();
     assert_eq!(a.status, 404);
+    let up::ApiSession { door, auth } = session;
+    let door_url = format!("http://{door}");
 
     // One request with the caller's id: in the answer, the front door's log and the store's.
     let id = format!("obs-{:016x}", rand::random::<u64>());
@@ -226,8 +211,7 @@ async fn every_role_exports_its_metrics_and_a_request_id_crosses_the_tiers() {
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for p in processes {
         let (name, role) = (p["name"].as_str().unwrap(), p["role"].as_str().unwrap());
-        let (status, text) = http_get(addr(&p["admin"]), "/metrics").await.unwrap();
-        assert_eq!(status, 200, "{name}");
+        let text = scrape(addr(&p["admin"])).await.unwrap();
         let have = families(&text);
         for family in always(role) {
             assert!(
@@ -237,7 +221,7 @@ async fn every_role_exports_its_metrics_and_a_request_id_crosses_the_tiers() {
         }
         seen.entry(role.to_string()).or_default().extend(have);
         if role == "ustore" {
-            let v = |s: &str| megamail_tests::hcu::metric_value(&text, s).unwrap_or(-1.0);
+            let v = |s: &str| sample(&text, s).unwrap_or(-1.0);
             println!(
                 "{name}: sync writes {}, WAL syncs {}, bytes written {}, block cache hit ratio {:.2}, \
                  folder pages {}",
@@ -255,18 +239,13 @@ async fn every_role_exports_its_metrics_and_a_request_id_crosses_the_tiers() {
             assert!(have.iter().any(|f| f == family), "no {role} has {family}");
         }
     }
-    let (_, store_metrics) = http_get(
-        addr(
-            &processes
-                .iter()
-                .find(|p| p["name"] == store.as_str())
-                .unwrap()["admin"],
-        ),
-        "/metrics",
-    )
-    .await
-    .unwrap();
-    let pages =
-        megamail_tests::hcu::metric_value(&store_metrics, "ustore_page_reads_count").unwrap_or(0.0);
+    let store_admin = processes
+        .iter()
+        .find(|p| p["name"] == store.as_str())
+        .map(|p| addr(&p["admin"]))
+        .unwrap();
+    let pages = metric(store_admin, "ustore_page_reads_count")
+        .await
+        .unwrap();
     assert!(pages >= 1.0, "no folder page counted on {store}");
 }

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use megamail_tests::frontdoor::status_and_text;
+use megamail_tests::support::mail::mailer;
+use megamail_tests::support::{eventually, metrics};
 use megamail_tests::{http_get, Ustore, UstoreOpts};
 use sha2::{Digest, Sha256};
 use xfs::*;
@@ -72,12 +75,9 @@ fn outcome(r: &Result<Reply, CallError>) -> Outcome {
     }
 }
 
+/// The `p` quantile of sorted latencies (zero when there are none).
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
+    metrics::percentile(sorted, p).unwrap_or_default()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -294,19 +294,17 @@ async fn create_users(store: &Ustore) -> Vec<Target> {
 
 /// Wait until the store's `/healthz` says ok again; how long that took from `since`.
 async fn wait_health_ok(admin: SocketAddr, since: Instant) -> Duration {
-    loop {
-        if let Some((200, s)) = health(admin).await {
-            if s == "ok" {
-                return since.elapsed();
-            }
+    let left = RECOVERY_GOAL.saturating_sub(since.elapsed());
+    let ok = eventually(left, Duration::from_millis(100), || async {
+        match health(admin).await {
+            Some((200, s)) if s == "ok" => Ok(since.elapsed()),
+            other => Err(other),
         }
-        assert!(
-            since.elapsed() < RECOVERY_GOAL,
-            "still not ok {RECOVERY_GOAL:?} after the load stopped: {:?}",
-            health(admin).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    ok.unwrap_or_else(|seen| {
+        panic!("still not ok {RECOVERY_GOAL:?} after the load stopped: {seen:?}")
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,6 +486,20 @@ async fn store_sheds_three_times_its_capacity_and_recovers() {
         .expect("clean stop");
 }
 
+/// A front door's answer: its status (0 when there was none), `Retry-After` and text.
+async fn answer(
+    r: anyhow::Result<reqwest::Response>,
+) -> (u16, Option<reqwest::header::HeaderValue>, String) {
+    match r {
+        Ok(r) => {
+            let retry_after = r.headers().get("retry-after").cloned();
+            let (status, text) = status_and_text(r).await;
+            (status, retry_after, text)
+        }
+        Err(e) => (0, None, e.to_string()),
+    }
+}
+
 /// What the front door and smtp-in answered while the store was overloaded.
 #[derive(Default)]
 struct Answers {
@@ -550,28 +562,7 @@ async fn front_door_and_smtp_say_try_again_under_overload() {
             while running.load(Ordering::Relaxed) {
                 let page = fd.page(&token, "/folder/Inbox").await;
                 let api = fd.get(&token, "/api/v1/folders/Inbox/messages").await;
-                let page = match page {
-                    Ok(r) => {
-                        let retry_after = r.headers().get("retry-after").cloned();
-                        (
-                            r.status().as_u16(),
-                            retry_after,
-                            r.text().await.unwrap_or_default(),
-                        )
-                    }
-                    Err(e) => (0, None, e.to_string()),
-                };
-                let api = match api {
-                    Ok(r) => {
-                        let retry_after = r.headers().get("retry-after").cloned();
-                        (
-                            r.status().as_u16(),
-                            retry_after,
-                            r.text().await.unwrap_or_default(),
-                        )
-                    }
-                    Err(e) => (0, None, e.to_string()),
-                };
+                let (page, api) = (answer(page).await, answer(api).await);
                 let mut a = answers.lock().expect("lock");
                 if page.0 != api.0 {
                     a.differed += 1;
@@ -607,13 +598,10 @@ async fn front_door_and_smtp_say_try_again_under_overload() {
     let mut senders = Vec::new();
     for s in 0..4 {
         let (answers, running) = (answers.clone(), running.clone());
-        let port = hcu.smtp_addr.port();
+        let smtp_addr = hcu.smtp_addr;
         senders.push(tokio::spawn(async move {
-            use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-            let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-                .port(port)
-                .timeout(Some(Duration::from_secs(30)))
-                .build();
+            use lettre::AsyncTransport;
+            let smtp = mailer(smtp_addr);
             let mut k = 0;
             while running.load(Ordering::Relaxed) {
                 k += 1;
@@ -700,7 +688,7 @@ async fn front_door_and_smtp_say_try_again_under_overload() {
     println!("store health ok again {recovered:?} after the load stopped");
     let mut by_user: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for i in 0..USERS {
-        let (_, entries) = hcu.inbox_entries(&user(i)).await.expect("the inbox");
+        let entries = hcu.inbox_entries(&user(i)).await.expect("the inbox");
         by_user.insert(
             user(i),
             entries.into_iter().map(|e| e.summary.subject).collect(),

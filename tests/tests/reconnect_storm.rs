@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use megamail_tests::support::eventually;
+use megamail_tests::support::metrics::metric;
 use megamail_tests::{hcu::raise_fd_limit, Ustore, UstoreOpts};
 use xfs::{ClientConfig, Op, Reply, StorePool};
 
@@ -94,14 +96,19 @@ async fn restarted_store_sees_reconnects_spread_out() {
         .collect();
 
     // Every client holds a live connection.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while shared.connected.load(Ordering::SeqCst) < CLIENTS {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {CLIENTS} clients connected",
-            shared.connected.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let connected = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            match shared.connected.load(Ordering::SeqCst) {
+                CLIENTS => Ok(()),
+                n => Err(n),
+            }
+        },
+    )
+    .await;
+    if let Err(n) = connected {
+        panic!("only {n} of {CLIENTS} clients connected");
     }
     // Let them settle into their ping rhythm.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -115,20 +122,16 @@ async fn restarted_store_sees_reconnects_spread_out() {
     store.proc.restart().await.expect("store restarts");
     let ready = restarted.elapsed();
 
-    let deadline = restarted + ALL_BACK_WITHIN;
-    loop {
-        let back = shared
-            .back_at
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|t| t.is_some())
-            .count();
-        if back == CLIENTS || Instant::now() > deadline {
-            break;
+    let wait = ALL_BACK_WITHIN.saturating_sub(restarted.elapsed());
+    // Missing clients are counted and reported below.
+    let _ = eventually(wait, Duration::from_millis(100), || async {
+        let back_at = shared.back_at.lock().expect("lock");
+        match back_at.iter().filter(|t| t.is_some()).count() {
+            CLIENTS => Ok(()),
+            back => Err(back),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     shared.stop.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await.expect("client task");
@@ -161,14 +164,11 @@ async fn restarted_store_sees_reconnects_spread_out() {
             );
         }
     }
-    let metrics = megamail_tests::http_get(store.proc.admin, "/metrics")
-        .await
-        .map(|(_, body)| body)
-        .unwrap_or_default();
-    let closed = megamail_tests::hcu::metric_value(
-        &metrics,
+    let closed = metric(
+        store.proc.admin,
         "ustore_connections_total{outcome=\"closed_at_start\"}",
     )
+    .await
     .unwrap_or(0.0);
     println!("connections queued while the store was opening, closed: {closed}");
     let peak = histogram.iter().max().copied().unwrap_or(0);

@@ -9,8 +9,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncTransport, Message};
 use megamail_tests::http_get;
+use megamail_tests::support::eventually;
+use megamail_tests::support::mail::mailer;
 use megamail_tests::up::{self, addr, mailctl, ok, url_addr, ApiSession, Up};
 use serde_json::Value;
 
@@ -20,16 +22,7 @@ const STORE: &str = "store-1";
 const IDLE: Duration = Duration::from_secs(60);
 
 async fn api_get(s: &ApiSession, path: &str) -> (u16, Value) {
-    let a = mailctl::http::request(
-        s.door,
-        "GET",
-        path,
-        &[("Authorization", s.auth.as_str())],
-        b"",
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("the front door answers");
+    let a = s.get(path).await.expect("the front door answers");
     let body = a.json().unwrap_or(Value::Null);
     (a.status, body)
 }
@@ -53,11 +46,7 @@ fn mail(subject: &str) -> Message {
 
 /// One SMTP transaction on a fresh connection; the final reply's code.
 async fn deliver(smtp: SocketAddr, subject: &str) -> String {
-    let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.ip().to_string())
-        .port(smtp.port())
-        .timeout(Some(Duration::from_secs(30)))
-        .build();
-    match mailer.send(mail(subject)).await {
+    match mailer(smtp).send(mail(subject)).await {
         Ok(r) => r.code().to_string(),
         Err(e) => format!("refused: {e}"),
     }
@@ -99,21 +88,22 @@ async fn first_sign_in_page_and_delivery_after_a_store_restart_and_idle_succeed(
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }
-    loop {
-        let restarted = up
-            .status()
-            .iter()
-            .any(|r| r["name"] == STORE && r["pid"].as_i64().is_some_and(|p| p as i32 != pid));
-        if restarted && matches!(http_get(store_admin, "/healthz").await, Ok((200, _))) {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "{STORE} not back within 60 s:\n{}",
-            up.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            let restarted = up
+                .status()
+                .iter()
+                .any(|r| r["name"] == STORE && r["pid"].as_i64().is_some_and(|p| p as i32 != pid));
+            match http_get(store_admin, "/healthz").await {
+                Ok((200, _)) if restarted => Ok(()),
+                _ => Err(()),
+            }
+        },
+    )
+    .await;
+    assert!(back.is_ok(), "{STORE} not back within 60 s:\n{}", up.log());
     let back = killed.elapsed();
     println!("{STORE} (pid {pid}) killed; restarted and healthy after {back:?}");
 

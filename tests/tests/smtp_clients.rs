@@ -6,15 +6,17 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
-use lettre::transport::smtp::AsyncSmtpTransport;
-use lettre::{AsyncTransport, Message, Tokio1Executor};
-use megamail_tests::hcu::{strip_trace_header, HcuOpts, LocalHcu};
+use lettre::{AsyncTransport, Message};
+use megamail_tests::hcu::{HcuOpts, LocalHcu};
+use megamail_tests::support::mail::{mailer, message_id, read_reply, strip_trace_header};
+use megamail_tests::support::metrics::sample;
+use megamail_tests::support::{eventually, run_ok};
 use megamail_tests::{http_get, workspace_root};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use xfs::IndexEntry;
 
@@ -26,13 +28,6 @@ async fn start() -> LocalHcu {
     LocalHcu::start(HcuOpts::default())
         .await
         .expect("starting the HCU")
-}
-
-fn lettre_client(hcu: &LocalHcu) -> AsyncSmtpTransport<Tokio1Executor> {
-    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(hcu.smtp_addr.port())
-        .timeout(Some(Duration::from_secs(60)))
-        .build()
 }
 
 /// A message with a non-ASCII subject and body lines that need dot-stuffing.
@@ -56,7 +51,7 @@ fn lettre_message(to: &[&str], subject: &str) -> Message {
 /// last line, so the mail data (RFC 5321 §4.1.1.4) is the formatted bytes plus one CRLF.
 async fn lettre_send(hcu: &LocalHcu, msg: &Message) -> Vec<u8> {
     let raw = msg.formatted();
-    lettre_client(hcu)
+    mailer(hcu.smtp_addr)
         .send_raw(msg.envelope(), &raw)
         .await
         .unwrap_or_else(|e| panic!("lettre send failed: {e}"));
@@ -148,20 +143,14 @@ async fn python_smtplib_one_message_and_two_stores() {
     hcu.add_user_on(b, "store-2", 0).await.unwrap();
     let out = tempfile::tempdir().unwrap();
     let script = workspace_root().join("tests/py/smtplib_cases.py");
-    let res = Command::new("python3")
-        .arg(&script)
-        .arg("127.0.0.1")
-        .arg(hcu.smtp_addr.port().to_string())
-        .arg(out.path())
-        .args([a, b])
-        .output()
-        .expect("running python3");
-    assert!(
-        res.status.success(),
-        "smtplib script failed: {}\n{}{}",
-        res.status,
-        String::from_utf8_lossy(&res.stdout),
-        String::from_utf8_lossy(&res.stderr)
+    run_ok(
+        Command::new("python3")
+            .arg(&script)
+            .arg("127.0.0.1")
+            .arg(hcu.smtp_addr.port().to_string())
+            .arg(out.path())
+            .args([a, b]),
+        "the smtplib script",
     );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
@@ -192,34 +181,6 @@ impl Drop for Children {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// The Message-Id header of a stored message.
-fn message_id(stored: &[u8]) -> String {
-    let text = String::from_utf8_lossy(strip_trace_header(stored));
-    text.lines()
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("message-id")
-                .then(|| value.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no Message-Id in {text}"))
-}
-
-async fn wait_for_metric(hcu: &LocalHcu, sample: &str, at_least: f64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = hcu.smtp_metric(sample).await.unwrap_or(0.0);
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{sample} is {v}, not {at_least}, after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -268,22 +229,40 @@ async fn smtp_source_kill9_a_store_loses_nothing() {
     }
 
     // kill -9 store-1 mid-run, and bring it back a second later.
-    wait_for_metric(&hcu, ACCEPTED, 200.0, Duration::from_secs(120)).await;
+    let timeout = Duration::from_secs(120);
+    let accepted = eventually(timeout, Duration::from_millis(50), || async {
+        match hcu.smtp_metric(ACCEPTED).await.unwrap_or(0.0) {
+            v if v >= 200.0 => Ok(()),
+            v => Err(v),
+        }
+    })
+    .await;
+    if let Err(v) = accepted {
+        panic!("{ACCEPTED} is {v}, not 200, after {timeout:?}");
+    }
     hcu.store("store-1").proc.kill9();
     tokio::time::sleep(Duration::from_secs(1)).await;
     hcu.store("store-1").proc.restart().await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(600);
-    for c in &mut children.0 {
-        while c.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "smtp-source did not finish");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let finished = eventually(Duration::from_secs(600), Duration::from_millis(100), || {
+        let running = children
+            .0
+            .iter_mut()
+            .any(|c| c.try_wait().unwrap().is_none());
+        async move {
+            if running {
+                Err(())
+            } else {
+                Ok(())
+            }
         }
-    }
+    })
+    .await;
+    assert!(finished.is_ok(), "smtp-source did not finish");
 
     let metrics = hcu.smtp_metrics().await.unwrap();
-    let accepted = megamail_tests::hcu::metric_value(&metrics, ACCEPTED).unwrap_or(0.0) as u64;
-    let deferred = megamail_tests::hcu::metric_value(&metrics, DEFERRED).unwrap_or(0.0) as u64;
+    let accepted = sample(&metrics, ACCEPTED).unwrap_or(0.0) as u64;
+    let deferred = sample(&metrics, DEFERRED).unwrap_or(0.0) as u64;
     let mut stored = 0u64;
     let mut all_ids = HashSet::new();
     let mut mailboxes = BTreeMap::new();
@@ -291,7 +270,7 @@ async fn smtp_source_kill9_a_store_loses_nothing() {
         let inbox = hcu.inbox(user).await.unwrap();
         let mut ids = HashSet::new();
         for (_, body) in &inbox {
-            let id = message_id(body);
+            let id = message_id(body).unwrap_or_else(|| panic!("no Message-Id in {user}'s mail"));
             assert!(ids.insert(id.clone()), "{user}: {id} stored twice");
             assert!(all_ids.insert(id.clone()), "{id} stored in two mailboxes");
         }
@@ -347,18 +326,14 @@ async fn smtp_source_kill9_a_store_loses_nothing() {
         {
             let file = dir.path().join(format!("{user}-{k}.eml"));
             std::fs::write(&file, strip_trace_header(body)).unwrap();
-            let res = Command::new("python3")
-                .arg(&resend)
-                .arg("127.0.0.1")
-                .arg(hcu.smtp_addr.port().to_string())
-                .args(["sender@remote.test", user])
-                .arg(&file)
-                .output()
-                .unwrap();
-            assert!(
-                res.status.success(),
-                "resending to {user} failed: {}",
-                String::from_utf8_lossy(&res.stderr)
+            run_ok(
+                Command::new("python3")
+                    .arg(&resend)
+                    .arg("127.0.0.1")
+                    .arg(hcu.smtp_addr.port().to_string())
+                    .args(["sender@remote.test", user])
+                    .arg(&file),
+                &format!("resending to {user}"),
             );
             resent += 1;
         }
@@ -371,22 +346,6 @@ async fn smtp_source_kill9_a_store_loses_nothing() {
             inbox.len(),
             "{user}: a retried message was stored again"
         );
-    }
-}
-
-/// Read one SMTP reply (all its lines); returns the code and the text.
-async fn read_reply(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
-    let mut text = String::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        text.push_str(&line);
-        if line.len() < 4 || line.as_bytes()[3] != b'-' {
-            let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-            return Ok((code, text));
-        }
     }
 }
 

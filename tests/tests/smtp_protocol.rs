@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use megamail_tests::hcu::{HcuOpts, LocalHcu};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use megamail_tests::support::mail::{read_reply, smtplib};
+use megamail_tests::support::poll::Deadline;
+use megamail_tests::support::run_ok;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -49,23 +52,12 @@ impl Smtp {
 
     /// One reply (all its lines): the code and the whole text.
     async fn reply(&mut self) -> (u16, String) {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(WAIT, self.rd.read_line(&mut line))
-                .await
-                .expect("reply within the wait")
-                .expect("read");
-            assert!(n > 0, "connection closed; got so far: {all:?}");
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                let code = line
-                    .get(..3)
-                    .and_then(|c| c.parse().ok())
-                    .expect("reply code");
-                return (code, all.trim_end().to_string());
-            }
-        }
+        let (code, text) = tokio::time::timeout(WAIT, read_reply(&mut self.rd))
+            .await
+            .expect("reply within the wait")
+            .expect("a reply before the connection closed");
+        assert_ne!(code, 0, "no reply code: {text:?}");
+        (code, text.trim_end().to_string())
     }
 
     async fn cmd(&mut self, line: &str) -> (u16, String) {
@@ -120,14 +112,13 @@ async fn a_store_down_defers_its_users_and_no_one_else() {
     // The store comes back: its users get mail again.
     h.store("store-2").proc.restart().await.unwrap();
     c.ok("MAIL FROM:<a@remote.test>", 250).await;
-    let mut code = 0;
-    for _ in 0..50 {
-        code = c.cmd("RCPT TO:<bob@megamail.test>").await.0;
-        if code == 250 {
-            break;
+    let deadline = Deadline::after(Duration::from_secs(10), Duration::from_millis(200));
+    let code = loop {
+        let code = c.cmd("RCPT TO:<bob@megamail.test>").await.0;
+        if code == 250 || !deadline.pause().await {
+            break code;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
     assert_eq!(code, 250);
     c.ok("DATA", 354).await;
     c.send(message("back", "hi\r\n").as_bytes()).await;
@@ -157,8 +148,8 @@ async fn a_store_dying_after_rcpt_defers_the_message_and_the_retry_stores_one_co
     assert!(t.starts_with("451 4."), "{t}");
     // Alice's copy was stored before the 451; the sender retries once the store is back.
     h.store("store-2").proc.restart().await.unwrap();
-    let mut stored = false;
-    for _ in 0..50 {
+    let deadline = Deadline::after(Duration::from_secs(10), Duration::from_millis(200));
+    let stored = loop {
         c.ok("MAIL FROM:<a@remote.test>", 250).await;
         let a = c.cmd("RCPT TO:<alice@megamail.test>").await.0;
         let b = c.cmd("RCPT TO:<bob@megamail.test>").await.0;
@@ -166,14 +157,15 @@ async fn a_store_dying_after_rcpt_defers_the_message_and_the_retry_stores_one_co
             c.ok("DATA", 354).await;
             c.send(msg.as_bytes()).await;
             if c.cmd(".").await.0 == 250 {
-                stored = true;
-                break;
+                break true;
             }
         } else {
             c.ok("RSET", 250).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        if !deadline.pause().await {
+            break false;
+        }
+    };
     assert!(stored, "the retry never got 250");
     assert_eq!(
         h.inbox_count("alice@megamail.test").await.unwrap(),
@@ -236,8 +228,7 @@ async fn sessions_are_limited_in_total_and_per_client_address() {
     let refused = |from: [u8; 4]| async move {
         let s = Smtp::connect_from(h.smtp_addr, from).await;
         let mut rd = BufReader::new(s);
-        let mut line = String::new();
-        tokio::time::timeout(WAIT, rd.read_line(&mut line))
+        let (_, line) = tokio::time::timeout(WAIT, read_reply(&mut rd))
             .await
             .unwrap()
             .unwrap();
@@ -267,20 +258,16 @@ async fn sessions_are_limited_in_total_and_per_client_address() {
 async fn starttls_upgrades_the_session_and_mail_goes_through() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("mx.pem"), dir.path().join("mx.key"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=mx.megamail.test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=mx.megamail.test", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        "openssl",
     );
     let h = hcu(HcuOpts {
         smtp_extra: format!(
@@ -299,12 +286,10 @@ async fn starttls_upgrades_the_session_and_mail_goes_through() {
     drop(c);
 
     let script = r#"
-import smtplib, ssl, sys
-host, port = sys.argv[1], int(sys.argv[2])
+import ssl
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
-s = smtplib.SMTP(host, port, timeout=20)
 s.ehlo("client.remote.test")
 assert s.has_extn("starttls")
 code, _ = s.starttls(context=ctx)
@@ -315,19 +300,7 @@ s.sendmail("a@remote.test", ["alice@megamail.test"], b"Subject: over tls\r\nMess
 s.quit()
 print("sent")
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(h.smtp_addr.ip().to_string())
-        .arg(h.smtp_addr.port().to_string())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(smtplib(h.smtp_addr, script).trim(), "sent");
     let inbox = h.inbox("alice@megamail.test").await.unwrap();
     assert_eq!(inbox.len(), 1);
     let stored = String::from_utf8_lossy(&inbox[0].1).to_string();

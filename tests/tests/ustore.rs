@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use megamail_tests::support::eventually;
+use megamail_tests::support::mailbox::call_retrying;
 use megamail_tests::{http_get, Ustore, UstoreOpts};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,16 +87,7 @@ async fn deliver(pool: &StorePool, user: &str, seed: &str, body: Vec<u8>) -> (Ms
 
 /// Call, retrying what may succeed later (a pool reconnecting after a restart).
 async fn call_retry(pool: &StorePool, op: Op) -> Result<Reply, CallError> {
-    let mut tries = 0;
-    loop {
-        match pool.call(op.clone()).await {
-            Err(e) if e.is_transient() && tries < 100 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            r => return r,
-        }
-    }
+    call_retrying(pool, op, Duration::from_secs(10)).await
 }
 
 async fn page(pool: &StorePool, user: &str, folder: &str) -> FolderPage {
@@ -668,11 +661,12 @@ async fn kill9_during_deliveries_loses_nothing_acknowledged() {
         }
         // Let some deliveries land, then pull the plug mid-stream.
         let before = acked.lock().unwrap().len();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while acked.lock().unwrap().len() < before + 40 + cycle * 7 {
-            assert!(std::time::Instant::now() < deadline, "deliveries stalled");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let landed = eventually(Duration::from_secs(60), Duration::from_millis(2), || {
+            let n = acked.lock().unwrap().len();
+            async move { (n >= before + 40 + cycle * 7).then_some(()).ok_or(n) }
+        })
+        .await;
+        assert!(landed.is_ok(), "deliveries stalled");
         store.proc.kill9();
         stop.store(true, Ordering::Relaxed);
         for t in tasks {

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use megamail_tests::support::mail::{delivery, message_id, padded, smtp_load};
+use megamail_tests::support::metrics::percentile;
+use megamail_tests::support::Mailbox;
 use operator::admin::Hcu;
 use operator::endpoints::Endpoints;
-use sha2::{Digest, Sha256};
-use xfs::{Delivery, Flags, Op, Reply, Summary, Target};
+use xfs::{ops, Target, INBOX};
 
 #[derive(Parser)]
 struct Args {
@@ -58,37 +59,11 @@ fn user(i: usize) -> String {
     format!("bench{i:03}@megamail.test")
 }
 
+/// A message of `size` bytes with a unique Message-ID.
 fn body(tag: &str, size: usize) -> Vec<u8> {
-    let mut b = format!(
-        "From: load@remote.test\r\nSubject: {tag}\r\nMessage-ID: <{tag}@remote.test>\r\n\r\n"
-    )
-    .into_bytes();
-    let words = [
-        "mailbox", "store", "segment", "epoch", "freeze", "delta", "index", "the", "a", "of",
-        "moves",
-    ];
-    let mut k = tag.len();
-    while b.len() < size {
-        for _ in 0..12 {
-            b.extend_from_slice(words[k % words.len()].as_bytes());
-            b.push(b' ');
-            k = k.wrapping_mul(31).wrapping_add(7);
-        }
-        b.extend_from_slice(b"\r\n");
-    }
-    b
-}
-
-fn message_id(raw: &[u8]) -> String {
-    let head = String::from_utf8_lossy(&raw[..raw.len().min(4096)]);
-    head.lines()
-        .find_map(|l| {
-            l.strip_prefix("Message-ID: ")
-                .or_else(|| l.strip_prefix("Message-Id: "))
-        })
-        .unwrap_or("")
-        .trim()
-        .to_string()
+    let headers =
+        format!("From: load@remote.test\r\nSubject: {tag}\r\nMessage-ID: <{tag}@remote.test>\r\n");
+    padded(&headers, size)
 }
 
 async fn setup(hcu: Arc<Hcu>, users: usize, bytes: usize, msg: usize) -> anyhow::Result<()> {
@@ -108,21 +83,11 @@ async fn setup(hcu: Arc<Hcu>, users: usize, bytes: usize, msg: usize) -> anyhow:
             let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await?);
             for m in 0..bytes.div_ceil(msg) {
                 let tag = format!("pre-{i}-{m}");
-                let op = Op::Deliver {
+                let op = ops::Deliver {
                     target: Target::new(&u, p.segment, p.epoch),
-                    delivery: Delivery {
-                        id: Sha256::digest(tag.as_bytes()).into(),
-                        folder: None,
-                        internal_date_ms: 1_700_000_000_000,
-                        flags: Flags::NONE,
-                        summary: Summary {
-                            subject: tag.clone(),
-                            ..Default::default()
-                        },
-                        body: body(&tag, msg),
-                    },
+                    delivery: delivery(&tag, &tag, body(&tag, msg)),
                 };
-                pool.call(op).await?;
+                pool.run(op).await?;
             }
             anyhow::Ok(())
         });
@@ -138,43 +103,6 @@ async fn setup(hcu: Arc<Hcu>, users: usize, bytes: usize, msg: usize) -> anyhow:
     Ok(())
 }
 
-async fn smtp_load(
-    smtp: std::net::SocketAddr,
-    users: usize,
-    rate: u32,
-    stop: Arc<AtomicBool>,
-) -> HashMap<String, Vec<String>> {
-    let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.ip().to_string())
-        .port(smtp.port())
-        .timeout(Some(Duration::from_secs(30)))
-        .build();
-    let mut acked: HashMap<String, Vec<String>> = HashMap::new();
-    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-    let mut n = 0usize;
-    let mut next = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        n += 1;
-        let u = user((n * 7919) % users);
-        let tag = format!("load-{n}");
-        let msg = Message::builder()
-            .from("load@remote.test".parse().expect("address"))
-            .to(u.parse().expect("address"))
-            .message_id(Some(format!("<{tag}@remote.test>")))
-            .subject(&tag)
-            .body(format!("{tag} while the store is evacuated\n"))
-            .expect("message");
-        if mailer.send(msg).await.is_ok() {
-            acked
-                .entry(u)
-                .or_default()
-                .push(format!("<{tag}@remote.test>"));
-        }
-        next += period;
-        tokio::time::sleep_until(next.into()).await;
-    }
-    acked
-}
-
 async fn run(
     hcu: Arc<Hcu>,
     data: PathBuf,
@@ -186,19 +114,16 @@ async fn run(
     let smtp = hcu.endpoints.smtp.context("no smtp-in")?;
     let mut total_bytes = 0u64;
     for i in 0..users {
-        let p = hcu.mserv.lookup_uncached(&user(i)).await?;
-        let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await?);
-        if let Reply::Account(a) = pool
-            .call(Op::GetAccount {
-                target: Target::new(user(i), p.segment, p.epoch),
-            })
-            .await?
-        {
-            total_bytes += a.used_bytes;
-        }
+        let mailbox = Mailbox::of(&hcu, &user(i)).await?;
+        let op = ops::GetAccount {
+            target: mailbox.target.clone(),
+        };
+        total_bytes += mailbox.run(op).await?.used_bytes;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(smtp_load(smtp, users, rate, stop.clone()));
+    let every = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let names = (0..users).map(user).collect();
+    let load = tokio::spawn(smtp_load(smtp, names, every, stop.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let status = Command::new(&mailctl)
         .arg("--data")
@@ -250,53 +175,19 @@ async fn run(
         }
     }
     freezes.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        freezes
-            .get(((freezes.len().max(1) - 1) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| percentile(&freezes, p).unwrap_or(0.0);
 
     // Every accepted message there, none twice.
     let (mut lost, mut duplicated, mut stored) = (0usize, 0usize, 0usize);
     for i in 0..users {
         let u = user(i);
-        let p = hcu.mserv.lookup_uncached(&u).await?;
-        let pool = hcu.xfs.pool(&hcu.store_addr(&p.store).await?);
-        let t = Target::new(&u, p.segment, p.epoch);
+        let mailbox = Mailbox::of(&hcu, &u).await?;
         let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut offset = 0;
-        loop {
-            let Reply::Page(page) = pool
-                .call(Op::ListFolder {
-                    target: t.clone(),
-                    folder: "Inbox".into(),
-                    offset,
-                    limit: 1000,
-                    before_uid: None,
-                })
-                .await?
-            else {
-                bail!("unexpected answer");
-            };
-            if page.entries.is_empty() {
-                break;
-            }
-            offset += page.entries.len() as u32;
-            for e in page.entries {
-                let Reply::Message(m) = pool
-                    .call(Op::Fetch {
-                        target: t.clone(),
-                        msg: e.msg,
-                        mark_seen: false,
-                    })
-                    .await?
-                else {
-                    bail!("unexpected answer");
-                };
-                *seen.entry(message_id(&m.body)).or_default() += 1;
-                stored += 1;
-            }
+        for (_, body) in mailbox.messages(INBOX).await? {
+            *seen
+                .entry(message_id(&body).unwrap_or_default())
+                .or_default() += 1;
+            stored += 1;
         }
         duplicated += seen
             .values()
@@ -309,7 +200,7 @@ async fn run(
             .flatten()
             .filter(|id| !seen.contains_key(*id))
             .count();
-        if p.store == "store-1" {
+        if mailbox.store == "store-1" {
             lost += 1;
             eprintln!("{u} is still on store-1");
         }

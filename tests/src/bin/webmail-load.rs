@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use loadgen::measure::cpu_secs;
 use loadgen::mix::WORDS;
+use megamail_tests::support::metrics;
+use megamail_tests::support::poll::Deadline;
 use operator::admin::Hcu;
 use operator::endpoints::Endpoints;
 use serde_json::{json, Value};
@@ -268,15 +271,6 @@ struct Signed {
     door: SocketAddr,
 }
 
-fn url_addr(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url} is not http://"))?;
-    let host = rest.split('/').next().unwrap_or(rest);
-    host.parse()
-        .with_context(|| format!("{url}: not an address:port"))
-}
-
 async fn sign_in(c: &Common, e: &Endpoints) -> anyhow::Result<Vec<Signed>> {
     let login = e
         .login_url
@@ -285,7 +279,7 @@ async fn sign_in(c: &Common, e: &Endpoints) -> anyhow::Result<Vec<Signed>> {
     let doors = e
         .frontdoor_urls
         .iter()
-        .map(|u| url_addr(u))
+        .map(|u| Ok(mailctl::http::split_url(u)?.0))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if doors.is_empty() {
         bail!("the HCU runs no front door");
@@ -493,22 +487,12 @@ async fn store_metric(e: &Endpoints, name: &str) -> anyhow::Result<f64> {
     let mut total = 0.0;
     let mut found = 0;
     for p in e.processes.iter().filter(|p| p.role == "ustore") {
-        let a = mailctl::http::request(
-            p.admin,
-            "GET",
-            "/metrics",
-            &[],
-            b"",
-            Duration::from_secs(10),
-        )
-        .await
-        .with_context(|| format!("scraping {}", p.name))?;
-        let text = String::from_utf8_lossy(&a.body);
-        for line in text.lines() {
-            if let Some(v) = line.strip_prefix(name).and_then(|r| r.strip_prefix(' ')) {
-                total += v.trim().parse::<f64>().unwrap_or(0.0);
-                found += 1;
-            }
+        let text = metrics::scrape(p.admin)
+            .await
+            .with_context(|| format!("scraping {}", p.name))?;
+        if let Some(v) = metrics::sample(&text, name) {
+            total += v;
+            found += 1;
         }
     }
     if found == 0 {
@@ -519,29 +503,16 @@ async fn store_metric(e: &Endpoints, name: &str) -> anyhow::Result<f64> {
 
 /// CPU seconds (user + system) used so far by each HCU process and by this one.
 async fn cpu_times(e: &Endpoints) -> Vec<(String, f64)> {
-    // SAFETY: sysconf only reads a configuration value.
-    let tick = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        t if t > 0 => t as f64,
-        _ => 100.0,
-    };
-    let read = |pid: &str| -> Option<f64> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The fields after the command name (which may hold spaces) close with ')'.
-        let rest = text.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let (utime, stime): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
-        Some((utime + stime) / tick)
-    };
     let mut out = Vec::new();
     for row in mailctl::status::collect(e).await {
         let (Some(name), Some(pid)) = (row["name"].as_str(), row["pid"].as_u64()) else {
             continue;
         };
-        if let Some(t) = read(&pid.to_string()) {
+        if let Some(t) = cpu_secs(&pid.to_string()) {
             out.push((name.to_string(), t));
         }
     }
-    if let Some(t) = read("self") {
+    if let Some(t) = cpu_secs("self") {
         out.push(("webmail-load".to_string(), t));
     }
     out
@@ -589,17 +560,16 @@ async fn run(c: Common, secs: f64, warmup_secs: f64, path: &str) -> anyhow::Resu
     for s in &users {
         let mut conn = Conn::open(s, path).await?;
         // A front door may still be reconnecting to a store that was just restarted.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Deadline::after(Duration::from_secs(60), Duration::from_millis(100));
         let body = loop {
             let (status, body) = conn.get().await?;
             if status == 200 {
                 break body;
             }
-            if Instant::now() > deadline {
+            if !deadline.pause().await {
                 let text = String::from_utf8_lossy(&body);
                 bail!("{}: {path} answered {status}: {text}", s.user);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let text = String::from_utf8_lossy(&body);
         let count = text
@@ -654,13 +624,7 @@ async fn run(c: Common, secs: f64, warmup_secs: f64, path: &str) -> anyhow::Resu
     lat.sort_unstable();
     let pages = lat.len();
     let per_user: Vec<usize> = tallies.iter().map(|t| t.latencies_us.len()).collect();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i] as f64 / 1000.0
-    };
+    let pct = |p: f64| metrics::percentile(&lat, p).map_or(f64::NAN, |us| us as f64 / 1000.0);
     let rate = pages as f64 / took.as_secs_f64();
     let per_page = |n: f64| {
         if pages > 0 {

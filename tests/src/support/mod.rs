@@ -1,0 +1,20 @@
+//! What many tests share and no role provides, in one place each:
+//!
+//! - [`poll`]: waiting until something holds, or a deadline passes ([`poll::eventually`],
+//!   [`poll::retry_while`]), and waiting for a child process to exit.
+//! - [`mailbox`]: one user's mailbox read at its store (folders, entries, bodies, all of it),
+//!   and store calls retried while they fail transiently.
+//! - [`mail`]: an SMTP client and an SMTP load, deliveries made straight through XFS, and the
+//!   Message-ID and sender's bytes of a stored message.
+//! - [`metrics`]: a process's `/metrics`, and the percentile of a sorted sample.
+//! - [`command`]: commands run to their end that must succeed.
+
+pub mod command;
+pub mod mail;
+pub mod mailbox;
+pub mod metrics;
+pub mod poll;
+
+pub use command::{run_ok, succeeded};
+pub use mailbox::Mailbox;
+pub use poll::{eventually, retry_while};
