@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use role_config::FrontdoorConfig;
 use session::token::{Claims, Keys};
 use xfs::ops;
 
@@ -38,25 +39,38 @@ pub struct FrontDoor {
 
 impl FrontDoor {
     /// Start a front door for `hcu` (its member index, and its smtp-in as the outbound relay),
-    /// and wait until it is healthy. `extra` is appended to the top level of the config.
-    pub async fn start(hcu: &LocalHcu, extra: &str) -> anyhow::Result<FrontDoor> {
+    /// and wait until it is healthy.
+    pub async fn start(hcu: &LocalHcu) -> anyhow::Result<FrontDoor> {
+        FrontDoor::start_with(hcu, |_| {}).await
+    }
+
+    /// [`FrontDoor::start`] with the test's own settings on top of the harness's.
+    pub async fn start_with(
+        hcu: &LocalHcu,
+        settings: impl FnOnce(&mut FrontdoorConfig),
+    ) -> anyhow::Result<FrontDoor> {
         let dir = tempfile::tempdir()?;
         let addr = free_addr();
         let admin = free_addr();
-        let mserv = hcu
-            .mserv
-            .addrs()
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let config = format!(
-            "listen = \"{addr}\"\npublic-url = \"http://{addr}\"\nlogin-url = \"{LOGIN_URL}\"\n\
-             mserv = [{mserv}]\nsmtp-relay = \"{}\"\ncurrent-key = \"{KEY_ID}\"\n\
-             cookie-secure = false\nsession-check-secs = 2\nstore-timeout-ms = 3000\n{extra}\n\
-             [[keys]]\nid = \"{KEY_ID}\"\nsecret = \"{KEY_SECRET}\"\n\n[admin]\nlisten = \"{admin}\"\n",
-            hcu.smtp_addr
-        );
+        let mut cfg = FrontdoorConfig {
+            listen: addr,
+            public_url: format!("http://{addr}"),
+            login_url: LOGIN_URL.into(),
+            mserv: hcu.mserv.addrs(),
+            smtp_relay: hcu.smtp_addr.to_string(),
+            current_key: KEY_ID.into(),
+            keys: vec![role_config::KeyConfig {
+                id: KEY_ID.into(),
+                secret: KEY_SECRET.into(),
+            }],
+            cookie_secure: false,
+            session_check_secs: 2,
+            store_timeout_ms: 3000,
+            admin: runtime::config::AdminConfig { listen: admin },
+            ..Default::default()
+        };
+        settings(&mut cfg);
+        let config = crate::config_text(&cfg);
         let mut proc = Proc::start("frontdoor", "frontdoor", dir.path(), &config, admin)?;
         proc.wait_healthy(Duration::from_secs(60)).await?;
         Ok(FrontDoor {

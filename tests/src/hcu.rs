@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mserv::{Placement, Policy, StoreInfo, StoreState};
+use role_config::SmtpInConfig;
+use runtime::config::{AdminConfig, FaultsConfig};
 use xfs::{CallError, IndexEntry, NewAccount, Op, Reply, StorePool, Target, XfsError, INBOX};
 
 use crate::mserv::{Mserv, MservOpts};
@@ -27,9 +29,8 @@ use crate::{free_addr, Proc, Ustore, UstoreOpts};
 /// The cluster name every test store is registered under.
 pub const CLUSTER: &str = "hcu-1";
 
-/// How a test HCU is laid out and how smtp-in is configured. The explicit fields become
-/// smtp-in's top-level config keys; `smtp_extra` is appended after them (before `[admin]`), so
-/// it may add keys or tables but must not repeat a key set by a field.
+/// How a test HCU is laid out and how smtp-in is configured (the explicit fields become
+/// smtp-in's config keys).
 #[derive(Debug, Clone)]
 pub struct HcuOpts {
     pub mserv_replicas: u64,
@@ -48,12 +49,14 @@ pub struct HcuOpts {
     pub max_sessions: u64,
     pub max_sessions_per_client: u64,
     pub deliver_timeout_secs: u64,
-    /// More top-level TOML for smtp-in.
-    pub smtp_extra: String,
+    /// smtp-in's certificate: with it STARTTLS is offered.
+    pub smtp_tls: Option<role_config::TlsConfig>,
+    /// smtp-in's fault points, set from the start.
+    pub smtp_faults: FaultsConfig,
     /// Every store's `max-in-flight` (admission control bound).
     pub store_max_in_flight: usize,
-    /// TOML appended to every store's config (e.g. a `[faults."..."]` table).
-    pub store_extra: String,
+    /// Every store's fault points, set from the start.
+    pub store_faults: FaultsConfig,
 }
 
 impl Default for HcuOpts {
@@ -73,9 +76,10 @@ impl Default for HcuOpts {
             max_sessions: 2000,
             max_sessions_per_client: 1000,
             deliver_timeout_secs: 10,
-            smtp_extra: String::new(),
+            smtp_tls: None,
+            smtp_faults: FaultsConfig::new(),
             store_max_in_flight: UstoreOpts::default().max_in_flight,
-            store_extra: String::new(),
+            store_faults: FaultsConfig::new(),
         }
     }
 }
@@ -92,31 +96,24 @@ impl HcuOpts {
 
     /// smtp-in's config for these options.
     pub fn smtp_config(&self, listen: SocketAddr, admin: SocketAddr, mserv: &[String]) -> String {
-        let list = |v: &[String]| {
-            v.iter()
-                .map(|s| format!("\"{s}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        format!(
-            "hostname = \"{}\"\nlisten = \"{listen}\"\ndomains = [{}]\nmserv = [{}]\n\
-             max-message-bytes = {}\nmax-recipients = {}\nmax-line-bytes = {}\n\
-             command-timeout-secs = {}\ndata-timeout-secs = {}\nmax-sessions = {}\n\
-             max-sessions-per-client = {}\ndeliver-timeout-secs = {}\n{}\n\n\
-             [admin]\nlisten = \"{admin}\"\n",
-            self.hostname,
-            list(&self.domains),
-            list(mserv),
-            self.max_message_bytes,
-            self.max_recipients,
-            self.max_line_bytes,
-            self.command_timeout_secs,
-            self.data_timeout_secs,
-            self.max_sessions,
-            self.max_sessions_per_client,
-            self.deliver_timeout_secs,
-            self.smtp_extra,
-        )
+        crate::config_text(&SmtpInConfig {
+            hostname: self.hostname.clone(),
+            listen,
+            domains: self.domains.clone(),
+            mserv: mserv.to_vec(),
+            max_message_bytes: self.max_message_bytes as usize,
+            max_recipients: self.max_recipients as usize,
+            max_line_bytes: self.max_line_bytes as usize,
+            command_timeout_secs: self.command_timeout_secs,
+            data_timeout_secs: self.data_timeout_secs,
+            max_sessions: self.max_sessions as usize,
+            max_sessions_per_client: self.max_sessions_per_client as usize,
+            deliver_timeout_secs: self.deliver_timeout_secs,
+            tls: self.smtp_tls.clone(),
+            admin: AdminConfig { listen: admin },
+            faults: self.smtp_faults.clone(),
+            ..Default::default()
+        })
     }
 }
 
@@ -155,7 +152,7 @@ impl LocalHcu {
                 name: format!("store-{i}"),
                 segments: opts.segments_per_store,
                 max_in_flight: opts.store_max_in_flight,
-                extra: opts.store_extra.clone(),
+                faults: opts.store_faults.clone(),
             })
             .await?;
             client

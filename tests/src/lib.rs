@@ -9,6 +9,14 @@ pub mod hcu;
 pub mod mserv;
 pub mod support;
 
+use runtime::config::{AdminConfig, FaultsConfig};
+
+/// A role's config as the harness writes it: the role's typed struct, serialized, so a test
+/// cannot name a key the role does not have.
+pub fn config_text<T: serde::Serialize>(cfg: &T) -> String {
+    role_config::to_toml(cfg, "written by the test harness")
+}
+
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -259,8 +267,8 @@ pub struct UstoreOpts {
     pub name: String,
     pub segments: u32,
     pub max_in_flight: usize,
-    /// Extra TOML appended to the config (e.g. a `[faults."..."]` table).
-    pub extra: String,
+    /// Fault points set from the start ([`support::faults`]).
+    pub faults: FaultsConfig,
 }
 
 impl Default for UstoreOpts {
@@ -269,7 +277,7 @@ impl Default for UstoreOpts {
             name: "store-1".into(),
             segments: 2,
             max_in_flight: 512,
-            extra: String::new(),
+            faults: FaultsConfig::new(),
         }
     }
 }
@@ -296,19 +304,21 @@ impl Ustore {
     pub async fn start_in(dir: &Path, opts: UstoreOpts) -> anyhow::Result<Ustore> {
         let addr = free_addr();
         let admin = free_addr();
-        let mut cfg = format!(
-            "name = \"{}\"\nlisten = \"{addr}\"\nmax-in-flight = {}\n\n[admin]\nlisten = \"{admin}\"\n\n",
-            opts.name, opts.max_in_flight
-        );
-        for i in 0..opts.segments {
-            let p = Ustore::segment_dir_of(dir, i);
-            cfg.push_str(&format!(
-                "[[segments]]\nid = {i}\npath = \"{}\"\n\n",
-                p.display()
-            ));
-        }
-        cfg.push_str(&opts.extra);
-        let mut proc = Proc::start("ustore", &opts.name, dir, &cfg, admin)?;
+        let cfg = role_config::UstoreConfig {
+            name: opts.name.clone(),
+            listen: addr,
+            max_in_flight: opts.max_in_flight,
+            segments: (0..opts.segments)
+                .map(|id| role_config::SegmentConfig {
+                    id,
+                    path: Ustore::segment_dir_of(dir, id),
+                })
+                .collect(),
+            admin: AdminConfig { listen: admin },
+            faults: opts.faults,
+            ..Default::default()
+        };
+        let mut proc = Proc::start("ustore", &opts.name, dir, &config_text(&cfg), admin)?;
         proc.wait_healthy(Duration::from_secs(60)).await?;
         Ok(Ustore {
             proc,

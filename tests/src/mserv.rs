@@ -22,8 +22,8 @@ pub struct MservOpts {
     pub election_timeout_max_ms: u64,
     pub snapshot_logs: u64,
     pub keep_logs: u64,
-    /// Extra TOML appended to every replica's config (e.g. a `[faults."..."]` table).
-    pub extra: String,
+    /// Every replica's fault points, set from the start.
+    pub faults: runtime::config::FaultsConfig,
 }
 
 impl Default for MservOpts {
@@ -37,7 +37,7 @@ impl Default for MservOpts {
             election_timeout_max_ms: 800,
             snapshot_logs: 10_000,
             keep_logs: 1_000,
-            extra: String::new(),
+            faults: Default::default(),
         }
     }
 }
@@ -254,21 +254,28 @@ fn start_replica(
 ) -> anyhow::Result<Replica> {
     let admin = free_addr();
     let data_dir = dir.join(format!("mserv-{id}"));
-    let mut cfg = format!(
-        "id = {id}\nlisten = \"{addr}\"\ndata-dir = \"{}\"\nbootstrap = {bootstrap}\n\
-         heartbeat-ms = {}\nelection-timeout-min-ms = {}\nelection-timeout-max-ms = {}\n\
-         snapshot-logs = {}\nkeep-logs = {}\n\n[admin]\nlisten = \"{admin}\"\n\n",
-        data_dir.display(),
-        opts.heartbeat_ms,
-        opts.election_timeout_min_ms,
-        opts.election_timeout_max_ms,
-        opts.snapshot_logs,
-        opts.keep_logs,
-    );
-    for (pid, paddr) in peers {
-        cfg.push_str(&format!("[[peers]]\nid = {pid}\naddr = \"{paddr}\"\n\n"));
-    }
-    cfg.push_str(&opts.extra);
+    let cfg = role_config::MservConfig {
+        id,
+        listen: addr,
+        data_dir: data_dir.clone(),
+        bootstrap,
+        heartbeat_ms: opts.heartbeat_ms,
+        election_timeout_min_ms: opts.election_timeout_min_ms,
+        election_timeout_max_ms: opts.election_timeout_max_ms,
+        snapshot_logs: opts.snapshot_logs,
+        keep_logs: opts.keep_logs,
+        peers: peers
+            .iter()
+            .map(|(id, addr)| role_config::PeerConfig {
+                id: *id,
+                addr: addr.to_string(),
+            })
+            .collect(),
+        admin: runtime::config::AdminConfig { listen: admin },
+        faults: opts.faults.clone(),
+        ..Default::default()
+    };
+    let cfg = crate::config_text(&cfg);
     let proc = Proc::start("mserv", &format!("mserv-{id}"), dir, &cfg, admin)?;
     Ok(Replica {
         id,

@@ -21,40 +21,45 @@ pub struct Up {
 }
 
 pub fn layout(dir: &Path) -> PathBuf {
-    // Nineteen distinct free ports (a port freed by one probe may be handed out again).
+    // Twenty distinct free ports (a port freed by one probe may be handed out again).
     let mut ports = std::collections::BTreeSet::new();
-    while ports.len() < 19 {
+    while ports.len() < 20 {
         ports.insert(free_addr());
     }
     let mut ports = ports.into_iter();
     let mut next = || ports.next().expect("enough ports");
-    let mut text = String::from(
-        "cluster = \"hcu-1\"\ndomains = [\"megamail.test\"]\nhostname = \"mx.megamail.test\"\n\n",
-    );
-    text.push_str(&format!(
-        "[supervisor]\nadmin = \"{}\"\nrestart-backoff-base-ms = 100\nrestart-backoff-cap-ms = 1000\nstop-timeout-secs = 10\n\n",
-        next()
-    ));
-    for table in [
-        "[mserv]",
-        "[mserv]",
-        "[mserv]",
-        "[frontdoor]",
-        "[frontdoor]",
-        "login",
-        "smtp-in",
-    ] {
-        let (listen, admin) = (next(), next());
-        text.push_str(&format!(
-            "[{table}]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\n\n"
-        ));
-    }
-    for i in 1..=2 {
-        let (listen, admin) = (next(), next());
-        text.push_str(&format!(
-            "[[ustore]]\nname = \"store-{i}\"\nlisten = \"{listen}\"\nadmin = \"{admin}\"\nsegments = 2\n\n"
-        ));
-    }
+    use mailctl::layout::{Layout, Listen, StoreLayout, Supervisor};
+    let mut listen = || Listen {
+        listen: next(),
+        admin: next(),
+    };
+    let layout = Layout {
+        cluster: "hcu-1".into(),
+        domains: vec!["megamail.test".into()],
+        hostname: "mx.megamail.test".into(),
+        supervisor: Supervisor {
+            admin: listen().admin,
+            restart_backoff_base_ms: 100,
+            restart_backoff_cap_ms: 1000,
+            stop_timeout_secs: 10,
+        },
+        mserv: vec![listen(), listen(), listen()],
+        frontdoor: vec![listen(), listen()],
+        login: Some(listen()),
+        smtp_in: Some(listen()),
+        ustore: (1..=2)
+            .map(|i| {
+                let l = listen();
+                StoreLayout {
+                    name: format!("store-{i}"),
+                    listen: l.listen,
+                    admin: l.admin,
+                    segments: 2,
+                }
+            })
+            .collect(),
+    };
+    let text = crate::config_text(&layout);
     let path = dir.join("layout.toml");
     std::fs::write(&path, text).unwrap();
     path

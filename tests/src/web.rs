@@ -21,6 +21,14 @@ use crate::{free_addr, Proc};
 pub const KEY_ID: &str = "test-1";
 pub const KEY_SECRET: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
 
+/// The one session key of the tests, as a config names it.
+pub fn test_key() -> role_config::KeyConfig {
+    role_config::KeyConfig {
+        id: KEY_ID.into(),
+        secret: KEY_SECRET.into(),
+    }
+}
+
 /// The keys a test login server signs with.
 pub fn keys() -> session::token::Keys {
     session::token::Keys::new(KEY_ID, &[(KEY_ID.into(), KEY_SECRET.into())]).expect("test key")
@@ -34,8 +42,8 @@ pub struct LoginOpts {
     pub max_failures_per_user: u32,
     pub max_failures_per_client: u32,
     pub failure_window_secs: u64,
-    /// More TOML appended at the end (after `[admin]`: tables only).
-    pub extra: String,
+    /// How long login keeps what it learned of front doors.
+    pub front_doors: role_config::login::FrontDoorsConfig,
 }
 
 impl Default for LoginOpts {
@@ -46,7 +54,7 @@ impl Default for LoginOpts {
             max_failures_per_user: 5,
             max_failures_per_client: 20,
             failure_window_secs: 300,
-            extra: String::new(),
+            front_doors: Default::default(),
         }
     }
 }
@@ -66,24 +74,21 @@ impl Login {
         let addr = free_addr();
         let admin = free_addr();
         let base = format!("http://{addr}");
-        let list = mserv
-            .iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let cfg = format!(
-            "listen = \"{addr}\"\npublic-url = \"{base}\"\nmserv = [{list}]\n\
-             current-key = \"{KEY_ID}\"\nsession-ttl-secs = {}\ncookie-secure = {}\n\
-             max-failures-per-user = {}\nmax-failures-per-client = {}\n\
-             failure-window-secs = {}\n\n[[keys]]\nid = \"{KEY_ID}\"\nsecret = \"{KEY_SECRET}\"\n\n\
-             [admin]\nlisten = \"{admin}\"\n\n{}\n",
-            opts.session_ttl_secs,
-            opts.cookie_secure,
-            opts.max_failures_per_user,
-            opts.max_failures_per_client,
-            opts.failure_window_secs,
-            opts.extra,
-        );
+        let cfg = crate::config_text(&role_config::LoginConfig {
+            listen: addr,
+            public_url: base.clone(),
+            mserv: mserv.to_vec(),
+            current_key: KEY_ID.into(),
+            keys: vec![test_key()],
+            session_ttl_secs: opts.session_ttl_secs,
+            cookie_secure: opts.cookie_secure,
+            max_failures_per_user: opts.max_failures_per_user,
+            max_failures_per_client: opts.max_failures_per_client,
+            failure_window_secs: opts.failure_window_secs,
+            front_doors: opts.front_doors,
+            admin: runtime::config::AdminConfig { listen: admin },
+            ..Default::default()
+        });
         let dir = tempfile::tempdir()?;
         let mut proc = Proc::start("login", "login", dir.path(), &cfg, admin)?;
         proc.wait_healthy(Duration::from_secs(60)).await?;

@@ -149,14 +149,14 @@ async fn smtp_and_webmail_stay_correct_with_failing_and_slow_xfs_calls() {
     // smtp-in gets one point from its config: 5% of store replies lost after the store acted
     // (the outcome is unknown to smtp-in, so only idempotent delivery keeps mail single).
     let hcu = LocalHcu::start(HcuOpts {
-        smtp_extra: "[faults]\n\"xfs.reply\" = { delay-ms = 0, fail-rate = 0.05 }\n".into(),
+        smtp_faults: megamail_tests::support::faults(&[("xfs.reply", 0, 0.05)]),
         ..HcuOpts::default()
     })
     .await
     .unwrap();
     hcu.add_user_on(ALICE, "store-1", 0).await.unwrap();
     hcu.add_user_on(BOB, "store-2", 1).await.unwrap();
-    let fd = FrontDoor::start(&hcu, "").await.unwrap();
+    let fd = FrontDoor::start(&hcu).await.unwrap();
     let (smtp_admin, fd_admin) = (hcu.smtp_admin, fd.proc.admin);
     assert_eq!(
         faults_of(smtp_admin).await,
@@ -396,7 +396,7 @@ async fn smtp_and_webmail_stay_correct_with_failing_and_slow_xfs_calls() {
 async fn the_http_fault_point_answers_a_clear_503() {
     let hcu = LocalHcu::start(HcuOpts::default()).await.unwrap();
     hcu.add_user_on(ALICE, "store-1", 0).await.unwrap();
-    let fd = FrontDoor::start(&hcu, "").await.unwrap();
+    let fd = FrontDoor::start(&hcu).await.unwrap();
     let alice = fd.token(&hcu, ALICE).await.unwrap();
     set_fault(fd.proc.admin, "http.request", 0, 1.0).await;
     let r = fd.get(&alice, "/api/v1/folders").await.unwrap();

@@ -60,7 +60,7 @@ async fn the_api_reads_sends_files_and_searches_mail() {
     let hcu = LocalHcu::start(HcuOpts::default()).await.unwrap();
     hcu.add_user_on(ALICE, "store-1", 0).await.unwrap();
     hcu.add_user_on(BOB, "store-2", 1).await.unwrap();
-    let fd = FrontDoor::start(&hcu, "").await.unwrap();
+    let fd = FrontDoor::start(&hcu).await.unwrap();
     let (status, body) =
         status_and_text(fd.http.get(fd.url("/healthz")).send().await.unwrap()).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
@@ -374,7 +374,7 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
     }
     wait_inbox(&hcu, ALICE, 1).await.unwrap();
     wait_inbox(&hcu, BOB, 3).await.unwrap();
-    let fd = FrontDoor::start(&hcu, "").await.unwrap();
+    let fd = FrontDoor::start(&hcu).await.unwrap();
     let alice = fd.token(&hcu, ALICE).await.unwrap();
     let bob = fd.token(&hcu, BOB).await.unwrap();
     let before = inbox_state(&fd, &alice).await;
@@ -559,7 +559,7 @@ async fn with_the_users_store_down_pages_say_so_and_sending_still_works() {
     .await
     .unwrap();
     wait_inbox(&hcu, ALICE, 1).await.unwrap();
-    let fd = FrontDoor::start(&hcu, "store-refresh-secs = 1")
+    let fd = FrontDoor::start_with(&hcu, |c| c.store_refresh_secs = 1)
         .await
         .unwrap();
     let alice = fd.token(&hcu, ALICE).await.unwrap();

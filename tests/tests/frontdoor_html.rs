@@ -165,7 +165,7 @@ async fn hostile_html_mail_is_rendered_inert() {
         .await
         .unwrap();
     wait_inbox(&hcu, ALICE, 2).await.unwrap();
-    let fd = FrontDoor::start(&hcu, "").await.unwrap();
+    let fd = FrontDoor::start(&hcu).await.unwrap();
     let alice = fd.token(&hcu, ALICE).await.unwrap();
     let page = fd
         .json(&alice, "/api/v1/folders/Inbox/messages")
@@ -323,7 +323,9 @@ async fn webmail_pages_work_without_scripts() {
             .unwrap();
     }
     wait_inbox(&hcu, ALICE, 3).await.unwrap();
-    let fd = FrontDoor::start(&hcu, "page-size = 2").await.unwrap();
+    let fd = FrontDoor::start_with(&hcu, |c| c.page_size = 2)
+        .await
+        .unwrap();
     let alice = fd.token(&hcu, ALICE).await.unwrap();
     let browser = fd.browser(&alice);
     let csrf = &browser.csrf;

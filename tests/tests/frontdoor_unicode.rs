@@ -189,7 +189,7 @@ fn expected_reply(subject: &str) -> String {
 
 /// A front door for `hcu`, Alice's session at it, and the JSON listing of her Inbox.
 async fn inbox_listing(hcu: &LocalHcu) -> (FrontDoor, String, Value) {
-    let fd = FrontDoor::start(hcu, "").await.unwrap();
+    let fd = FrontDoor::start(hcu).await.unwrap();
     let alice = fd.token(hcu, ALICE).await.unwrap();
     let list = fd.json(&alice, "/api/v1/folders/Inbox/messages").await;
     (fd, alice, list.unwrap())

@@ -455,7 +455,10 @@ where
 async fn unhealthy_front_doors_are_skipped_and_none_healthy_is_503() {
     // What login knows of the front doors is trusted briefly here, so changes show soon.
     let env = env(LoginOpts {
-        extra: "[front-doors]\nregistry-cache-ms = 200\nhealth-cache-ms = 200\n".into(),
+        front_doors: role_config::login::FrontDoorsConfig {
+            registry_cache_ms: 200,
+            health_cache_ms: 200,
+        },
         ..Default::default()
     })
     .await;

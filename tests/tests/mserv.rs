@@ -570,11 +570,25 @@ async fn health_metrics_bad_frames_and_a_clean_stop() {
     assert_eq!(h["raft_role"], "leader", "{h}");
     assert_eq!(h["raft_leader"], leader, "{h}");
     let follower = m.replicas.keys().copied().find(|id| *id != leader).unwrap();
-    let (_, body) = http_get(m.replicas[&follower].proc.admin, "/healthz")
-        .await
-        .unwrap();
-    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(h["raft_role"], "follower", "{h}");
+    // A replica joins as a learner and is promoted once it has caught up: a follower soon.
+    let admin = m.replicas[&follower].proc.admin;
+    let h = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let (_, body) = http_get(admin, "/healthz")
+                .await
+                .map_err(|e| e.to_string())?;
+            let h: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            if h["raft_role"] == "follower" {
+                Ok(h)
+            } else {
+                Err(h.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(h.is_ok(), "{h:?}");
 
     // A frame with a bad checksum after the hello closes the connection and is counted.
     let mut s = tokio::net::TcpStream::connect(m.addr(follower))
@@ -626,11 +640,17 @@ async fn a_failed_start_exits_non_zero() {
     let file = tmp.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
     let (addr, admin) = (free_addr(), free_addr());
-    let cfg = format!(
-        "id = 1\nlisten = \"{addr}\"\ndata-dir = \"{}\"\n[admin]\nlisten = \"{admin}\"\n\
-         [[peers]]\nid = 1\naddr = \"{addr}\"\n",
-        file.display()
-    );
+    let cfg = megamail_tests::config_text(&role_config::MservConfig {
+        id: 1,
+        listen: addr,
+        data_dir: file.clone(),
+        peers: vec![role_config::PeerConfig {
+            id: 1,
+            addr: addr.to_string(),
+        }],
+        admin: runtime::config::AdminConfig { listen: admin },
+        ..Default::default()
+    });
     let mut p = Proc::start("mserv", "mserv-bad", tmp.path(), &cfg, admin).unwrap();
     let err = p.wait_healthy(Duration::from_secs(30)).await.unwrap_err();
     assert!(

@@ -27,8 +27,8 @@ const OVERLOAD_RUN: Duration = Duration::from_secs(5);
 /// The goal for the overloaded state to clear and service to be normal after the load stops.
 const RECOVERY_GOAL: Duration = Duration::from_secs(5);
 
-fn faults() -> String {
-    format!("[faults.\"ustore.disk.write\"]\ndelay-ms = {DISK_DELAY_MS}\n")
+fn faults() -> runtime::config::FaultsConfig {
+    megamail_tests::support::faults(&[("ustore.disk.write", DISK_DELAY_MS, 0.0)])
 }
 
 fn user(i: usize) -> String {
@@ -314,7 +314,7 @@ async fn store_sheds_three_times_its_capacity_and_recovers() {
         name: "store-1".into(),
         segments: 1,
         max_in_flight: MAX_IN_FLIGHT,
-        extra: faults(),
+        faults: faults(),
     })
     .await
     .expect("store starts");
@@ -528,13 +528,13 @@ async fn front_door_and_smtp_say_try_again_under_overload() {
         stores: 1,
         segments_per_store: 1,
         store_max_in_flight: MAX_IN_FLIGHT,
-        store_extra: faults(),
+        store_faults: faults(),
         deliver_timeout_secs: 5,
         ..Default::default()
     })
     .await
     .expect("HCU starts");
-    let fd = FrontDoor::start(&hcu, "").await.expect("front door starts");
+    let fd = FrontDoor::start(&hcu).await.expect("front door starts");
     let mut targets = Vec::new();
     for i in 0..USERS {
         let p = hcu.add_user(&user(i)).await.expect("adding a user");

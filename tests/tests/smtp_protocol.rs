@@ -270,11 +270,10 @@ async fn starttls_upgrades_the_session_and_mail_goes_through() {
         "openssl",
     );
     let h = hcu(HcuOpts {
-        smtp_extra: format!(
-            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
+        smtp_tls: Some(role_config::TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
         ..Default::default()
     })
     .await;

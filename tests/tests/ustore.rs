@@ -883,7 +883,7 @@ async fn past_the_in_flight_bound_callers_get_busy_at_once() {
     // Two operations in flight at most, and every deliver held for 1.5 s by a fault point.
     let store = Ustore::start(UstoreOpts {
         max_in_flight: 2,
-        extra: "[faults.\"ustore.op.deliver\"]\ndelay-ms = 1500\n".into(),
+        faults: megamail_tests::support::faults(&[("ustore.op.deliver", 1500, 0.0)]),
         ..Default::default()
     })
     .await

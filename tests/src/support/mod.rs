@@ -8,6 +8,7 @@
 //!   Message-ID and sender's bytes of a stored message.
 //! - [`metrics`]: a process's `/metrics`, and the percentile of a sorted sample.
 //! - [`command`]: commands run to their end that must succeed.
+//! - [`faults`]: fault points for a role's config, set from its start.
 
 pub mod command;
 pub mod mail;
@@ -16,5 +17,19 @@ pub mod metrics;
 pub mod poll;
 
 pub use command::{run_ok, succeeded};
+
+/// Fault points `(point, delay in ms, failure rate)` as a role's `[faults]` section.
+pub fn faults(points: &[(&str, u64, f64)]) -> runtime::config::FaultsConfig {
+    points
+        .iter()
+        .map(|(point, delay_ms, fail_rate)| {
+            let spec = runtime::faults::FaultSpec {
+                delay_ms: *delay_ms,
+                fail_rate: *fail_rate,
+            };
+            (point.to_string(), spec)
+        })
+        .collect()
+}
 pub use mailbox::Mailbox;
 pub use poll::{eventually, retry_while};
