@@ -2,9 +2,7 @@
 
 use std::net::SocketAddr;
 
-use runtime::config::{
-    conclude, require_nonzero, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
-};
+use runtime::config::{conclude, require_nonzero, AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 use crate::is_http_url;
@@ -149,11 +147,7 @@ impl Validate for FrontdoorConfig {
     }
 }
 
-impl RoleConfig for FrontdoorConfig {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+role_config!(FrontdoorConfig);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,17 @@
 //! Every struct follows `runtime::config`'s conventions (`default`, `deny_unknown_fields`,
 //! kebab-case keys, `log`/`admin`/`faults` sections) and validates itself.
 
+/// `RoleConfig` for a config whose `[log]` section is its `log` field (every role's is).
+macro_rules! role_config {
+    ($config:ty) => {
+        impl runtime::config::RoleConfig for $config {
+            fn log(&self) -> &runtime::config::LogConfig {
+                &self.log
+            }
+        }
+    };
+}
+
 pub mod frontdoor;
 pub mod keys;
 pub mod login;

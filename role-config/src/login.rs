@@ -2,9 +2,7 @@
 
 use std::net::SocketAddr;
 
-use runtime::config::{
-    conclude, require_nonzero, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate,
-};
+use runtime::config::{conclude, require_nonzero, AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
 use session::token::Keys;
 
@@ -144,11 +142,7 @@ impl Default for FrontDoorsConfig {
     }
 }
 
-impl RoleConfig for LoginConfig {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+role_config!(LoginConfig);
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
+use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 use mserv_client::proto::ReplicaId;
@@ -138,11 +138,7 @@ impl Validate for MservConfig {
     }
 }
 
-impl RoleConfig for MservConfig {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+role_config!(MservConfig);
 
 impl MservConfig {
     /// The address this replica gives its peers and clients: its own entry in `peers`.

@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use runtime::config::{
-    conclude, require_at_least, require_nonzero, AdminConfig, FaultsConfig, LogConfig, RoleConfig,
-    Validate,
+    conclude, require_at_least, require_nonzero, AdminConfig, FaultsConfig, LogConfig, Validate,
 };
 use serde::{Deserialize, Serialize};
 
@@ -145,11 +144,7 @@ impl Validate for SmtpInConfig {
     }
 }
 
-impl RoleConfig for SmtpInConfig {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+role_config!(SmtpInConfig);
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use runtime::config::{AdminConfig, FaultsConfig, LogConfig, RoleConfig, Validate};
+use runtime::config::{AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,11 +123,7 @@ impl Validate for UstoreConfig {
     }
 }
 
-impl RoleConfig for UstoreConfig {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+role_config!(UstoreConfig);
 
 #[cfg(test)]
 mod tests {
