@@ -50,7 +50,8 @@ pub struct Ctx {
     /// Per user: the account's session generation and display name, with when they were read.
     pub accounts: moka::future::Cache<String, auth::AccountHint>,
     /// Per user: wrong current passwords given on the settings page lately.
-    pub password_failures: moka::future::Cache<String, u32>,
+    /// Wrong current passwords on the settings page, per user (`password::throttle`).
+    pub password_throttle: session::throttle::Throttle,
     pub smtp: AsyncSmtpTransport<Tokio1Executor>,
     pub store_timeout: Duration,
     /// The origin (scheme, host, port) of the sign-in page, allowed as a form target (sign-out
@@ -128,12 +129,8 @@ pub fn context(
         // A stale entry is still the best guess while the store is unreachable.
         .time_to_live(Duration::from_secs(3600))
         .build();
-    let password_failures = moka::future::Cache::builder()
-        .max_capacity(100_000)
-        .time_to_live(Duration::from_secs(15 * 60))
-        .build();
     Ok(Ctx {
-        password_failures,
+        password_throttle: password::throttle(),
         login_origin: origin_of(&cfg.login_url),
         keys,
         router,

@@ -1,7 +1,12 @@
 //! The password rules of the settings page in one place: what a new password must be, how many
-//! wrong current passwords a user may give (per user, within the failure window of
-//! `Ctx::password_failures`), and the check and hashing of passwords, which are slow on purpose
-//! and so run on the blocking pool, off the request threads.
+//! wrong current passwords a user may give (login's throttle, `session::throttle`, counted per
+//! user: an attempt takes its place before the check, so concurrent guesses cannot overrun it),
+//! and the check and hashing of passwords, which are slow on purpose and so run on the blocking
+//! pool, off the request threads.
+
+use std::time::Duration;
+
+use session::throttle::{Attempt, Throttle};
 
 use crate::Ctx;
 
@@ -21,22 +26,19 @@ pub fn check_new(new: &str, confirm: Option<&str>) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The wrong current passwords `user` gave lately, or `None` once they are too many.
-pub async fn failures_allowed(ctx: &Ctx, user: &str) -> Option<u32> {
-    let failures = ctx.password_failures.get(user).await.unwrap_or(0);
-    (failures < MAX_FAILURES).then_some(failures)
+/// How long wrong current passwords are remembered.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The throttle of wrong current passwords: per user only (the signed-in user is known; the
+/// client address adds nothing here, so its bound is never the one that refuses).
+pub fn throttle() -> Throttle {
+    Throttle::new(MAX_FAILURES, u32::MAX, FAILURE_WINDOW)
 }
 
-/// Count one more wrong current password for `user` (who had `failures`).
-pub async fn failed(ctx: &Ctx, user: &str, failures: u32) {
-    ctx.password_failures
-        .insert(user.to_string(), failures + 1)
-        .await;
-}
-
-/// Forget `user`'s wrong passwords (the password was changed).
-pub async fn succeeded(ctx: &Ctx, user: &str) {
-    ctx.password_failures.invalidate(user).await;
+/// An attempt to give `user`'s current password, or how long until one is allowed again.
+pub async fn admit(ctx: &Ctx, user: &str) -> Result<Attempt, Duration> {
+    let anyone = std::net::IpAddr::from([0, 0, 0, 0]);
+    ctx.password_throttle.admit(user, anyone).await
 }
 
 /// Whether `password` matches the stored PHC string.
@@ -89,5 +91,39 @@ mod tests {
         );
         let huge = "x".repeat(session::password::MAX_PASSWORD_BYTES + 1);
         assert!(check_new(&huge, Some(&huge)).is_err());
+    }
+
+    #[tokio::test]
+    async fn guesses_in_flight_count_before_their_verdict() {
+        // Each guess takes its place before the password is checked: with five still being
+        // checked, a sixth at the same moment is refused (a read-then-count throttle let every
+        // concurrent guess through).
+        let t = throttle();
+        let anyone = std::net::IpAddr::from([0, 0, 0, 0]);
+        let mut in_flight = Vec::new();
+        for _ in 0..MAX_FAILURES {
+            in_flight.push(
+                t.admit("alice@example.test", anyone)
+                    .await
+                    .expect("admitted"),
+            );
+        }
+        assert!(t.admit("alice@example.test", anyone).await.is_err());
+        // Another user is not held back by alice's guesses.
+        t.admit("bob@example.test", anyone)
+            .await
+            .expect("bob")
+            .abandon();
+        // Wrong: the places stay taken. A right password clears the user's count.
+        let last = in_flight.pop().expect("one");
+        for a in in_flight {
+            a.failure();
+        }
+        assert!(t.admit("alice@example.test", anyone).await.is_err());
+        t.success(last, "alice@example.test").await;
+        t.admit("alice@example.test", anyone)
+            .await
+            .expect("cleared")
+            .abandon();
     }
 }

@@ -113,7 +113,7 @@ pub(super) async fn settings_password(
     if let Err(why) = password::check_new(&new, form.get("confirm")) {
         return settings_error(&ctx, &s, StatusCode::BAD_REQUEST, why).await;
     }
-    let Some(failures) = password::failures_allowed(&ctx, &s.user).await else {
+    let Ok(attempt) = password::admit(&ctx, &s.user).await else {
         return settings_error(
             &ctx,
             &s,
@@ -125,10 +125,14 @@ pub(super) async fn settings_password(
     let mb = s.mailbox(&ctx);
     let auth_rec = match mb.auth().await {
         Ok(a) => a,
-        Err(e) => return error_page(&ctx, &s, e.into()).await,
+        Err(e) => {
+            // No verdict: the attempt gives its place back.
+            attempt.abandon();
+            return error_page(&ctx, &s, e.into()).await;
+        }
     };
     if !password::verify(current, auth_rec.password_hash).await {
-        password::failed(&ctx, &s.user, failures).await;
+        attempt.failure();
         return settings_error(
             &ctx,
             &s,
@@ -137,6 +141,7 @@ pub(super) async fn settings_password(
         )
         .await;
     }
+    ctx.password_throttle.success(attempt, &s.user).await;
     let hash = match password::hash(new).await {
         Ok(h) => h,
         Err(HashError::Refused(e)) => {
@@ -147,7 +152,6 @@ pub(super) async fn settings_password(
     if let Err(e) = mb.update_account(None, Some(hash)).await {
         return error_page(&ctx, &s, e.into()).await;
     }
-    password::succeeded(&ctx, &s.user).await;
     // The store bumped the generation; read it back (or count the bump ourselves).
     let new_gen = match mb.auth().await {
         Ok(a) => a.session_gen,
