@@ -102,12 +102,10 @@ pub fn context(
         .map_err(|e| anyhow::anyhow!("session keys: {e}"))?;
     let mserv_client = mserv_client::Client::new(
         cfg.mserv.clone(),
-        mserv_client::ClientConfig {
-            name: "frontdoor".into(),
-            cache_ttl: Duration::from_secs(cfg.route_cache_secs),
-            request_timeout: Duration::from_secs(3),
-            ..Default::default()
-        },
+        mserv_client::ClientConfig::for_role(
+            "frontdoor",
+            Duration::from_secs(cfg.route_cache_secs),
+        ),
     );
     let router = mserv_client::Router::new(
         Arc::new(mserv_client),

@@ -63,12 +63,10 @@ pub async fn run_with(
     let name = format!("login {}", cfg.public_url);
     let mserv_client = Arc::new(mserv_client::Client::new(
         cfg.mserv.clone(),
-        mserv_client::ClientConfig {
-            name: name.clone(),
-            cache_ttl: Duration::from_secs(cfg.route_cache_secs),
-            request_timeout: Duration::from_secs(3),
-            ..Default::default()
-        },
+        mserv_client::ClientConfig::for_role(
+            name.clone(),
+            Duration::from_secs(cfg.route_cache_secs),
+        ),
     ));
     let router = mserv_client::Router::new(
         mserv_client.clone(),

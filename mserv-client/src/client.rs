@@ -65,6 +65,19 @@ impl Default for ClientConfig {
     }
 }
 
+impl ClientConfig {
+    /// The index client of a serving role (front door, login, smtp-in): someone is waiting on
+    /// each lookup, so a request gives up after 3 s; routes are cached for `cache_ttl`.
+    pub fn for_role(name: impl Into<String>, cache_ttl: Duration) -> Self {
+        ClientConfig {
+            name: name.into(),
+            cache_ttl,
+            request_timeout: Duration::from_secs(3),
+            ..Default::default()
+        }
+    }
+}
+
 /// A client of the member index. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Client {
     replicas: Vec<Arc<Endpoint>>,

@@ -52,12 +52,10 @@ impl Stores {
     pub fn new(cfg: &SmtpInConfig, faults: Arc<Faults>) -> Stores {
         let mserv_client = mserv_client::Client::new(
             cfg.mserv.clone(),
-            mserv_client::ClientConfig {
-                name: format!("smtp-in {}", cfg.hostname),
-                cache_ttl: Duration::from_secs(cfg.route_cache_secs),
-                request_timeout: Duration::from_secs(3),
-                ..Default::default()
-            },
+            mserv_client::ClientConfig::for_role(
+                format!("smtp-in {}", cfg.hostname),
+                Duration::from_secs(cfg.route_cache_secs),
+            ),
         );
         let router = mserv_client::Router::new(
             Arc::new(mserv_client),
