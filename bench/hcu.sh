@@ -4,6 +4,7 @@
 #
 #   hcu_layout OFFSET        write $dir/layout.toml: deploy/local.toml with every port moved up
 #                            by OFFSET, so a running `./dev up` and other benchmarks are not hit
+#                            (INTERNAL_TLS=off: internal connections in plaintext)
 #   hcu_start                start `mailctl up` on it in the background ($up_pid, log $dir/up.log)
 #   hcu_wait SECS CMD...     poll CMD (its output in $dir/ready.out) until it succeeds; fail if
 #                            `mailctl up` exits or SECS pass
@@ -35,10 +36,13 @@ trap 'exit 130' INT TERM
 
 hcu_layout() {
     python3 - "$dir/layout.toml" "$1" <<'PY'
-import re, sys
+import os, re, sys
 text = open("deploy/local.toml").read()
 offset = int(sys.argv[2])
 text = re.sub(r'"127\.0\.0\.1:(\d+)"', lambda m: '"127.0.0.1:%d"' % (int(m.group(1)) + offset), text)
+if os.environ.get("INTERNAL_TLS", "on") == "off":
+    # Before the first table: a top-level key of the layout.
+    text = re.sub(r'^\[', 'internal-plaintext = true\n\n[', text, count=1, flags=re.M)
 open(sys.argv[1], "w").write(text)
 PY
 }

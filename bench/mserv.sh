@@ -17,6 +17,7 @@ cargo build --release --quiet --workspace --bins
 bin="$CARGO_TARGET_DIR/release"
 
 dir="$(mktemp -d)"
+. bench/internal-tls.sh
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -48,6 +49,7 @@ $peers
 [log]
 level = "warn"
 CFG
+    tls_section mserv "mserv-$i" >> "$dir/mserv-$i.toml"
     "$bin/mserv" --config "$dir/mserv-$i.toml" >"$dir/mserv-$i.log" 2>&1 &
     pids+=($!)
     # Not a job of this shell: the kills below report nothing.
@@ -62,4 +64,5 @@ for port in "${ports[@]}"; do
     done
 done
 
-"$bin/mserv-bench" --addrs "$addrs" --pids "$pidlist" --seconds "$secs" --users "$users"
+# shellcheck disable=SC2046 # the arguments are words
+"$bin/mserv-bench" $(tls_client_args) --addrs "$addrs" --pids "$pidlist" --seconds "$secs" --users "$users"

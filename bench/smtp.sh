@@ -28,6 +28,7 @@ cargo build --release --quiet --workspace --bins
 bin="$CARGO_TARGET_DIR/release"
 
 dir="$(mktemp -d)"
+. bench/internal-tls.sh
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -67,6 +68,7 @@ addr = "127.0.0.1:$mport"
 [log]
 level = "warn"
 CFG
+tls_section mserv mserv-1 >>"$dir/mserv.toml"
 start mserv "$bin/mserv" --config "$dir/mserv.toml"
 
 # Two stores, two segments each.
@@ -85,6 +87,7 @@ path = "$dir/store-$s/seg-1"
 [log]
 level = "warn"
 CFG
+    tls_section ustore "store-$s" >>"$dir/store-$s.toml"
     start "store-$s" "$bin/ustore" --config "$dir/store-$s.toml"
     stores+=(--store "store-$s=127.0.0.1:$port")
     wait_port "$port"
@@ -92,7 +95,8 @@ done
 wait_port "$mport"
 
 # Register the stores (retried until the replica has elected itself), then the users.
-setup=("$bin/hcu-setup" --mserv "127.0.0.1:$mport" --domain megamail.test --prefix u)
+# shellcheck disable=SC2046 # the arguments are words
+setup=("$bin/hcu-setup" $(tls_client_args) --mserv "127.0.0.1:$mport" --domain megamail.test --prefix u)
 for i in $(seq 60); do
     "${setup[@]}" "${stores[@]}" 2>"$dir/setup.err" && break
     [ "$i" -lt 60 ] || { cat "$dir/setup.err" >&2; exit 1; }
@@ -121,6 +125,7 @@ listen = "127.0.0.1:$aport"
 [log]
 level = "warn"
 CFG
+tls_section smtp-in smtp-in >>"$dir/smtp-in.toml"
 start smtp-in "$bin/smtp-in" --config "$dir/smtp-in.toml"
 for i in $(seq 300); do
     curl -sf "http://127.0.0.1:$aport/healthz" >/dev/null && break

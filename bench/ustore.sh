@@ -3,7 +3,7 @@
 # clients; WAL fsyncs per delivery; and bytes on disk per byte of mail once the store has stopped
 # (memtables flushed, WAL gone). Loopback only.
 #
-#   bench/ustore.sh [SECONDS_PER_RUN]
+#   bench/ustore.sh [SECONDS_PER_RUN]      (INTERNAL_TLS=off: without mutual TLS)
 #
 # Last line: RESULT deliveries_per_s_64=<n> deliveries_per_s_1=<n> disk_bytes_per_mail_byte=<x>
 set -euo pipefail
@@ -14,6 +14,7 @@ cargo build --release --quiet --workspace --bins
 bin="$CARGO_TARGET_DIR/release"
 
 dir="$(mktemp -d)"
+. bench/internal-tls.sh
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$dir/ustore.toml" <<CFG
 name = "bench"
@@ -27,6 +28,9 @@ path = "$dir/seg-1"
 [log]
 level = "warn"
 CFG
+tls_section ustore bench-store >> "$dir/ustore.toml"
+# shellcheck disable=SC2207 # the arguments are words
+client_tls=($(tls_client_args))
 "$bin/ustore" --config "$dir/ustore.toml" &
 pid=$!
 trap 'kill -9 $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
@@ -37,7 +41,7 @@ done
 
 # Disk use of the empty store (RocksDB's own files), subtracted below.
 base=$(du -sb "$dir"/seg-* | awk '{s+=$1} END {print s}')
-out=$("$bin/ustore-bench" --addr "127.0.0.1:$port" --clients 1,16,64 --seconds "$secs" --size 10240)
+out=$("$bin/ustore-bench" "${client_tls[@]}" --addr "127.0.0.1:$port" --clients 1,16,64 --seconds "$secs" --size 10240)
 echo "$out"
 kill -TERM $pid
 wait $pid || true

@@ -100,10 +100,14 @@ pub fn context(
     let keys = cfg
         .session_keys()
         .map_err(|e| anyhow::anyhow!("session keys: {e}"))?;
+    let identity = cfg
+        .internal_tls
+        .identity(xfs::Role::Frontdoor)
+        .map_err(|e| anyhow::anyhow!("internal TLS: {e}"))?;
     let mserv_client = mserv_client::Client::new(
         cfg.mserv.clone(),
         mserv_client::ClientConfig::for_role(
-            "frontdoor",
+            identity.clone(),
             Duration::from_secs(cfg.route_cache_secs),
         ),
     );
@@ -114,7 +118,7 @@ pub fn context(
     let store_timeout = Duration::from_millis(cfg.store_timeout_ms);
     let xfs = xfs::Client::new(xfs::ClientConfig {
         request_timeout: store_timeout,
-        ..xfs::ClientConfig::for_role("frontdoor", 2, faults.call_faults())
+        ..xfs::ClientConfig::for_role(identity, 2, faults.call_faults())
     });
     let (host, port) = cfg.relay_host_port().map_err(|e| anyhow::anyhow!("{e}"))?;
     let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)

@@ -253,7 +253,7 @@ pub async fn run(args: Args) -> anyhow::Result<profile::Report> {
         .trim_end_matches('/')
         .to_string();
     let smtp = e.smtp.context("the HCU runs no smtp-in")?;
-    let hcu = Hcu::new(e.clone());
+    let hcu = Hcu::new(e.clone())?;
     let say = |s: String| {
         if !args.json {
             println!("{s}");

@@ -60,11 +60,14 @@ pub async fn run_with(
     let role = Role::start("login", admin, &cfg.faults, &shutdown)?;
     let faults = role.faults.clone();
 
-    let name = format!("login {}", cfg.public_url);
+    let identity = cfg
+        .internal_tls
+        .identity(xfs::Role::Login)
+        .map_err(|e| anyhow!("internal TLS: {e}"))?;
     let mserv_client = Arc::new(mserv_client::Client::new(
         cfg.mserv.clone(),
         mserv_client::ClientConfig::for_role(
-            name.clone(),
+            identity.clone(),
             Duration::from_secs(cfg.route_cache_secs),
         ),
     ));
@@ -72,7 +75,11 @@ pub async fn run_with(
         mserv_client.clone(),
         Duration::from_secs(cfg.store_refresh_secs),
     );
-    let xfs = xfs::Client::new(xfs::ClientConfig::for_role(name, 2, faults.call_faults()));
+    let xfs = xfs::Client::new(xfs::ClientConfig::for_role(
+        identity,
+        2,
+        faults.call_faults(),
+    ));
     let hashing = session::password::Hashing::for_this_machine();
     let dummy_hash = hashing
         .hash("no such user")

@@ -37,6 +37,9 @@ pub enum Cmd {
     /// Add, delete, show users or set their password.
     #[command(subcommand)]
     User(UserCmd),
+    /// Certificates signed by the HCU's authority (DIR/certs), for processes on other machines.
+    #[command(subcommand)]
+    Certs(CertsCmd),
     /// Register, drain or list stores.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -114,6 +117,23 @@ pub struct MigrateArgs {
     /// How long a moved mailbox's old copy is kept before it is purged, in seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub grace: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCmd {
+    /// A certificate and key naming one process's role and instance, with the trusted
+    /// authorities (`ca.pem`), written into OUT; prints the `[internal-tls]` section to use.
+    Issue {
+        /// mserv, ustore, frontdoor, login, smtp-in or operator.
+        #[arg(long)]
+        role: String,
+        /// The instance's name (`store-3`): 1 to 63 of a-z, 0-9 and -.
+        #[arg(long)]
+        name: String,
+        /// Where to write NAME.pem, NAME.key and ca.pem [default: DIR/certs].
+        #[arg(long, value_name = "OUT")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -69,6 +69,14 @@ pub struct Layout {
     pub frontdoor: Vec<Listen>,
     pub login: Option<Listen>,
     pub smtp_in: Option<Listen>,
+    /// Where backups may go besides the data directory (the stores refuse checkpoints,
+    /// backups and restores anywhere else).
+    #[serde(default)]
+    pub backup_roots: Vec<std::path::PathBuf>,
+    /// Internal connections without TLS, every caller trusted as what it claims: only to
+    /// measure what TLS costs (`bench/tls.sh`).
+    #[serde(default)]
+    pub internal_plaintext: bool,
 }
 
 impl Layout {

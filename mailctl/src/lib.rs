@@ -21,6 +21,7 @@ pub mod users;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
 use runtime::shutdown::Shutdown;
 
@@ -35,10 +36,10 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
         .endpoints
         .clone()
         .unwrap_or_else(|| cli.data.join("endpoints.json"));
-    let hcu = admin::Hcu::new(plan::Endpoints::load(&path)?);
+    let hcu = admin::Hcu::new(plan::Endpoints::load(&path)?)?;
     let j = cli.json;
     match cli.cmd {
-        Cmd::Up { .. } => unreachable!("handled by main"),
+        Cmd::Up { .. } | Cmd::Certs(_) => unreachable!("handled by main"),
         Cmd::User(cmd) => users::run(&hcu, cmd, j).await,
         Cmd::Store(cmd) => stores::run(&hcu, cmd, j).await,
         Cmd::Status => status::run(&hcu, j).await,
@@ -64,6 +65,34 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
             gc::run(&hcu, &opts, j).await
         }
     }
+}
+
+/// `mailctl certs`: identities for processes elsewhere, from the authority in DIR/certs.
+fn certs_command(cli: &Cli, cmd: &cli::CertsCmd) -> anyhow::Result<()> {
+    let cli::CertsCmd::Issue { role, name, out } = cmd;
+    let role = xfs::Role::parse(role).with_context(|| {
+        let all: Vec<&str> = xfs::Role::ALL.iter().map(|r| r.as_str()).collect();
+        format!("no role {role:?}: one of {}", all.join(", "))
+    })?;
+    let pki = plan::Pki::open(&cli.data)?;
+    let out = out.clone().unwrap_or_else(|| pki.dir.clone());
+    let files = pki.issue_into(&out, role, name)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&files)?);
+    } else {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "kebab-case")]
+        struct Section<'a> {
+            internal_tls: &'a xfs::tls::InternalTls,
+        }
+        print!(
+            "{}",
+            toml::to_string(&Section {
+                internal_tls: &files
+            })?
+        );
+    }
+    Ok(())
 }
 
 /// `mailctl up`: the whole HCU, supervised until a signal.
@@ -97,6 +126,7 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match &cli.cmd {
             Cmd::Up { config, demo } => up_command(&cli, config, *demo).await,
+            Cmd::Certs(cmd) => certs_command(&cli, cmd),
             _ => admin_command(cli).await,
         }
     });

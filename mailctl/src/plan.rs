@@ -12,6 +12,9 @@ use role_config::{
     UstoreConfig,
 };
 use runtime::config::AdminConfig;
+use xfs::tls::issue::Authority;
+use xfs::tls::InternalTls;
+use xfs::Role;
 
 use crate::layout::{Layout, Listen};
 pub use operator::endpoints::{Endpoints, ProcessEndpoint, StoreEndpoint};
@@ -77,13 +80,72 @@ pub fn session_keys(data: &Path) -> anyhow::Result<SessionKeys> {
     Ok(keys)
 }
 
+/// The HCU's certificate authority, kept in `DATA/certs` (made there on first use; its key mode
+/// 0600), and the identities it issues into the same directory.
+pub struct Pki {
+    pub dir: PathBuf,
+    ca: Authority,
+    /// No certificates: every process in plaintext (the layout's `internal-plaintext`).
+    pub plaintext: bool,
+}
+
+/// The name of the operator's own instance (its certificate: `DATA/certs/mailctl.pem`).
+pub const OPERATOR: &str = "mailctl";
+
+impl Pki {
+    pub fn open(data: &Path) -> anyhow::Result<Pki> {
+        let dir = data.join("certs");
+        let ca = Authority::open_or_create(
+            &dir,
+            &format!(
+                "megamail HCU authority {}",
+                hex::encode(rand::random::<[u8; 4]>())
+            ),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!("the HCU's certificate authority in {}: {e}", dir.display())
+        })?;
+        Ok(Pki {
+            dir,
+            ca,
+            plaintext: false,
+        })
+    }
+
+    /// A fresh certificate and key for the instance `name` of `role`, and the config section
+    /// naming them.
+    pub fn identity(&self, role: Role, name: &str) -> anyhow::Result<InternalTls> {
+        if self.plaintext {
+            return Ok(InternalTls::plaintext(name));
+        }
+        self.issue_into(&self.dir, role, name)
+    }
+
+    /// The same, written into `dir` with a copy of the trusted authorities (for another host).
+    pub fn issue_into(&self, dir: &Path, role: Role, name: &str) -> anyhow::Result<InternalTls> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if dir != self.dir {
+            std::fs::copy(self.dir.join("ca.pem"), dir.join("ca.pem"))
+                .with_context(|| format!("copying ca.pem into {}", dir.display()))?;
+        }
+        self.ca
+            .write_identity(dir, role, name)
+            .map_err(|e| anyhow::anyhow!("issuing {name}'s certificate: {e}"))
+    }
+}
+
 /// The header of every config `mailctl up` writes.
 fn written_for(name: &str) -> String {
     format!("Written by `mailctl up` for {name}; edit deploy/local.toml instead.")
 }
 
 /// Every process of the layout, with its config.
-pub fn processes(layout: &Layout, data: &Path, keys: &SessionKeys) -> Vec<ProcSpec> {
+pub fn processes(
+    layout: &Layout,
+    data: &Path,
+    keys: &SessionKeys,
+    pki: &Pki,
+) -> anyhow::Result<Vec<ProcSpec>> {
     let mserv: Vec<String> = layout.mserv.iter().map(|m| m.listen.to_string()).collect();
     let admin = |listen| AdminConfig { listen };
     let mut out = Vec::new();
@@ -107,6 +169,7 @@ pub fn processes(layout: &Layout, data: &Path, keys: &SessionKeys) -> Vec<ProcSp
     for (id, m) in (1..).zip(&layout.mserv) {
         let name = format!("mserv-{id}");
         let cfg = MservConfig {
+            internal_tls: pki.identity(Role::Mserv, &name)?,
             id,
             listen: m.listen,
             data_dir: data.join(&name),
@@ -120,6 +183,7 @@ pub fn processes(layout: &Layout, data: &Path, keys: &SessionKeys) -> Vec<ProcSp
     }
     for s in &layout.ustore {
         let cfg = UstoreConfig {
+            internal_tls: pki.identity(Role::Ustore, &s.name)?,
             name: s.name.clone(),
             listen: s.listen,
             segments: (0..s.segments)
@@ -127,6 +191,9 @@ pub fn processes(layout: &Layout, data: &Path, keys: &SessionKeys) -> Vec<ProcSp
                     id,
                     path: data.join(&s.name).join(format!("seg-{id}")),
                 })
+                .collect(),
+            backup_roots: std::iter::once(data.to_path_buf())
+                .chain(layout.backup_roots.iter().cloned())
                 .collect(),
             admin: admin(s.admin),
             ..UstoreConfig::default()
@@ -145,6 +212,7 @@ pub fn processes(layout: &Layout, data: &Path, keys: &SessionKeys) -> Vec<ProcSp
     }
     if let Some(smtp) = &layout.smtp_in {
         let cfg = SmtpInConfig {
+            internal_tls: pki.identity(Role::SmtpIn, "smtp-in")?,
             hostname: layout.hostname.clone(),
             listen: smtp.listen,
             domains: layout.domains.clone(),
@@ -161,6 +229,7 @@ pub fn processes(layout: &Layout, data: &Path, keys: &SessionKeys) -> Vec<ProcSp
         .map(|l| format!("http://{}", l.listen));
     if let Some(login) = &layout.login {
         let cfg = LoginConfig {
+            internal_tls: pki.identity(Role::Login, "login")?,
             listen: login.listen,
             public_url: format!("http://{}", login.listen),
             mserv: mserv.clone(),
@@ -176,6 +245,7 @@ pub fn processes(layout: &Layout, data: &Path, keys: &SessionKeys) -> Vec<ProcSp
     for (i, f) in layout.frontdoor.iter().enumerate() {
         let name = format!("frontdoor-{}", i + 1);
         let cfg = FrontdoorConfig {
+            internal_tls: pki.identity(Role::Frontdoor, &name)?,
             listen: f.listen,
             public_url: format!("http://{}", f.listen),
             login_url: login_url.clone().unwrap_or_default(),
@@ -194,12 +264,18 @@ pub fn processes(layout: &Layout, data: &Path, keys: &SessionKeys) -> Vec<ProcSp
         let text = role_config::to_toml(&cfg, &written_for(&name));
         push(name, "frontdoor", 2, f, text);
     }
-    out
+    Ok(out)
 }
 
-/// The endpoints of a layout run from `data`.
-pub fn endpoints(layout: &Layout, data: &Path, procs: &[ProcSpec]) -> Endpoints {
+/// The endpoints of a layout run from `data`, for an operator holding `operator_tls`.
+pub fn endpoints(
+    layout: &Layout,
+    data: &Path,
+    procs: &[ProcSpec],
+    operator_tls: InternalTls,
+) -> Endpoints {
     Endpoints {
+        operator_tls,
         cluster: layout.cluster.clone(),
         domains: layout.domains.clone(),
         data_dir: data.to_path_buf(),
@@ -265,7 +341,8 @@ mod tests {
     fn every_generated_config_parses_as_its_role_does() {
         let dir = tempfile::tempdir().unwrap();
         let keys = session_keys(dir.path()).unwrap();
-        let procs = processes(&layout(), dir.path(), &keys);
+        let pki = Pki::open(dir.path()).unwrap();
+        let procs = processes(&layout(), dir.path(), &keys, &pki).unwrap();
         let roles: Vec<&str> = procs.iter().map(|p| p.role).collect();
         assert_eq!(
             roles,
@@ -297,7 +374,8 @@ mod tests {
         let again = session_keys(dir.path()).unwrap();
         assert_eq!(again.keys[0].secret, keys.keys[0].secret);
         assert_eq!(keys.keys[0].secret.len(), 64);
-        let e = endpoints(&layout(), dir.path(), &procs);
+        let operator = pki.identity(Role::Operator, OPERATOR).unwrap();
+        let e = endpoints(&layout(), dir.path(), &procs, operator);
         write_endpoints(dir.path(), &e).unwrap();
         assert_eq!(
             Endpoints::load(&dir.path().join("endpoints.json")).unwrap(),

@@ -262,7 +262,9 @@ pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)?;
     let keys = plan::session_keys(&data)?;
-    let specs = plan::processes(&layout, &data, &keys);
+    let mut pki = plan::Pki::open(&data)?;
+    pki.plaintext = layout.internal_plaintext;
+    let specs = plan::processes(&layout, &data, &keys, &pki)?;
     let bins = bin_dir()?;
     for p in &specs {
         let bin = bins.join(p.role);
@@ -274,7 +276,8 @@ pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             );
         }
     }
-    let endpoints = plan::endpoints(&layout, &data, &specs);
+    let operator = pki.identity(xfs::Role::Operator, plan::OPERATOR)?;
+    let endpoints = plan::endpoints(&layout, &data, &specs, operator);
     plan::write_endpoints(&data, &endpoints)?;
 
     LazyLock::force(&RESTARTS);
@@ -306,7 +309,7 @@ pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         Duration::from_millis(sv.restart_backoff_base_ms),
         Duration::from_millis(sv.restart_backoff_cap_ms),
     );
-    let hcu = Hcu::new(endpoints.clone());
+    let hcu = Hcu::new(endpoints.clone())?;
     let started = Instant::now();
     let mut result = Ok(());
     for group in 0..=2u8 {

@@ -29,8 +29,8 @@ use crate::proto::{
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Who we are, sent in the hello.
-    pub name: String,
+    /// Who we are (role, instance, TLS).
+    pub identity: xfs::Identity,
     /// Longest a call takes, failovers included.
     pub request_timeout: Duration,
     /// Longest adding or removing a replica takes (adding waits for it to catch up).
@@ -51,7 +51,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            name: "mserv-client".into(),
+            identity: xfs::Identity::plaintext(xfs::Role::Operator, "mserv-client"),
             request_timeout: Duration::from_secs(5),
             membership_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_millis(500),
@@ -68,9 +68,9 @@ impl Default for ClientConfig {
 impl ClientConfig {
     /// The index client of a serving role (front door, login, smtp-in): someone is waiting on
     /// each lookup, so a request gives up after 3 s; routes are cached for `cache_ttl`.
-    pub fn for_role(name: impl Into<String>, cache_ttl: Duration) -> Self {
+    pub fn for_role(identity: xfs::Identity, cache_ttl: Duration) -> Self {
         ClientConfig {
-            name: name.into(),
+            identity,
             cache_ttl,
             request_timeout: Duration::from_secs(3),
             ..Default::default()
@@ -101,7 +101,7 @@ impl Client {
     /// connects until the first call.
     pub fn new(addrs: Vec<String>, cfg: ClientConfig) -> Client {
         let conn = Arc::new(PoolConfig {
-            name: cfg.name.clone(),
+            identity: cfg.identity.clone(),
             conns: cfg.conns_per_replica.max(1),
             connect_timeout: cfg.connect_timeout,
             backoff_base: cfg.backoff_base,

@@ -3,6 +3,7 @@
 //! share `xfs::conn::Pool`.
 
 use xfs::conn::{ConnError, Pool, Pools, Protocol};
+use xfs::Role;
 
 use crate::proto::{MservError, Op, Reply, ServerHello, PROTOCOL_VERSION};
 
@@ -15,9 +16,25 @@ impl Protocol for Index {
     type ServerHello = ServerHello;
     const VERSION: u32 = PROTOCOL_VERSION;
     const PEER: &'static str = "replica";
+    const SERVER_ROLE: Role = Role::Mserv;
 
     fn version_of(hello: &ServerHello) -> u32 {
         hello.version
+    }
+
+    fn op_name(op: &Op) -> &'static str {
+        op.name()
+    }
+
+    fn permitted(role: Role, op: &Op) -> bool {
+        crate::access::permitted(role, op)
+    }
+
+    fn forbidden(role: Role, op: &Op) -> Result<Reply, MservError> {
+        Err(MservError::Forbidden {
+            op: op.name().to_string(),
+            role: role.to_string(),
+        })
     }
 }
 

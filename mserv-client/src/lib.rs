@@ -3,6 +3,7 @@
 //! No openraft and no RocksDB here: callers of the index link only this crate; the replicas
 //! themselves are the `mserv` crate.
 
+pub mod access;
 pub mod client;
 pub mod conn;
 pub mod metrics;

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame's encoding changes; a replica refuses a hello from another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A replica's id in the Raft membership.
 pub type ReplicaId = u64;
@@ -249,6 +249,9 @@ pub enum MservError {
     OutcomeUnknown { why: String },
     #[error("protocol error: {why}")]
     Protocol { why: String },
+    /// The caller's role may not ask for this operation.
+    #[error("forbidden: a {role} may not {op}")]
+    Forbidden { op: String, role: String },
 }
 
 impl MservError {
@@ -268,6 +271,7 @@ impl MservError {
             MservError::Unavailable { .. } => "unavailable",
             MservError::OutcomeUnknown { .. } => "outcome_unknown",
             MservError::Protocol { .. } => "protocol",
+            MservError::Forbidden { .. } => "forbidden",
         }
     }
 

@@ -70,7 +70,11 @@ pub async fn run_with(
     let (log, sm) = tokio::task::spawn_blocking(move || storage::open(&dir))
         .await
         .context("opening storage")??;
-    let node = Arc::new(node::Node::start(&cfg, log, sm, faults.clone()).await?);
+    let identity = cfg
+        .internal_tls
+        .identity(xfs::Role::Mserv)
+        .map_err(|e| anyhow::anyhow!("internal TLS: {e}"))?;
+    let node = Arc::new(node::Node::start(&cfg, identity.clone(), log, sm, faults.clone()).await?);
     node.watch(role.health.clone(), &shutdown);
     node.bootstrap(&cfg).await?;
 
@@ -82,6 +86,7 @@ pub async fn run_with(
         admission,
         faults,
         max_frame: cfg.max_frame_bytes,
+        transport: identity.transport.clone(),
     });
     let conns = shutdown.child();
     server::serve(listener, ctx, cfg.max_connections, conns.clone()).await;

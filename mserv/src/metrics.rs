@@ -29,8 +29,16 @@ pub static APPLIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static FRAME_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "mserv_frame_errors_total",
-        "connections closed for a bad frame, by kind",
+        "connections closed for a bad frame or a failed handshake (kind=\"tls\"), by kind",
         &["kind"],
+    )
+});
+
+pub static FORBIDDEN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "mserv_forbidden_total",
+        "requests refused because the caller's role may not ask for them",
+        &["role", "op"],
     )
 });
 

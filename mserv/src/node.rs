@@ -51,6 +51,7 @@ impl Node {
     /// Start the Raft node on opened storage.
     pub async fn start(
         cfg: &MservConfig,
+        identity: xfs::Identity,
         log: LogStore,
         sm: StateMachineStore,
         faults: Arc<Faults>,
@@ -70,7 +71,7 @@ impl Node {
         .validate()
         .context("Raft settings")?;
         let peers = Arc::new(Endpoints::new(PoolConfig {
-            name: format!("mserv-{}", cfg.id),
+            identity,
             conns: 2,
             connect_timeout: Duration::from_millis(cfg.election_timeout_min_ms.max(100)),
             backoff_base: Duration::from_millis(10),

@@ -14,6 +14,7 @@ use runtime::faults::Faults;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use xfs::serve::{self, ConnLimits};
+use xfs::Caller;
 
 use crate::metrics;
 use crate::node::Node;
@@ -27,6 +28,8 @@ pub struct Ctx {
     pub admission: Arc<Admission>,
     pub faults: Arc<Faults>,
     pub max_frame: usize,
+    /// Mutual TLS (every caller's role proven) or plaintext.
+    pub transport: xfs::Transport,
 }
 
 /// Accept connections until `shutdown` triggers (the shared accept loop and connection layer:
@@ -40,13 +43,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutd
         ..Default::default()
     };
     let conns = metrics::CONNECTIONS.clone();
-    runtime::server::serve_framed(listener, ctx, limits, max_conns, conns, shutdown).await
+    let transport = ctx.transport.clone();
+    runtime::server::serve_framed(listener, ctx, transport, limits, max_conns, conns, shutdown)
+        .await
 }
 
 impl serve::Service for Ctx {
     type Protocol = mserv_client::conn::Index;
 
-    fn hello(&self, _client: &str) -> Result<ServerHello, String> {
+    fn hello(&self, _caller: &Caller) -> Result<ServerHello, String> {
         Ok(ServerHello {
             version: PROTOCOL_VERSION,
             replica: self.node.id,
@@ -58,13 +63,25 @@ impl serve::Service for Ctx {
         matches!(req.op, Op::Lookup { .. } | Op::Ping)
     }
 
-    async fn handle(self: Arc<Self>, req: Request) -> Result<Reply, MservError> {
+    async fn handle(
+        self: Arc<Self>,
+        _caller: Arc<Caller>,
+        req: Request,
+    ) -> Result<Reply, MservError> {
         process(&self, req).await
     }
 
     fn frame_error(&self, peer: SocketAddr, kind: &'static str, error: &str) {
         metrics::FRAME_ERRORS.with_label_values(&[kind]).inc();
         tracing::warn!(%peer, error, "closing connection after a bad frame");
+    }
+
+    fn forbidden(&self, caller: &Caller, op: &'static str) {
+        metrics::FORBIDDEN
+            .with_label_values(&[caller.role.as_str(), op])
+            .inc();
+        tracing::warn!(peer = %caller.addr, role = %caller.role, name = %caller.name, op,
+            "forbidden operation refused");
     }
 }
 

@@ -19,18 +19,23 @@ pub struct Hcu {
 }
 
 impl Hcu {
-    pub fn new(endpoints: Endpoints) -> Hcu {
+    /// The HCU in `endpoints`, called with the operator certificate it names.
+    pub fn new(endpoints: Endpoints) -> anyhow::Result<Hcu> {
+        let identity = endpoints
+            .operator_tls
+            .identity(xfs::Role::Operator)
+            .map_err(|e| anyhow::anyhow!("the operator's certificate: {e}"))?;
         let mserv = mserv_client::Client::new(
             endpoints.mserv_addrs(),
             mserv_client::ClientConfig {
-                name: "mailctl".into(),
+                identity: identity.clone(),
                 cache_ttl: Duration::ZERO,
                 request_timeout: Duration::from_secs(10),
                 ..Default::default()
             },
         );
         let xfs = xfs::Client::new(xfs::ClientConfig {
-            name: "mailctl".into(),
+            identity,
             conns_per_store: 1,
             // Fault points for tests, from MEGAMAIL_FAULTS only (mailctl has no faults config).
             faults: Some(
@@ -41,11 +46,11 @@ impl Hcu {
             ),
             ..Default::default()
         });
-        Hcu {
+        Ok(Hcu {
             endpoints,
             mserv: Arc::new(mserv),
             xfs,
-        }
+        })
     }
 
     /// The XFS address of a registered store.

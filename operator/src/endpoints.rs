@@ -21,6 +21,9 @@ pub struct Endpoints {
     pub mserv: Vec<SocketAddr>,
     pub ustore: Vec<StoreEndpoint>,
     pub processes: Vec<ProcessEndpoint>,
+    /// The operator's certificate (mailctl and every tool that drives the HCU from outside).
+    #[serde(default)]
+    pub operator_tls: xfs::tls::InternalTls,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

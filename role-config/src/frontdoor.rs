@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use runtime::config::{conclude, require_nonzero, AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
+use xfs::tls::InternalTls;
 
 use crate::is_http_url;
 use crate::keys::{self, KeyConfig};
@@ -50,6 +51,8 @@ pub struct FrontdoorConfig {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub faults: FaultsConfig,
+    /// Mutual TLS to and from the other roles (`[internal-tls]`).
+    pub internal_tls: InternalTls,
 }
 
 impl Default for FrontdoorConfig {
@@ -78,6 +81,7 @@ impl Default for FrontdoorConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8091)),
             },
             faults: FaultsConfig::default(),
+            internal_tls: InternalTls::default(),
         }
     }
 }
@@ -108,6 +112,9 @@ impl FrontdoorConfig {
 impl Validate for FrontdoorConfig {
     fn validate(&self) -> Result<(), String> {
         let mut errs = Vec::new();
+        if let Err(e) = self.internal_tls.validate() {
+            errs.push(e);
+        }
         for (name, v) in [
             ("public-url", &self.public_url),
             ("login-url", &self.login_url),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use runtime::config::{conclude, require_nonzero, AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
 use session::token::Keys;
+use xfs::tls::InternalTls;
 
 use crate::keys::{self, KeyConfig};
 
@@ -41,6 +42,8 @@ pub struct LoginConfig {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub faults: FaultsConfig,
+    /// Mutual TLS to and from the other roles (`[internal-tls]`).
+    pub internal_tls: InternalTls,
 }
 
 impl Default for LoginConfig {
@@ -64,6 +67,7 @@ impl Default for LoginConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             },
             faults: FaultsConfig::default(),
+            internal_tls: InternalTls::default(),
         }
     }
 }
@@ -78,6 +82,9 @@ impl LoginConfig {
 impl Validate for LoginConfig {
     fn validate(&self) -> Result<(), String> {
         let mut errs = Vec::new();
+        if let Err(e) = self.internal_tls.validate() {
+            errs.push(e);
+        }
         let url = self.public_url.as_str();
         let rest = url
             .strip_prefix("http://")

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use runtime::config::{conclude, AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
+use xfs::tls::InternalTls;
 
 use mserv_client::proto::ReplicaId;
 
@@ -54,6 +55,8 @@ pub struct MservConfig {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub faults: FaultsConfig,
+    /// Mutual TLS to and from the other roles (`[internal-tls]`).
+    pub internal_tls: InternalTls,
 }
 
 impl Default for MservConfig {
@@ -82,6 +85,7 @@ impl Default for MservConfig {
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             faults: FaultsConfig::default(),
+            internal_tls: InternalTls::default(),
         }
     }
 }
@@ -89,6 +93,9 @@ impl Default for MservConfig {
 impl Validate for MservConfig {
     fn validate(&self) -> Result<(), String> {
         let mut errs = Vec::new();
+        if let Err(e) = self.internal_tls.validate() {
+            errs.push(e);
+        }
         if self.peers.is_empty() {
             errs.push("peers must list at least this replica".to_string());
         }

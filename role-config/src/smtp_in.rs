@@ -7,6 +7,7 @@ use runtime::config::{
     conclude, require_at_least, require_nonzero, AdminConfig, FaultsConfig, LogConfig, Validate,
 };
 use serde::{Deserialize, Serialize};
+use xfs::tls::InternalTls;
 
 /// A certificate and its key, both PEM; with them STARTTLS is offered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +56,8 @@ pub struct SmtpInConfig {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub faults: FaultsConfig,
+    /// Mutual TLS to and from the other roles (`[internal-tls]`).
+    pub internal_tls: InternalTls,
 }
 
 impl Default for SmtpInConfig {
@@ -81,6 +84,7 @@ impl Default for SmtpInConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 2590)),
             },
             faults: FaultsConfig::default(),
+            internal_tls: InternalTls::default(),
         }
     }
 }
@@ -88,6 +92,9 @@ impl Default for SmtpInConfig {
 impl Validate for SmtpInConfig {
     fn validate(&self) -> Result<(), String> {
         let mut errs = Vec::new();
+        if let Err(e) = self.internal_tls.validate() {
+            errs.push(e);
+        }
         let hostname_ok = !self.hostname.is_empty()
             && self
                 .hostname

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use runtime::config::{AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
+use xfs::tls::InternalTls;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -38,9 +39,14 @@ pub struct UstoreConfig {
     pub deleted_retention_days: f64,
     /// How often the sweep of deleted accounts runs (also once at start-up).
     pub deleted_sweep_secs: u64,
+    /// The only directories (and what lies under them) where checkpoints, backups and restores
+    /// may be written or read; with none, those operations are refused.
+    pub backup_roots: Vec<PathBuf>,
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub faults: FaultsConfig,
+    /// Mutual TLS to and from the other roles (`[internal-tls]`).
+    pub internal_tls: InternalTls,
 }
 
 impl Default for SegmentConfig {
@@ -66,9 +72,11 @@ impl Default for UstoreConfig {
             drain_timeout_secs: 10,
             deleted_retention_days: 30.0,
             deleted_sweep_secs: 3600,
+            backup_roots: Vec::new(),
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             faults: FaultsConfig::default(),
+            internal_tls: InternalTls::default(),
         }
     }
 }
@@ -76,6 +84,9 @@ impl Default for UstoreConfig {
 impl Validate for UstoreConfig {
     fn validate(&self) -> Result<(), String> {
         let mut errs = Vec::new();
+        if let Err(e) = self.internal_tls.validate() {
+            errs.push(e);
+        }
         if self.name.trim().is_empty() {
             errs.push("name must not be empty".to_string());
         }

@@ -52,17 +52,19 @@ pub async fn serve<F, Fut>(
 }
 
 /// [`serve`] for a framed protocol (`xfs::serve`: a store's XFS, the index's): each connection
-/// served by `service` within `limits`, and stopped by `shutdown` (so `shutdown.wait_tasks()`
-/// afterwards waits for the requests in flight).
+/// served by `service` over `transport` (mutual TLS proves each caller's role) within `limits`,
+/// and stopped by `shutdown` (so `shutdown.wait_tasks()` afterwards waits for the requests in
+/// flight).
 pub async fn serve_framed<S: xfs::serve::Service>(
     listener: TcpListener,
     service: Arc<S>,
+    transport: xfs::Transport,
     limits: xfs::serve::ConnLimits,
     max_conns: usize,
     conns: IntCounterVec,
     shutdown: Shutdown,
 ) {
-    let handle = xfs::serve::handler(service, limits, shutdown.token());
+    let handle = xfs::serve::handler(service, transport, limits, shutdown.token());
     serve(listener, max_conns, conns, shutdown, handle).await
 }
 

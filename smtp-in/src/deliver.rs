@@ -49,11 +49,11 @@ struct Shared {
 
 impl Stores {
     /// Clients for the index replicas and the stores named in `cfg`; nothing is contacted yet.
-    pub fn new(cfg: &SmtpInConfig, faults: Arc<Faults>) -> Stores {
+    pub fn new(cfg: &SmtpInConfig, identity: xfs::Identity, faults: Arc<Faults>) -> Stores {
         let mserv_client = mserv_client::Client::new(
             cfg.mserv.clone(),
             mserv_client::ClientConfig::for_role(
-                format!("smtp-in {}", cfg.hostname),
+                identity.clone(),
                 Duration::from_secs(cfg.route_cache_secs),
             ),
         );
@@ -62,7 +62,7 @@ impl Stores {
             Duration::from_secs(cfg.store_refresh_secs),
         );
         let xfs = xfs::Client::new(xfs::ClientConfig::for_role(
-            format!("smtp-in {}", cfg.hostname),
+            identity,
             4,
             faults.call_faults(),
         ));

@@ -113,8 +113,12 @@ pub async fn run_with(
         max_per_client: cfg.max_sessions_per_client,
     });
     let drain = Duration::from_secs(cfg.drain_timeout_secs);
+    let identity = cfg
+        .internal_tls
+        .identity(xfs::Role::SmtpIn)
+        .map_err(|e| anyhow::anyhow!("internal TLS: {e}"))?;
     let ctx = Arc::new(Ctx {
-        mailboxes: deliver::Stores::new(&cfg, role.faults.clone()),
+        mailboxes: deliver::Stores::new(&cfg, identity, role.faults.clone()),
         tls,
         cfg,
     });

@@ -53,6 +53,11 @@ impl FrontDoor {
         let addr = free_addr();
         let admin = free_addr();
         let mut cfg = FrontdoorConfig {
+            internal_tls: crate::support::pki::internal_tls(
+                dir.path(),
+                xfs::Role::Frontdoor,
+                "frontdoor",
+            ),
             listen: addr,
             public_url: format!("http://{addr}"),
             login_url: LOGIN_URL.into(),

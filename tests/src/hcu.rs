@@ -95,7 +95,13 @@ impl HcuOpts {
     }
 
     /// smtp-in's config for these options.
-    pub fn smtp_config(&self, listen: SocketAddr, admin: SocketAddr, mserv: &[String]) -> String {
+    pub fn smtp_config(
+        &self,
+        dir: &std::path::Path,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        mserv: &[String],
+    ) -> String {
         crate::config_text(&SmtpInConfig {
             hostname: self.hostname.clone(),
             listen,
@@ -110,6 +116,7 @@ impl HcuOpts {
             max_sessions_per_client: self.max_sessions_per_client as usize,
             deliver_timeout_secs: self.deliver_timeout_secs,
             tls: self.smtp_tls.clone(),
+            internal_tls: crate::support::pki::internal_tls(dir, xfs::Role::SmtpIn, "smtp-in"),
             admin: AdminConfig { listen: admin },
             faults: self.smtp_faults.clone(),
             ..Default::default()
@@ -187,9 +194,12 @@ impl LocalHcu {
 
     /// Start smtp-in (on [`LocalHcu::smtp_addr`]) and wait until its `/healthz` answers 200.
     pub async fn start_smtp(&mut self) -> anyhow::Result<()> {
-        let cfg = self
-            .opts
-            .smtp_config(self.smtp_addr, self.smtp_admin, &self.mserv.addrs());
+        let cfg = self.opts.smtp_config(
+            self.dir.path(),
+            self.smtp_addr,
+            self.smtp_admin,
+            &self.mserv.addrs(),
+        );
         let mut p = Proc::start("smtp-in", "smtp-in", self.dir.path(), &cfg, self.smtp_admin)?;
         p.wait_healthy(Duration::from_secs(60)).await?;
         self.smtp = Some(p);

@@ -305,6 +305,7 @@ impl Ustore {
         let addr = free_addr();
         let admin = free_addr();
         let cfg = role_config::UstoreConfig {
+            internal_tls: support::pki::internal_tls(dir, xfs::Role::Ustore, &opts.name),
             name: opts.name.clone(),
             listen: addr,
             max_in_flight: opts.max_in_flight,
@@ -316,6 +317,7 @@ impl Ustore {
                 .collect(),
             admin: AdminConfig { listen: admin },
             faults: opts.faults,
+            backup_roots: vec![dir.to_path_buf()],
             ..Default::default()
         };
         let mut proc = Proc::start("ustore", &opts.name, dir, &config_text(&cfg), admin)?;
@@ -341,7 +343,7 @@ impl Ustore {
         xfs::StorePool::new(
             self.addr.to_string(),
             std::sync::Arc::new(xfs::ClientConfig {
-                name: "test".into(),
+                identity: support::pki::operator(),
                 backoff_base: Duration::from_millis(20),
                 backoff_cap: Duration::from_millis(500),
                 ..Default::default()

@@ -63,7 +63,7 @@ pub fn test_client(addrs: Vec<String>) -> Client {
     Client::new(
         addrs,
         ClientConfig {
-            name: "test".into(),
+            identity: crate::support::pki::operator(),
             cache_ttl: Duration::ZERO,
             request_timeout: Duration::from_secs(10),
             backoff_base: Duration::from_millis(10),
@@ -123,6 +123,7 @@ impl Mserv {
         let c = Client::new(
             vec![self.addr(id)],
             ClientConfig {
+                identity: crate::support::pki::operator(),
                 cache_ttl: Duration::ZERO,
                 request_timeout: Duration::from_secs(2),
                 ..Default::default()
@@ -233,6 +234,7 @@ impl Mserv {
         let c = Client::new(
             self.addrs(),
             ClientConfig {
+                identity: crate::support::pki::operator(),
                 cache_ttl: Duration::ZERO,
                 ..Default::default()
             },
@@ -255,6 +257,11 @@ fn start_replica(
     let admin = free_addr();
     let data_dir = dir.join(format!("mserv-{id}"));
     let cfg = role_config::MservConfig {
+        internal_tls: crate::support::pki::internal_tls(
+            &data_dir,
+            xfs::Role::Mserv,
+            &format!("mserv-{id}"),
+        ),
         id,
         listen: addr,
         data_dir: data_dir.clone(),

@@ -47,6 +47,8 @@ pub fn layout(dir: &Path) -> PathBuf {
         frontdoor: vec![listen(), listen()],
         login: Some(listen()),
         smtp_in: Some(listen()),
+        backup_roots: Vec::new(),
+        internal_plaintext: false,
         ustore: (1..=2)
             .map(|i| {
                 let l = listen();
@@ -145,7 +147,7 @@ impl Up {
     pub fn hcu(&self) -> operator::admin::Hcu {
         let endpoints = operator::endpoints::Endpoints::load(&self.data.join("endpoints.json"))
             .expect("endpoints.json of a running HCU");
-        operator::admin::Hcu::new(endpoints)
+        operator::admin::Hcu::new(endpoints).expect("the operator's certificate")
     }
 
     pub async fn wait_all_ok(&mut self, timeout: Duration) {

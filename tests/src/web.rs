@@ -74,7 +74,9 @@ impl Login {
         let addr = free_addr();
         let admin = free_addr();
         let base = format!("http://{addr}");
+        let dir = tempfile::tempdir()?;
         let cfg = crate::config_text(&role_config::LoginConfig {
+            internal_tls: crate::support::pki::internal_tls(dir.path(), xfs::Role::Login, "login"),
             listen: addr,
             public_url: base.clone(),
             mserv: mserv.to_vec(),
@@ -89,7 +91,6 @@ impl Login {
             admin: runtime::config::AdminConfig { listen: admin },
             ..Default::default()
         });
-        let dir = tempfile::tempdir()?;
         let mut proc = Proc::start("login", "login", dir.path(), &cfg, admin)?;
         proc.wait_healthy(Duration::from_secs(60)).await?;
         Ok(Login {

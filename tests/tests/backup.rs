@@ -157,8 +157,8 @@ async fn a_backup_under_load_restores_one_mailbox_and_the_next_backup_is_increme
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("bk");
+    // Under the data directory: the stores write checkpoints only under their backup roots.
+    let dir = up.data.join("bk");
     let (data, d2) = (up.data.clone(), dir.clone());
     let started = Instant::now();
     let first = tokio::task::spawn_blocking(move || backup(&data, &d2))

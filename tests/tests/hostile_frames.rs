@@ -3,7 +3,9 @@
 //! frames, sent to a store's XFS port and to a member index replica, before and after a good
 //! hello. Each one must close only its own connection and be counted by kind in
 //! `ustore_frame_errors_total` / `mserv_frame_errors_total`; the process keeps running, stays
-//! healthy and answers the next normal call.
+//! healthy and answers the next normal call. The bombs come from a peer with a valid operator
+//! certificate, through the TLS handshake: what the decoders must survive once anything at all
+//! reaches them.
 //!
 //! A 19-byte hello claiming a 2^62-byte client name once aborted a store
 //! (`memory allocation of 4611686018427387904 bytes failed`).
@@ -14,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use megamail_tests::mserv::{test_client, Mserv, MservOpts};
 use megamail_tests::support::metrics::sample;
+use megamail_tests::support::pki::{operator, raw_tls};
 use megamail_tests::{http_get, Proc, Ustore, UstoreOpts};
 use mserv::{Policy, StoreInfo, StoreState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use xfs::frame;
+use xfs::{frame, Role};
 
 /// The frame-error kinds a server counts; every one is checked after every bomb.
 const KINDS: [&str; 8] = [
@@ -165,8 +167,8 @@ fn common_bombs() -> Vec<Bomb> {
 }
 
 /// Send one bomb and wait for the server to close the connection.
-async fn explode(addr: SocketAddr, good_hello: &[u8], bomb: &Bomb) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+async fn explode(addr: SocketAddr, role: Role, good_hello: &[u8], bomb: &Bomb) {
+    let mut s = raw_tls(addr, &operator(), role).await;
     if bomb.after_hello {
         s.write_all(good_hello).await.unwrap();
         let reply =
@@ -220,7 +222,7 @@ async fn assert_counted(
 /// bombs so far by kind, is healthy, and still does its work (`answers`).
 async fn survive<Fut: std::future::Future<Output = ()>>(
     who: &str,
-    (addr, admin, metric): (SocketAddr, SocketAddr, &str),
+    (addr, admin, metric, role): (SocketAddr, SocketAddr, &str, Role),
     good_hello: &[u8],
     bombs: &[Bomb],
     mut alive: impl FnMut(&str),
@@ -230,7 +232,7 @@ async fn survive<Fut: std::future::Future<Output = ()>>(
     assert_counted(admin, metric, &expected, "at start").await;
     for bomb in bombs {
         let started = Instant::now();
-        explode(addr, good_hello, bomb).await;
+        explode(addr, role, good_hello, bomb).await;
         *expected.entry(bomb.kind).or_insert(0) += 1;
         alive(bomb.what);
         assert_counted(admin, metric, &expected, bomb.what).await;
@@ -267,7 +269,7 @@ async fn a_store_survives_length_bombs_and_counts_them() {
 
     let mut store = Ustore::start(UstoreOpts::default()).await.unwrap();
     let cfg = || xfs::ClientConfig {
-        name: "test".into(),
+        identity: operator(),
         backoff_base: Duration::from_millis(20),
         backoff_cap: Duration::from_millis(500),
         ..Default::default()
@@ -279,7 +281,8 @@ async fn a_store_survives_length_bombs_and_counts_them() {
 
     let good_hello = frame::encode(&ClientFrame::Hello(ClientHello {
         version: xfs::PROTOCOL_VERSION,
-        client: "hostile".into(),
+        role: Role::Operator,
+        name: "test".into(),
     }))
     .unwrap();
     let request = |trace: String, body: Vec<u8>| {
@@ -340,7 +343,12 @@ async fn a_store_survives_length_bombs_and_counts_them() {
         ),
     ]);
 
-    let server = (store.addr, store.proc.admin, "ustore_frame_errors_total");
+    let server = (
+        store.addr,
+        store.proc.admin,
+        "ustore_frame_errors_total",
+        Role::Ustore,
+    );
     let proc = &mut store.proc;
     let alive = |what: &str| assert_alive(proc, what);
     let (kept, addr) = (&kept, &addr);
@@ -388,7 +396,8 @@ async fn an_index_replica_survives_length_bombs_and_counts_them() {
 
     let good_hello = frame::encode(&ClientFrame::Hello(ClientHello {
         version: PROTOCOL_VERSION,
-        client: "hostile".into(),
+        role: Role::Operator,
+        name: "test".into(),
     }))
     .unwrap();
     let (name, other) = (marker(3, 300), marker(4, 500));
@@ -455,6 +464,6 @@ async fn an_index_replica_survives_length_bombs_and_counts_them() {
         let found = kept.lookup("alice@example.test").await.unwrap();
         assert_eq!(&found, placed, "{what}: a pooled client's lookup");
     };
-    let server = (addr, admin, "mserv_frame_errors_total");
+    let server = (addr, admin, "mserv_frame_errors_total", Role::Mserv);
     survive("mserv", server, &good_hello, &bombs, alive, answers).await;
 }

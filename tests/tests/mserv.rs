@@ -400,7 +400,13 @@ async fn a_stale_epoch_move_is_refused_and_a_good_one_is_seen_everywhere() {
     assert_eq!((p.store.as_str(), p.segment, p.epoch), ("store-1", 1, 1));
 
     // A caching client (another role) reads the placement before the move.
-    let cached = Client::new(m.addrs(), ClientConfig::default());
+    let cached = Client::new(
+        m.addrs(),
+        ClientConfig {
+            identity: megamail_tests::support::pki::operator(),
+            ..Default::default()
+        },
+    );
     assert_eq!(cached.lookup("alice@example.test").await.unwrap(), p);
 
     assert_eq!(
@@ -591,12 +597,13 @@ async fn health_metrics_bad_frames_and_a_clean_stop() {
     assert!(h.is_ok(), "{h:?}");
 
     // A frame with a bad checksum after the hello closes the connection and is counted.
-    let mut s = tokio::net::TcpStream::connect(m.addr(follower))
-        .await
-        .unwrap();
+    let who = megamail_tests::support::pki::operator();
+    let addr = m.addr(follower).parse().unwrap();
+    let mut s = megamail_tests::support::pki::raw_tls(addr, &who, xfs::Role::Mserv).await;
     let hello = mserv::proto::ClientFrame::Hello(mserv::proto::ClientHello {
         version: mserv::proto::PROTOCOL_VERSION,
-        client: "test".into(),
+        role: xfs::Role::Operator,
+        name: "test".into(),
     });
     s.write_all(&xfs::frame::encode(&hello).unwrap())
         .await
@@ -641,6 +648,11 @@ async fn a_failed_start_exits_non_zero() {
     std::fs::write(&file, b"x").unwrap();
     let (addr, admin) = (free_addr(), free_addr());
     let cfg = megamail_tests::config_text(&role_config::MservConfig {
+        internal_tls: megamail_tests::support::pki::internal_tls(
+            tmp.path(),
+            xfs::Role::Mserv,
+            "mserv-1",
+        ),
         id: 1,
         listen: addr,
         data_dir: file.clone(),

@@ -131,6 +131,11 @@ fn mailctl_status(store: &StoreAt, data: &std::path::Path) -> serde_json::Value 
             listen: store.xfs,
             admin: store.admin,
         }],
+        operator_tls: megamail_tests::support::pki::internal_tls(
+            data,
+            xfs::Role::Operator,
+            "mailctl",
+        ),
     };
     std::fs::create_dir_all(data).expect("data dir");
     std::fs::write(

@@ -79,7 +79,7 @@ async fn restarted_store_sees_reconnects_spread_out() {
     });
     // The library's default reconnect policy, one connection per client.
     let cfg = Arc::new(ClientConfig {
-        name: "storm-client".into(),
+        identity: megamail_tests::support::pki::operator(),
         conns_per_store: 1,
         ..Default::default()
     });

@@ -490,6 +490,25 @@ async fn every_operation_round_trips() {
         .await
         .unwrap_err();
     assert!(matches!(again.remote(), Some(XfsError::BadRequest { .. })));
+    // Only under the store's backup roots.
+    let elsewhere = tempfile::tempdir().unwrap();
+    for dir in [
+        elsewhere.path().join("checkpoint"),
+        store.dir.join("../checkpoint-escape"),
+    ] {
+        let refused = pool
+            .call(Op::Checkpoint {
+                segment: 0,
+                dir: dir.display().to_string(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused.remote(), Some(XfsError::BadRequest { why }) if why.contains("refused")),
+            "{refused}"
+        );
+        assert!(!dir.exists());
+    }
     // The checkpoint is a segment of its own: it opens and holds the account.
     let seg = ustore::Segment::open(
         0,
@@ -712,11 +731,19 @@ async fn kill9_during_deliveries_loses_nothing_acknowledged() {
     println!("{total_acked} acknowledged deliveries survived 5 kill -9 cycles");
 }
 
-async fn raw_conn(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+type Raw = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn raw_tls_conn(addr: std::net::SocketAddr) -> Raw {
+    let who = megamail_tests::support::pki::operator();
+    megamail_tests::support::pki::raw_tls(addr, &who, xfs::Role::Ustore).await
+}
+
+async fn raw_conn(addr: std::net::SocketAddr) -> Raw {
+    let mut s = raw_tls_conn(addr).await;
     let hello = ClientFrame::Hello(ClientHello {
         version: PROTOCOL_VERSION,
-        client: "raw".into(),
+        role: xfs::Role::Operator,
+        name: "test".into(),
     });
     s.write_all(&frame::encode(&hello).unwrap()).await.unwrap();
     let reply: ServerFrame = frame::read_msg(&mut s, 1 << 20).await.unwrap().unwrap();
@@ -725,7 +752,7 @@ async fn raw_conn(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 }
 
 /// Read until the server closes the connection; true if it did (within a bound).
-async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
+async fn closed_by_server<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
     let mut buf = [0u8; 1024];
     for _ in 0..100 {
         match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
@@ -772,10 +799,11 @@ async fn bad_frames_close_only_their_connection() {
     assert!(closed_by_server(&mut junk).await);
 
     // An older protocol version is refused with a reason.
-    let mut old = tokio::net::TcpStream::connect(store.addr).await.unwrap();
+    let mut old = raw_tls_conn(store.addr).await;
     let hello = ClientFrame::Hello(ClientHello {
         version: 0,
-        client: "old".into(),
+        role: xfs::Role::Operator,
+        name: "test".into(),
     });
     old.write_all(&frame::encode(&hello).unwrap())
         .await
@@ -791,9 +819,13 @@ async fn bad_frames_close_only_their_connection() {
         metrics.contains("ustore_frame_errors_total{kind=\"bad_crc\"} 1"),
         "{metrics}"
     );
-    // The absurd length, and the SMTP line read as a length ("EHLO" is 1.2 GB).
+    // The absurd length; the SMTP line never got past the TLS handshake.
     assert!(
-        metrics.contains("ustore_frame_errors_total{kind=\"too_large\"} 2"),
+        metrics.contains("ustore_frame_errors_total{kind=\"too_large\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ustore_frame_errors_total{kind=\"tls\"} 1"),
         "{metrics}"
     );
 }

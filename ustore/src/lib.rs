@@ -62,6 +62,10 @@ pub async fn run_with(
     let store = Arc::new(store);
 
     tracing::info!(store = %cfg.name, segments = ?store.segment_ids(), "segments open");
+    let transport = cfg
+        .internal_tls
+        .transport(xfs::Role::Ustore)
+        .map_err(|e| anyhow::anyhow!("internal TLS: {e}"))?;
     role.ready(listener.local_addr()?);
 
     let ctx = Arc::new(server::Ctx {
@@ -69,6 +73,8 @@ pub async fn run_with(
         admission,
         faults,
         max_frame: cfg.max_frame_bytes,
+        transport,
+        backup_roots: cfg.backup_roots.clone(),
     });
     let sweep = tokio::spawn(sweep_deleted(
         store.clone(),

@@ -54,8 +54,16 @@ pub fn count_page_reads<T>(page: impl FnOnce() -> T) -> T {
 pub static FRAME_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "ustore_frame_errors_total",
-        "connections closed for a bad frame, by kind",
+        "connections closed for a bad frame or a failed handshake (kind=\"tls\"), by kind",
         &["kind"],
+    )
+});
+
+pub static FORBIDDEN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "ustore_forbidden_total",
+        "requests refused because the caller's role may not ask for them",
+        &["role", "op"],
     )
 });
 
@@ -213,6 +221,7 @@ pub fn register() {
     LazyLock::force(&PAGE_READS);
     LazyLock::force(&PAGE_BLOCKS);
     LazyLock::force(&FRAME_ERRORS);
+    LazyLock::force(&FORBIDDEN);
     LazyLock::force(&CORRUPT);
     LazyLock::force(&ACCOUNT_LIFECYCLE);
     LazyLock::force(&SYNC_WRITES);

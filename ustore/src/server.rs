@@ -3,6 +3,7 @@
 //! deadline, on a blocking thread.
 
 use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use runtime::faults::Faults;
 use runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use xfs::serve::{self, ConnLimits};
-use xfs::{Reply, Request, ServerHello, XfsError};
+use xfs::{Caller, Reply, Request, ServerHello, XfsError};
 
 use crate::metrics;
 use crate::store::Store;
@@ -24,6 +25,10 @@ pub struct Ctx {
     pub admission: Arc<Admission>,
     pub faults: Arc<Faults>,
     pub max_frame: usize,
+    /// Mutual TLS (every caller's role proven) or plaintext.
+    pub transport: xfs::Transport,
+    /// The only directories checkpoints, backups and restores may use.
+    pub backup_roots: Vec<PathBuf>,
 }
 
 /// Close the connections the kernel queued on `listener` before the store could serve (the port
@@ -68,13 +73,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, max_conns: usize, shutd
         ..Default::default()
     };
     let conns = metrics::CONNECTIONS.clone();
-    runtime::server::serve_framed(listener, ctx, limits, max_conns, conns, shutdown).await
+    let transport = ctx.transport.clone();
+    runtime::server::serve_framed(listener, ctx, transport, limits, max_conns, conns, shutdown)
+        .await
 }
 
 impl serve::Service for Ctx {
     type Protocol = xfs::client::Xfs;
 
-    fn hello(&self, _client: &str) -> Result<ServerHello, String> {
+    fn hello(&self, _caller: &Caller) -> Result<ServerHello, String> {
         Ok(ServerHello {
             version: xfs::PROTOCOL_VERSION,
             store: self.store.name().to_string(),
@@ -82,13 +89,25 @@ impl serve::Service for Ctx {
         })
     }
 
-    async fn handle(self: Arc<Self>, req: Request) -> Result<Reply, XfsError> {
+    async fn handle(
+        self: Arc<Self>,
+        _caller: Arc<Caller>,
+        req: Request,
+    ) -> Result<Reply, XfsError> {
         process(&self, req).await
     }
 
     fn frame_error(&self, peer: SocketAddr, kind: &'static str, error: &str) {
         metrics::FRAME_ERRORS.with_label_values(&[kind]).inc();
         tracing::warn!(%peer, error, "closing XFS connection after a bad frame");
+    }
+
+    fn forbidden(&self, caller: &Caller, op: &'static str) {
+        metrics::FORBIDDEN
+            .with_label_values(&[caller.role.as_str(), op])
+            .inc();
+        tracing::warn!(peer = %caller.addr, role = %caller.role, name = %caller.name, op,
+            "forbidden operation refused");
     }
 }
 
@@ -127,6 +146,9 @@ async fn run_op(
     received: Instant,
     deadline_ms: u32,
 ) -> Result<Reply, XfsError> {
+    if let Some(dir) = op_dir(&op) {
+        confine(&ctx.backup_roots, dir)?;
+    }
     // Admission control: refuse at once rather than queue without bound.
     let Some(permit) = ctx.admission.try_acquire() else {
         metrics::OPS.shed.inc();
@@ -155,4 +177,78 @@ async fn run_op(
             why: "the operation failed inside the store".into(),
         })
     })
+}
+
+/// The directory on the store's machine an operation reads or writes, if it names one.
+fn op_dir(op: &xfs::Op) -> Option<&str> {
+    match op {
+        xfs::Op::Checkpoint { dir, .. }
+        | xfs::Op::BackupAccount { dir, .. }
+        | xfs::Op::RestoreMailbox { dir, .. } => Some(dir),
+        _ => None,
+    }
+}
+
+/// `Ok` when `dir` is an absolute path under one of `roots`, with symbolic links resolved
+/// through its nearest existing ancestor (so a link or `..` cannot lead out); refused otherwise.
+pub fn confine(roots: &[PathBuf], dir: &str) -> Result<(), XfsError> {
+    let refuse = |why: &str| XfsError::BadRequest {
+        why: format!("directory {dir:?} refused: {why}"),
+    };
+    let path = Path::new(dir);
+    if !path.is_absolute() {
+        return Err(refuse("not an absolute path"));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(refuse("contains .."));
+    }
+    let mut existing = path;
+    while !existing.exists() {
+        existing = existing
+            .parent()
+            .ok_or_else(|| refuse("no existing ancestor"))?;
+    }
+    let real = existing
+        .canonicalize()
+        .map_err(|e| refuse(&e.to_string()))?
+        .join(path.strip_prefix(existing).unwrap_or(Path::new("")));
+    let inside = roots
+        .iter()
+        .filter_map(|r| r.canonicalize().ok())
+        .any(|root| real.starts_with(&root));
+    if inside {
+        Ok(())
+    } else {
+        Err(refuse("not under the store's backup-roots"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_directories_under_a_root_are_allowed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let roots = vec![root.path().to_path_buf()];
+        let p = |rel: &str| root.path().join(rel).display().to_string();
+        assert!(confine(&roots, &p("new/checkpoint")).is_ok());
+        std::fs::create_dir(root.path().join("exists")).unwrap();
+        assert!(confine(&roots, &p("exists")).is_ok());
+        for bad in [
+            "relative/dir".to_string(),
+            p("../escape"),
+            outside.path().display().to_string(),
+            "/etc/passwd".into(),
+            "/".into(),
+        ] {
+            assert!(confine(&roots, &bad).is_err(), "{bad}");
+        }
+        // A symbolic link inside a root that points out of it.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
+        assert!(confine(&roots, &p("link/checkpoint")).is_err());
+        // No roots: nothing is allowed.
+        assert!(confine(&[], &p("new")).is_err());
+    }
 }

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use crate::conn::{ConnError, Pool, PoolConfig, Protocol};
 use crate::frame;
 use crate::proto::*;
+use crate::tls::{Identity, Role};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Who we are, sent in the hello.
-    pub name: String,
+    /// Who we are (role, instance, TLS).
+    pub identity: Identity,
     /// Connections kept to each store; requests are pipelined on each.
     pub conns_per_store: usize,
     pub connect_timeout: Duration,
@@ -74,7 +75,7 @@ impl std::fmt::Debug for CallFaults {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            name: "xfs-client".into(),
+            identity: Identity::plaintext(Role::Operator, "xfs-client"),
             conns_per_store: 2,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
@@ -135,9 +136,25 @@ impl Protocol for Xfs {
     type ServerHello = ServerHello;
     const VERSION: u32 = PROTOCOL_VERSION;
     const PEER: &'static str = "store";
+    const SERVER_ROLE: Role = Role::Ustore;
 
     fn version_of(hello: &ServerHello) -> u32 {
         hello.version
+    }
+
+    fn op_name(op: &Op) -> &'static str {
+        op.name()
+    }
+
+    fn permitted(role: Role, op: &Op) -> bool {
+        crate::access::permitted(role, op)
+    }
+
+    fn forbidden(role: Role, op: &Op) -> Result<Reply, XfsError> {
+        Err(XfsError::Forbidden {
+            op: op.name().to_string(),
+            role: role.to_string(),
+        })
     }
 }
 
@@ -233,9 +250,9 @@ impl ClientConfig {
     /// The store client of a serving role (front door, login, smtp-in): someone is waiting on
     /// each call, so connects give up after a second and reconnects back off from 20 ms to at
     /// most 500 ms; `faults` are the process's fault points (`runtime::faults::Faults`).
-    pub fn for_role(name: impl Into<String>, conns_per_store: usize, faults: CallFaults) -> Self {
+    pub fn for_role(identity: Identity, conns_per_store: usize, faults: CallFaults) -> Self {
         ClientConfig {
-            name: name.into(),
+            identity,
             conns_per_store,
             connect_timeout: Duration::from_secs(1),
             backoff_base: Duration::from_millis(20),
@@ -247,7 +264,7 @@ impl ClientConfig {
 
     fn pool_config(&self) -> PoolConfig {
         PoolConfig {
-            name: self.name.clone(),
+            identity: self.identity.clone(),
             conns: self.conns_per_store,
             connect_timeout: self.connect_timeout,
             backoff_base: self.backoff_base,
@@ -362,7 +379,7 @@ mod tests {
     impl crate::serve::Service for PongStore {
         type Protocol = Xfs;
 
-        fn hello(&self, _client: &str) -> Result<ServerHello, String> {
+        fn hello(&self, _caller: &crate::tls::Caller) -> Result<ServerHello, String> {
             Ok(ServerHello {
                 version: PROTOCOL_VERSION,
                 store: "pong".into(),
@@ -370,11 +387,17 @@ mod tests {
             })
         }
 
-        async fn handle(self: Arc<Self>, _req: Request) -> Result<Reply, XfsError> {
+        async fn handle(
+            self: Arc<Self>,
+            _caller: Arc<crate::tls::Caller>,
+            _req: Request,
+        ) -> Result<Reply, XfsError> {
             Ok(Reply::Pong)
         }
 
         fn frame_error(&self, _peer: std::net::SocketAddr, _kind: &'static str, _error: &str) {}
+
+        fn forbidden(&self, _caller: &crate::tls::Caller, _op: &'static str) {}
     }
 
     /// Serve `PongStore` on `listener` until `stop`; dropping the task closes every connection.
@@ -392,7 +415,16 @@ mod tests {
                 let stop = stop.clone();
                 conns.spawn(async move {
                     let limits = crate::serve::ConnLimits::default();
-                    crate::serve::connection(stream, peer, Arc::new(PongStore), &limits, stop).await
+                    let plain = crate::tls::Transport::Plaintext;
+                    crate::serve::connection(
+                        stream,
+                        peer,
+                        Arc::new(PongStore),
+                        &plain,
+                        &limits,
+                        stop,
+                    )
+                    .await
                 });
             }
             conns.shutdown().await;

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{self, FrameError};
+use crate::tls::{self, Identity, Role, Transport};
 
 pub use crate::envelope::Protocol;
 use crate::envelope::{
@@ -28,8 +29,9 @@ use crate::envelope::{
 /// How connections are made and kept.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Who we are, sent in the hello.
-    pub name: String,
+    /// Who we are: our role and instance, sent in the hello (over TLS, the ones our
+    /// certificate names), and TLS (the server must prove the protocol's role) or plaintext.
+    pub identity: Identity,
     /// Connections kept to each address; requests are pipelined on each.
     pub conns: usize,
     pub connect_timeout: Duration,
@@ -42,7 +44,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            name: "xfs-client".into(),
+            identity: Identity::plaintext(Role::Operator, "xfs-client"),
             conns: 2,
             connect_timeout: Duration::from_secs(2),
             backoff_base: Duration::from_millis(50),
@@ -329,11 +331,15 @@ impl<P: Protocol> Pool<P> {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         stream.set_nodelay(true).ok();
-        let (mut rd, wr) = stream.into_split();
+        let (mut rd, wr) = match &self.cfg.identity.transport {
+            Transport::Tls(t) => tls::split_tls(t.connect(stream, P::SERVER_ROLE).await?),
+            Transport::Plaintext => tls::split_tcp(stream),
+        };
         let mut wr = BufWriter::new(wr);
         let hello: ClientFrameOf<P> = ClientFrame::Hello(ClientHello {
             version: P::VERSION,
-            client: self.cfg.name.clone(),
+            role: self.cfg.identity.role,
+            name: self.cfg.identity.name.clone(),
         });
         frame::write_msg(&mut wr, &hello)
             .await
@@ -376,7 +382,7 @@ impl<P: Protocol> Pool<P> {
 }
 
 async fn write_loop(
-    mut wr: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut wr: BufWriter<tls::Writer>,
     rx: &mut mpsc::Receiver<(u64, Bytes)>,
 ) -> Result<(), FrameError> {
     while let Some((_, buf)) = rx.recv().await {
@@ -391,7 +397,7 @@ async fn write_loop(
 }
 
 async fn read_loop<P: Protocol>(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut tls::Reader,
     max: usize,
     pending: &Pending<P::Answer>,
 ) -> Result<(), FrameError> {

@@ -7,6 +7,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::tls::Role;
+
 /// What differs between two framed protocols.
 pub trait Protocol: Send + Sync + 'static {
     type Op: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static;
@@ -18,17 +20,28 @@ pub trait Protocol: Send + Sync + 'static {
     const VERSION: u32;
     /// What the server is called in errors and logs ("store", "replica").
     const PEER: &'static str;
+    /// The role a server of this protocol proves with its certificate.
+    const SERVER_ROLE: Role;
 
     /// The version a server's hello names.
     fn version_of(hello: &Self::ServerHello) -> u32;
+    /// An operation's short name, for metrics and logs.
+    fn op_name(op: &Self::Op) -> &'static str;
+    /// Whether a caller of `role` may ask for `op` at all (the protocol's least-privilege table;
+    /// the server's own checks, such as a user's session, come after).
+    fn permitted(role: Role, op: &Self::Op) -> bool;
+    /// The answer to an operation the caller's role may not ask for.
+    fn forbidden(role: Role, op: &Self::Op) -> Self::Answer;
 }
 
 /// A client's first frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientHello {
     pub version: u32,
-    /// Who is calling (role and process), for the server's logs.
-    pub client: String,
+    /// The caller's role: over TLS it must be the one its certificate names.
+    pub role: Role,
+    /// The caller's instance (`frontdoor-1`): over TLS its certificate must name it.
+    pub name: String,
 }
 
 /// One request. Requests may be pipelined; the response carries the same id.
@@ -112,8 +125,18 @@ mod tests {
         type ServerHello = ToyHello;
         const VERSION: u32 = 3;
         const PEER: &'static str = "toy";
+        const SERVER_ROLE: Role = Role::Ustore;
         fn version_of(h: &ToyHello) -> u32 {
             h.version
+        }
+        fn op_name(_: &String) -> &'static str {
+            "toy"
+        }
+        fn permitted(_: Role, _: &String) -> bool {
+            true
+        }
+        fn forbidden(_: Role, _: &String) -> Result<u8, String> {
+            Err("forbidden".into())
         }
     }
 

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version carried in both hellos. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The folders every mailbox has; they cannot be renamed or deleted.
 pub const SYSTEM_FOLDERS: [&str; 5] = ["Inbox", "Sent", "Drafts", "Junk", "Trash"];
@@ -352,6 +352,9 @@ macro_rules! operations {
         }
 
         impl Op {
+            /// Every operation's short name.
+            pub const NAMES: &'static [&'static str] = &[$($label),*];
+
             /// A short name, for metrics, logs and fault points.
             pub fn name(&self) -> &'static str {
                 match self {
@@ -702,6 +705,9 @@ pub enum XfsError {
     DeadlineExceeded,
     #[error("store unavailable: {why}")]
     Unavailable { why: String },
+    /// The caller's role may not ask for this operation, or its session does not allow it.
+    #[error("forbidden: a {role} may not {op}")]
+    Forbidden { op: String, role: String },
 }
 
 impl XfsError {
@@ -709,6 +715,7 @@ impl XfsError {
     pub fn kind(&self) -> &'static str {
         match self {
             XfsError::NoSuchUser => "no_such_user",
+            XfsError::Forbidden { .. } => "forbidden",
             XfsError::Moved { .. } => "moved",
             XfsError::Frozen { .. } => "frozen",
             XfsError::Busy { .. } => "busy",

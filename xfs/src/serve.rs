@@ -3,8 +3,14 @@
 //! requests read while earlier ones run, each answered as it completes, a bound on requests in
 //! flight per connection, an idle timeout, and on shutdown a drain of what is in flight.
 //!
-//! A bad frame (checksum, length, undecodable, a request before the hello, a second hello)
-//! closes the connection and is reported to [`Service::frame_error`] for the role's metrics.
+//! Over TLS the handshake comes first, and the client's certificate decides its role; the hello's
+//! claimed role and instance must be the certificate's. Each request is then checked against the
+//! protocol's table of what each role may ask ([`Protocol::permitted`]): anything else is
+//! answered `Forbidden` here, once for every protocol, and reported to [`Service::forbidden`].
+//!
+//! A bad frame (checksum, length, undecodable, a request before the hello, a second hello) or
+//! a failed handshake closes the connection and is reported to [`Service::frame_error`] for the
+//! role's metrics.
 //! The accept loop around it (connection limit, per-connection metrics) is `runtime::server`.
 
 use std::future::Future;
@@ -22,28 +28,33 @@ use crate::envelope::{
     ServerFrameOf,
 };
 use crate::frame;
+use crate::tls::{self, Caller, Transport};
 
 /// A server's side of a protocol and what it does with requests.
 pub trait Service: Send + Sync + 'static {
     type Protocol: Protocol;
 
     /// The answer to a client's hello at the protocol's version: `Ok(hello)` to go on,
-    /// `Err(reason)` to refuse it and close. (A client of another version is refused before
-    /// this is asked.)
-    fn hello(&self, client: &str) -> Result<<Self::Protocol as Protocol>::ServerHello, String>;
+    /// `Err(reason)` to refuse it and close. (A client of another version, or whose hello does
+    /// not match its certificate, is refused before this is asked.)
+    fn hello(&self, caller: &Caller) -> Result<<Self::Protocol as Protocol>::ServerHello, String>;
     /// Whether a request is answered in arrival order without a task of its own (cheap, local
     /// reads such as the index's lookups).
     fn inline(&self, _req: &RequestOf<Self>) -> bool {
         false
     }
-    /// Do one request; its answer (sent back with the request's id).
+    /// Do one request its caller's role may ask for; its answer (sent back with the request's
+    /// id).
     fn handle(
         self: Arc<Self>,
+        caller: Arc<Caller>,
         req: RequestOf<Self>,
     ) -> impl Future<Output = <Self::Protocol as Protocol>::Answer> + Send;
     /// A frame error closed a connection (`kind`: [`FrameError::kind`], or `no_hello`,
-    /// `second_hello`, `version`).
+    /// `second_hello`, `version`, `tls`, `identity`).
     fn frame_error(&self, peer: SocketAddr, kind: &'static str, error: &str);
+    /// A request was answered `Forbidden`: its caller's role may not ask for `op`.
+    fn forbidden(&self, caller: &Caller, op: &'static str);
 }
 
 /// A request of a service's protocol.
@@ -80,11 +91,25 @@ pub async fn connection<S: Service>(
     stream: TcpStream,
     peer: SocketAddr,
     service: Arc<S>,
+    transport: &Transport,
     limits: &ConnLimits,
     stop: CancellationToken,
 ) {
-    // Owned halves: reads and writes proceed without a lock between them.
-    let (rd, wr) = stream.into_split();
+    stream.set_nodelay(true).ok();
+    // The handshake proves the caller's role (its certificate); the hello names its instance.
+    let (rd, wr, proven) = match transport {
+        Transport::Tls(tls) => match tls.accept(stream).await {
+            Ok((s, role, cert)) => {
+                let (r, w) = tls::split_tls(s);
+                (r, w, Some((role, cert)))
+            }
+            Err(e) => return service.frame_error(peer, "tls", &e),
+        },
+        Transport::Plaintext => {
+            let (r, w) = tls::split_tcp(stream);
+            (r, w, None)
+        }
+    };
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut wr = BufWriter::new(wr);
     let first = tokio::time::timeout(
@@ -104,12 +129,21 @@ pub async fn connection<S: Service>(
             return;
         }
     };
-    let (version, client) = (hello.version, hello.client);
-    let answer = if version == S::Protocol::VERSION {
-        service.hello(&client)
-    } else {
+    let caller = Arc::new(Caller {
+        addr: peer,
+        role: hello.role,
+        name: hello.name,
+        proven: proven.is_some(),
+    });
+    let answer = if hello.version != S::Protocol::VERSION {
+        let version = hello.version;
         service.frame_error(peer, "version", &format!("client speaks version {version}"));
         Err(version_refusal::<S::Protocol>(version))
+    } else if let Some(why) = proven.and_then(|(role, cert)| mismatch(&caller, role, &cert)) {
+        service.frame_error(peer, "identity", &why);
+        Err(why)
+    } else {
+        service.hello(&caller)
     };
     let go_on = answer.is_ok();
     let reply: ServerFrameOf<S::Protocol> = match answer {
@@ -119,7 +153,7 @@ pub async fn connection<S: Service>(
     if frame::write_msg(&mut wr, &reply).await.is_err() || wr.flush().await.is_err() || !go_on {
         return;
     }
-    tracing::debug!(%peer, %client, "connection open");
+    tracing::debug!(%peer, role = %caller.role, name = %caller.name, "connection open");
 
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_pipeline);
     let writer = tokio::spawn(async move {
@@ -170,8 +204,18 @@ pub async fn connection<S: Service>(
             },
         };
         let id = req.id;
-        if service.inline(&req) {
-            let result = service.clone().handle(req).await;
+        if !S::Protocol::permitted(caller.role, &req.op) {
+            service.forbidden(&caller, S::Protocol::op_name(&req.op));
+            let result = S::Protocol::forbidden(caller.role, &req.op);
+            drop(slot);
+            if send::<S::Protocol>(&tx, Response { id, result })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        } else if service.inline(&req) {
+            let result = service.clone().handle(caller.clone(), req).await;
             drop(slot);
             if send::<S::Protocol>(&tx, Response { id, result })
                 .await
@@ -180,9 +224,9 @@ pub async fn connection<S: Service>(
                 break;
             }
         } else {
-            let (service, tx) = (service.clone(), tx.clone());
+            let (service, tx, caller) = (service.clone(), tx.clone(), caller.clone());
             tokio::spawn(async move {
-                let result = service.handle(req).await;
+                let result = service.handle(caller, req).await;
                 let _ = send::<S::Protocol>(&tx, Response { id, result }).await;
                 drop(slot);
             });
@@ -193,16 +237,38 @@ pub async fn connection<S: Service>(
     let _ = writer.await;
 }
 
+/// Why a TLS caller's hello does not match its certificate, if it does not.
+fn mismatch(
+    caller: &Caller,
+    role: crate::tls::Role,
+    cert: &rustls::pki_types::CertificateDer<'_>,
+) -> Option<String> {
+    if caller.role != role {
+        return Some(format!(
+            "the hello claims the role {}, the certificate is a {role}'s",
+            caller.role
+        ));
+    }
+    (!tls::names_instance(cert, role, &caller.name)).then(|| {
+        format!(
+            "the certificate does not name the instance {:?} of {role}",
+            caller.name
+        )
+    })
+}
+
 /// What an accept loop (`runtime::server::serve`) calls per connection: [`connection`] with
-/// this service, these limits and this stop signal.
+/// this service, transport, these limits and this stop signal.
 pub fn handler<S: Service>(
     service: Arc<S>,
+    transport: Transport,
     limits: ConnLimits,
     stop: CancellationToken,
 ) -> impl Fn(TcpStream, SocketAddr) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     move |stream, peer| {
         let (service, limits, stop) = (service.clone(), limits.clone(), stop.clone());
-        Box::pin(async move { connection(stream, peer, service, &limits, stop).await })
+        let transport = transport.clone();
+        Box::pin(async move { connection(stream, peer, service, &transport, &limits, stop).await })
     }
 }
 

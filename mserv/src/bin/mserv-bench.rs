@@ -20,6 +20,10 @@ use mserv::{Client, ClientConfig, Policy, StoreInfo, StoreState};
 
 #[derive(Parser, Debug)]
 struct Args {
+    /// Call as the operator certificate `bench.pem` in this directory (`mailctl certs issue
+    /// --role operator --name bench`); without it, plaintext.
+    #[arg(long, value_name = "DIR")]
+    certs: Option<std::path::PathBuf>,
     /// Every replica's address.
     #[arg(long, value_delimiter = ',', required = true)]
     addrs: Vec<String>,
@@ -47,11 +51,11 @@ fn user(i: u64) -> String {
     format!("bench{i}@example.test")
 }
 
-fn client(addrs: Vec<String>, conns: usize, cache: bool) -> Arc<Client> {
+fn client(identity: &xfs::Identity, addrs: Vec<String>, conns: usize, cache: bool) -> Arc<Client> {
     Arc::new(Client::new(
         addrs,
         ClientConfig {
-            name: "mserv-bench".into(),
+            identity: identity.clone(),
             conns_per_replica: conns,
             cache_ttl: if cache {
                 Duration::from_secs(600)
@@ -134,9 +138,9 @@ where
     Ok(rate)
 }
 
-async fn leader(addrs: &[String]) -> Option<(u64, String)> {
+async fn leader(identity: &xfs::Identity, addrs: &[String]) -> Option<(u64, String)> {
     for a in addrs {
-        let c = client(vec![a.clone()], 1, false);
+        let c = client(identity, vec![a.clone()], 1, false);
         if let Ok(s) = c.stats().await {
             if s.raft.role == "leader" {
                 return Some((s.raft.id, a.clone()));
@@ -149,9 +153,11 @@ async fn leader(addrs: &[String]) -> Option<(u64, String)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let all = client(args.addrs.clone(), args.conns, false);
+    let identity = xfs::Identity::operator(args.certs.as_deref(), "bench")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let all = client(&identity, args.addrs.clone(), args.conns, false);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while leader(&args.addrs).await.is_none() {
+    while leader(&identity, &args.addrs).await.is_none() {
         if Instant::now() > deadline {
             bail!("no leader among {:?}", args.addrs);
         }
@@ -184,14 +190,14 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Lookups from one replica (a follower when there is one: the leader also replicates).
-    let lead = leader(&args.addrs).await.map(|(_, a)| a);
+    let lead = leader(&identity, &args.addrs).await.map(|(_, a)| a);
     let one = args
         .addrs
         .iter()
         .find(|a| Some(*a) != lead.as_ref())
         .unwrap_or(&args.addrs[0])
         .clone();
-    let c = client(vec![one.clone()], args.conns, false);
+    let c = client(&identity, vec![one.clone()], args.conns, false);
     let lookups = run_for(
         "lookups (uncached)",
         args.concurrency,
@@ -206,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let c = client(vec![one.clone()], args.conns, true);
+    let c = client(&identity, vec![one.clone()], args.conns, true);
     for i in 0..users.min(10_000) {
         c.lookup(&user(i)).await?;
     }
@@ -248,7 +254,9 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let mut failover_ms = 0;
     if !pids.is_empty() {
-        let (id, _) = leader(&args.addrs).await.context("no leader to kill")?;
+        let (id, _) = leader(&identity, &args.addrs)
+            .await
+            .context("no leader to kill")?;
         let pid = pids
             .get(&id)
             .with_context(|| format!("no pid for replica {id}"))?;

@@ -18,6 +18,10 @@ use xfs::{CallError, NewAccount, Op, Reply, StorePool, Target, XfsError, INBOX};
 
 #[derive(Parser)]
 struct Args {
+    /// Call as the operator certificate `NAME.pem` in this directory (`mailctl certs issue
+    /// --role operator`); without it, plaintext.
+    #[arg(long, value_name = "DIR")]
+    certs: Option<std::path::PathBuf>,
     /// A member index replica (repeat for several).
     #[arg(long, required = true)]
     mserv: Vec<String>,
@@ -42,10 +46,12 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let identity = xfs::Identity::operator(args.certs.as_deref(), "bench")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let client = mserv::Client::new(
         args.mserv.clone(),
         mserv::ClientConfig {
-            name: "hcu-setup".into(),
+            identity: identity.clone(),
             cache_ttl: Duration::ZERO,
             request_timeout: Duration::from_secs(10),
             ..Default::default()
@@ -65,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("registering {name}"))?;
     }
     let cfg = Arc::new(xfs::ClientConfig {
-        name: "hcu-setup".into(),
+        identity,
         ..Default::default()
     });
     let pools: HashMap<String, StorePool> = client

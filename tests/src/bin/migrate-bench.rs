@@ -235,7 +235,7 @@ async fn run(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let endpoints = Endpoints::load(&args.data.join("endpoints.json"))?;
-    let hcu = Arc::new(Hcu::new(endpoints));
+    let hcu = Arc::new(Hcu::new(endpoints)?);
     match args.cmd {
         Cmd::Setup {
             bytes_per_user,

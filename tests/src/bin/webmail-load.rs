@@ -194,7 +194,7 @@ fn message(user: &str, i: usize, size: usize) -> Delivery {
 
 async fn setup(c: Common, messages: usize, size: usize, parallel: usize) -> anyhow::Result<()> {
     let e = endpoints(&c.data)?;
-    let hcu = Arc::new(Hcu::new(e.clone()));
+    let hcu = Arc::new(Hcu::new(e.clone())?);
     let started = Instant::now();
     let mut targets = Vec::new();
     for i in 0..c.users {

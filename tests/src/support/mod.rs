@@ -9,11 +9,13 @@
 //! - [`metrics`]: a process's `/metrics`, and the percentile of a sorted sample.
 //! - [`command`]: commands run to their end that must succeed.
 //! - [`faults`]: fault points for a role's config, set from its start.
+//! - [`pki`]: the test authority, each process's certificate, and the harness's own identity.
 
 pub mod command;
 pub mod mail;
 pub mod mailbox;
 pub mod metrics;
+pub mod pki;
 pub mod poll;
 
 pub use command::{run_ok, succeeded};

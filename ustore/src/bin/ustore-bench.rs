@@ -15,6 +15,10 @@ use xfs::{ClientConfig, Delivery, Flags, NewAccount, Op, Reply, StorePool, Summa
 
 #[derive(Parser, Debug)]
 struct Args {
+    /// Call as the operator certificate `NAME.pem` in this directory (`mailctl certs issue
+    /// --role operator`); without it, plaintext.
+    #[arg(long, value_name = "DIR")]
+    certs: Option<std::path::PathBuf>,
     /// The store's XFS address (loopback).
     #[arg(long, default_value = "127.0.0.1:7100")]
     addr: String,
@@ -112,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
     let pool = Arc::new(StorePool::new(
         args.addr.clone(),
         Arc::new(ClientConfig {
-            name: "ustore-bench".into(),
+            identity: xfs::Identity::operator(args.certs.as_deref(), "bench")
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
             conns_per_store: 4,
             ..Default::default()
         }),
