@@ -169,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
                                 subject: "bench".into(),
                                 ..Default::default()
                             },
-                            body,
+                            body: body.into(),
                         },
                     };
                     let t = Instant::now();
