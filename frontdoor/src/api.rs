@@ -171,12 +171,12 @@ async fn folders(
 }
 
 #[derive(Debug, Deserialize)]
-struct NameBody {
+pub struct NameBody {
     name: String,
 }
 
 #[derive(Debug, Deserialize)]
-struct RenameBody {
+pub struct RenameBody {
     from: String,
     to: String,
 }
@@ -214,7 +214,7 @@ async fn folder_empty(
 }
 
 #[derive(Debug, Deserialize)]
-struct PageParams {
+pub struct PageParams {
     offset: Option<u32>,
     limit: Option<u32>,
 }
@@ -238,7 +238,7 @@ async fn folder_messages(
 }
 
 #[derive(Debug, Deserialize)]
-struct MessageParams {
+pub struct MessageParams {
     mark_seen: Option<bool>,
     images: Option<bool>,
 }
@@ -348,7 +348,7 @@ async fn attachment(
 }
 
 #[derive(Debug, Deserialize)]
-struct MoveBody {
+pub struct MoveBody {
     ids: Vec<MsgId>,
     folder: String,
 }
@@ -367,7 +367,7 @@ async fn move_messages(
 }
 
 #[derive(Debug, Deserialize)]
-struct FlagsBody {
+pub struct FlagsBody {
     ids: Vec<MsgId>,
     #[serde(default)]
     add: Vec<String>,
@@ -401,7 +401,7 @@ async fn flag_messages(
 }
 
 #[derive(Debug, Deserialize)]
-struct DeleteBody {
+pub struct DeleteBody {
     ids: Vec<MsgId>,
     /// The folder the messages are in, when the caller knows it (saves a read per message).
     folder: Option<String>,
@@ -442,7 +442,7 @@ async fn delete_messages(
 }
 
 #[derive(Debug, Deserialize)]
-struct SendBody {
+pub struct SendBody {
     #[serde(default)]
     to: Vec<String>,
     #[serde(default)]
@@ -460,7 +460,7 @@ struct SendBody {
 }
 
 #[derive(Debug, Deserialize)]
-struct AttachmentBody {
+pub struct AttachmentBody {
     name: String,
     #[serde(default)]
     content_type: Option<String>,
@@ -556,7 +556,7 @@ pub fn search_fields(list: Option<&str>) -> Result<(bool, bool, bool), Error> {
 }
 
 #[derive(Debug, Deserialize)]
-struct SearchParams {
+pub struct SearchParams {
     q: Option<String>,
     #[serde(rename = "in")]
     fields: Option<String>,

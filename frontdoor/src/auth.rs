@@ -117,7 +117,7 @@ impl AuthError {
 }
 
 /// The token a request carries: a Bearer header first, else the session cookie.
-fn token_of(headers: &HeaderMap) -> Option<(String, Via)> {
+pub fn token_of(headers: &HeaderMap) -> Option<(String, Via)> {
     if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         if let Some(t) = v
             .strip_prefix("Bearer ")

@@ -198,7 +198,7 @@ pub async fn send(ctx: &Ctx, session: &Session, draft: &Draft) -> Result<Sent, S
         internal_date_ms: now_ms(),
         flags: Flags::SEEN,
         summary: crate::mime::summarize(&bytes),
-        body: bytes,
+        body: bytes.into(),
     };
     let copy = session
         .mailbox(ctx)

@@ -199,7 +199,7 @@ async fn index(
 }
 
 #[derive(Deserialize)]
-struct LoginForm {
+pub struct LoginForm {
     #[serde(default)]
     user: String,
     #[serde(default)]
@@ -346,7 +346,7 @@ fn add_retry_after(res: &mut Response, e: &SignInError) {
 }
 
 #[derive(Deserialize)]
-struct SessionRequest {
+pub struct SessionRequest {
     user: String,
     password: String,
 }

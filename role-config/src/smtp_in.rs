@@ -49,6 +49,15 @@ pub struct SmtpInConfig {
     pub route_cache_secs: u64,
     /// How often the store registry is fetched again.
     pub store_refresh_secs: u64,
+    /// Message data (DATA and BDAT bytes) all sessions together may hold in memory. A message
+    /// whose declared SIZE does not fit is told `452 4.3.1`; a session whose data would pass it
+    /// is told `421 4.3.2` and closed.
+    pub max_data_in_flight_bytes: usize,
+    /// The pause before answering a RCPT for a user that does not exist, times the unknown
+    /// recipients the session has named so far (a guesser slows down), and its cap. Each such
+    /// RCPT also counts as an error toward the session's error limit.
+    pub unknown_rcpt_delay_ms: u64,
+    pub unknown_rcpt_delay_max_ms: u64,
     /// Longest a SIGTERM drain waits for sessions to finish their current message.
     pub drain_timeout_secs: u64,
     /// STARTTLS is offered only with a certificate.
@@ -78,6 +87,9 @@ impl Default for SmtpInConfig {
             route_cache_secs: 60,
             store_refresh_secs: 10,
             drain_timeout_secs: 30,
+            max_data_in_flight_bytes: 512 << 20,
+            unknown_rcpt_delay_ms: 500,
+            unknown_rcpt_delay_max_ms: 5000,
             tls: None,
             log: LogConfig::default(),
             admin: AdminConfig {
@@ -131,6 +143,25 @@ impl Validate for SmtpInConfig {
                 ),
             ],
         );
+        if self.max_data_in_flight_bytes < self.max_message_bytes {
+            errs.push(format!(
+                "max-data-in-flight-bytes: {} is less than max-message-bytes ({}): a message of \
+                 the largest size could never be taken",
+                self.max_data_in_flight_bytes, self.max_message_bytes
+            ));
+        }
+        if self.unknown_rcpt_delay_max_ms < self.unknown_rcpt_delay_ms {
+            errs.push(format!(
+                "unknown-rcpt-delay-max-ms: {} is less than unknown-rcpt-delay-ms ({})",
+                self.unknown_rcpt_delay_max_ms, self.unknown_rcpt_delay_ms
+            ));
+        }
+        if self.unknown_rcpt_delay_max_ms > 60_000 {
+            errs.push(format!(
+                "unknown-rcpt-delay-max-ms: {} is over a minute; a client would time out first",
+                self.unknown_rcpt_delay_max_ms
+            ));
+        }
         require_nonzero(
             &mut errs,
             &[
@@ -175,5 +206,26 @@ mod tests {
         assert!(err.contains("Example.test"), "{err}");
         assert!(err.contains("max-line-bytes"), "{err}");
         assert!(runtime::config::parse::<SmtpInConfig>("relay = true\n").is_err());
+    }
+
+    #[test]
+    fn the_data_budget_and_the_rcpt_delay_are_checked() {
+        let cfg: SmtpInConfig = runtime::config::parse(
+            "max-data-in-flight-bytes = 1048576\nmax-message-bytes = 1048576\n\
+             unknown-rcpt-delay-ms = 0\nunknown-rcpt-delay-max-ms = 0\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.max_data_in_flight_bytes, 1 << 20);
+        let err = runtime::config::parse::<SmtpInConfig>(
+            "max-data-in-flight-bytes = 2048\nmax-message-bytes = 4096\n\
+             unknown-rcpt-delay-ms = 900\nunknown-rcpt-delay-max-ms = 100\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max-data-in-flight-bytes"), "{err}");
+        assert!(err.contains("unknown-rcpt-delay-max-ms"), "{err}");
+        let d = SmtpInConfig::default();
+        assert_eq!(d.max_data_in_flight_bytes, 512 << 20);
+        assert!(d.max_data_in_flight_bytes >= d.max_message_bytes);
     }
 }

@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use mserv_client::{Route, RouteError, StoreState};
 use runtime::faults::Faults;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use xfs::{ops, AccountState, CallError, Delivery, XfsError};
 
 use crate::mailboxes::{Mailboxes, MessageCopy, Outcome, Recipient, Verdict};
 use crate::metrics;
+use crate::session::COPIES_IN_FLIGHT;
 use crate::SmtpInConfig;
 
 /// Longest a RCPT check waits for the store.
@@ -90,13 +92,17 @@ impl Mailboxes for Stores {
         check_rcpt(&self.shared, addr, trace).await
     }
 
-    /// Every copy goes to its store in parallel, all under one deadline.
+    /// Every copy goes to its store in parallel, all under one deadline, with at most
+    /// [`COPIES_IN_FLIGHT`] store calls (each holding the message encoded) at once; a copy
+    /// waiting to retry holds no place.
     async fn deliver(&self, copies: Vec<MessageCopy<Route>>, trace: &str) -> Vec<Outcome> {
         let deadline = Instant::now() + self.shared.deliver_timeout;
+        let calls = Arc::new(Semaphore::new(COPIES_IN_FLIGHT));
         let mut tasks = JoinSet::new();
         for copy in copies {
             tasks.spawn(deliver_copy(
                 self.shared.clone(),
+                calls.clone(),
                 copy.rcpt,
                 copy.delivery,
                 trace.to_string(),
@@ -229,6 +235,7 @@ async fn wait_out_freeze(deadline: Instant) -> bool {
 /// unreachable stores with jittered backoff until `deadline`.
 async fn deliver_copy(
     ctx: Arc<Shared>,
+    calls: Arc<Semaphore>,
     mut rcpt: Recipient<Route>,
     delivery: Delivery,
     trace: String,
@@ -254,14 +261,26 @@ async fn deliver_copy(
                 why: e.to_string(),
             }),
             Ok(()) => {
-                let op = ops::Deliver {
-                    target: rcpt.route.target(),
-                    delivery: delivery.clone(),
+                let call = async {
+                    let _place = calls.acquire().await;
+                    let op = ops::Deliver {
+                        target: rcpt.route.target(),
+                        // The body is shared, not copied.
+                        delivery: delivery.clone(),
+                    };
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    ctx.xfs
+                        .pool(&rcpt.route.xfs_addr)
+                        .run_with(op, &trace, left)
+                        .await
                 };
-                ctx.xfs
-                    .pool(&rcpt.route.xfs_addr)
-                    .run_with(op, &trace, left)
-                    .await
+                match tokio::time::timeout_at(deadline, call).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(CallError::Unavailable {
+                        addr: rcpt.route.xfs_addr.clone(),
+                        why: "no place for the call before the delivery deadline".into(),
+                    }),
+                }
             }
         };
         if answer.is_err() {
@@ -324,5 +343,129 @@ async fn deliver_copy(
         };
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(pause.min(left)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use mserv_client::proto::Placement;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+    use xfs::{frame, ClientFrame, Op, Reply, Response, ServerFrame, ServerHello};
+
+    use super::*;
+
+    /// A store that answers every delivery after a pause, counting the calls it holds at once.
+    async fn slow_store(most: Arc<AtomicUsize>, bodies: Arc<AtomicUsize>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let now = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = l.accept().await {
+                let (now, most, bodies) = (now.clone(), most.clone(), bodies.clone());
+                tokio::spawn(async move {
+                    let (mut rd, mut wr) = sock.into_split();
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ServerFrame>();
+                    tokio::spawn(async move {
+                        while let Some(f) = rx.recv().await {
+                            if wr.write_all(&frame::encode(&f).unwrap()).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    while let Ok(Some(f)) =
+                        frame::read_msg::<_, ClientFrame>(&mut rd, 1 << 26).await
+                    {
+                        let r = match f {
+                            ClientFrame::Hello(_) => {
+                                let _ = tx.send(ServerFrame::Hello(ServerHello {
+                                    version: xfs::PROTOCOL_VERSION,
+                                    store: "slow".into(),
+                                    segments: vec![0],
+                                }));
+                                continue;
+                            }
+                            ClientFrame::Request(r) => r,
+                        };
+                        let Op::Deliver { delivery, .. } = r.op else {
+                            panic!("only deliveries here");
+                        };
+                        bodies.fetch_add(delivery.body.len(), Ordering::SeqCst);
+                        let held = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(held, Ordering::SeqCst);
+                        let (now, tx) = (now.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                            now.fetch_sub(1, Ordering::SeqCst);
+                            let _ = tx.send(ServerFrame::Response(Response {
+                                id: r.id,
+                                result: Ok(Reply::Delivered {
+                                    msg: 1,
+                                    folder: "INBOX".into(),
+                                    uid: 1,
+                                    duplicate: false,
+                                }),
+                            }));
+                        });
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_message_for_many_recipients_has_few_store_calls_in_flight() {
+        let (most, bodies) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let addr = slow_store(most.clone(), bodies.clone()).await;
+        let cfg = SmtpInConfig {
+            mserv: vec!["127.0.0.1:9".into()],
+            ..Default::default()
+        };
+        let plain = xfs::Identity::plaintext(xfs::Role::SmtpIn, "smtp-in");
+        let stores = Stores::new(&cfg, plain, Arc::new(Faults::new()));
+        let body = bytes::Bytes::from(vec![b'x'; 10_000]);
+        let copies = (0..24)
+            .map(|i| {
+                let user = format!("user{i}@megamail.test");
+                MessageCopy {
+                    rcpt: Recipient {
+                        user: user.clone(),
+                        route: Route {
+                            user,
+                            placement: Placement {
+                                store: "slow".into(),
+                                segment: 0,
+                                epoch: 1,
+                            },
+                            xfs_addr: addr.clone(),
+                            store_state: StoreState::Active,
+                            cluster: "c".into(),
+                        },
+                    },
+                    delivery: Delivery {
+                        id: [i; 32],
+                        folder: None,
+                        internal_date_ms: 0,
+                        flags: Default::default(),
+                        summary: Default::default(),
+                        body: body.clone(),
+                    },
+                }
+            })
+            .collect();
+        let outcomes = stores.deliver(copies, "t").await;
+        assert_eq!(outcomes.len(), 24);
+        assert!(outcomes
+            .iter()
+            .all(|o| *o == Outcome::Stored { duplicate: false }));
+        assert_eq!(bodies.load(Ordering::SeqCst), 24 * 10_000);
+        let most = most.load(Ordering::SeqCst);
+        assert!(
+            (1..=COPIES_IN_FLIGHT).contains(&most),
+            "{most} calls at once"
+        );
     }
 }

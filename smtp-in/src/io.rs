@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::budget::Reservation;
+
 /// Anything a session can run over: TCP, or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -22,6 +24,8 @@ pub enum ReadError {
     Eof,
     #[error("timed out waiting for the client")]
     Timeout,
+    #[error("the data budget has no room for this message's data")]
+    OverBudget,
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -159,12 +163,15 @@ impl Conn {
 
     /// Read SMTP data after `354`: lines up to `<CRLF>.<CRLF>`, dot-unstuffed. Past `max_bytes`
     /// or a line over `max_line` the rest is read and dropped, so the session stays in step.
-    /// `timeout` bounds each wait for more input.
+    /// `timeout` bounds each wait for more input. The buffer grows only inside `held`; when the
+    /// budget has no room the read stops at once with [`ReadError::OverBudget`] (the rest of
+    /// the data is still on the wire, so the session must close).
     pub async fn read_data(
         &mut self,
         max_bytes: usize,
         max_line: usize,
         timeout: Duration,
+        held: &mut Reservation,
     ) -> Result<Data, ReadError> {
         let mut data = Data::default();
         // The data starts right after the CRLF of the DATA command.
@@ -186,21 +193,24 @@ impl Conn {
                 if data.bytes.len() + content.len() > max_bytes {
                     data.too_big = true;
                     data.bytes = Vec::new();
-                } else {
+                } else if held.make_room(&mut data.bytes, content.len(), max_bytes) {
                     data.bytes.extend_from_slice(content);
+                } else {
+                    return Err(ReadError::OverBudget);
                 }
             }
             at_line_start = line.crlf;
         }
     }
 
-    /// Read exactly `n` bytes (a BDAT chunk) into `into`, or drop them when `keep` is false.
-    /// `timeout` bounds each wait for more input.
+    /// Read exactly `n` bytes (a BDAT chunk) and append them to `into`'s buffer, or drop them
+    /// when `into` is `None`. The buffer grows only inside its reservation, as the bytes come
+    /// (a declared size claims nothing), up to its limit; when the budget has no room the read
+    /// stops with [`ReadError::OverBudget`]. `timeout` bounds each wait for more input.
     pub async fn read_chunk(
         &mut self,
         mut n: usize,
-        into: &mut Vec<u8>,
-        keep: bool,
+        mut into: Option<(&mut Vec<u8>, &mut Reservation, usize)>,
         timeout: Duration,
     ) -> Result<(), ReadError> {
         while n > 0 {
@@ -208,8 +218,11 @@ impl Conn {
                 self.fill(Instant::now() + timeout).await?;
             }
             let take = n.min(self.end - self.start);
-            if keep {
-                into.extend_from_slice(&self.buf[self.start..self.start + take]);
+            if let Some((buf, held, max)) = into.as_mut() {
+                if !held.make_room(buf, take, *max) {
+                    return Err(ReadError::OverBudget);
+                }
+                buf.extend_from_slice(&self.buf[self.start..self.start + take]);
             }
             self.start += take;
             n -= take;
@@ -233,6 +246,10 @@ mod tests {
             let _ = client.read_to_end(&mut sink).await;
         });
         Conn::new(Box::new(server))
+    }
+
+    fn plenty() -> Reservation {
+        crate::budget::Budget::new(1 << 30).reservation()
     }
 
     fn later() -> Instant {
@@ -271,7 +288,7 @@ mod tests {
     async fn data_is_unstuffed_and_ends_only_at_crlf_dot_crlf() {
         let mut c = conn_with(b"a\r\n..b\r\nc\n.\nd\r.\re\r\n.\n\r\n.x\r\n.\r\nNOOP\r\n").await;
         let d = c
-            .read_data(1 << 20, 1000, Duration::from_secs(5))
+            .read_data(1 << 20, 1000, Duration::from_secs(5), &mut plenty())
             .await
             .unwrap();
         assert_eq!(d.bytes, b"a\r\n.b\r\nc\n.\nd\r.\re\r\n\n\r\nx\r\n");
@@ -290,7 +307,7 @@ mod tests {
         input.extend_from_slice(b".\r\nQUIT\r\n");
         let mut c = conn_with(&input).await;
         let d = c
-            .read_data(5000, 1000, Duration::from_secs(5))
+            .read_data(5000, 1000, Duration::from_secs(5), &mut plenty())
             .await
             .unwrap();
         assert!(d.too_big && d.bytes.is_empty());
@@ -298,19 +315,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn data_past_the_budget_stops_the_read() {
+        let budget = crate::budget::Budget::new(10_000);
+        let mut other = budget.reservation();
+        assert!(other.grow_to(4_000));
+        let mut input = Vec::new();
+        for _ in 0..100 {
+            input.extend_from_slice(&[b'x'; 98]);
+            input.extend_from_slice(b"\r\n");
+        }
+        input.extend_from_slice(b".\r\n");
+        let mut c = conn_with(&input).await;
+        let mut held = budget.reservation();
+        let r = c
+            .read_data(1 << 20, 1000, Duration::from_secs(5), &mut held)
+            .await;
+        assert!(matches!(r, Err(ReadError::OverBudget)), "{r:?}");
+        assert!(held.held() <= 6_000 && budget.used() <= 10_000);
+        drop(held);
+        assert_eq!(budget.used(), 4_000);
+        // With room, the same data is read whole.
+        drop(other);
+        let mut c = conn_with(&input).await;
+        let mut held = budget.reservation();
+        let d = c
+            .read_data(1 << 20, 1000, Duration::from_secs(5), &mut held)
+            .await
+            .unwrap();
+        assert_eq!(d.bytes.len(), 10_000);
+        assert!(held.held() >= d.bytes.capacity());
+    }
+
+    #[tokio::test]
     async fn chunks_are_exact() {
         let mut c = conn_with(b"0123456789BDAT").await;
         let mut v = Vec::new();
-        c.read_chunk(4, &mut v, true, Duration::from_secs(5))
+        let mut held = plenty();
+        let t = Duration::from_secs(5);
+        c.read_chunk(4, Some((&mut v, &mut held, 100)), t)
             .await
             .unwrap();
-        c.read_chunk(3, &mut v, false, Duration::from_secs(5))
-            .await
-            .unwrap();
-        c.read_chunk(3, &mut v, true, Duration::from_secs(5))
+        c.read_chunk(3, None, t).await.unwrap();
+        c.read_chunk(3, Some((&mut v, &mut held, 100)), t)
             .await
             .unwrap();
         assert_eq!(v, b"0123789");
+        assert!(held.held() >= v.capacity());
         assert!(c.has_buffered_input());
     }
 }

@@ -5,6 +5,7 @@
 //! its sender, and delivery ids make the retry store nothing twice).
 
 pub use role_config::smtp_in as config;
+pub mod budget;
 pub mod deliver;
 pub mod io;
 pub mod mailboxes;
@@ -28,11 +29,24 @@ use tokio_rustls::TlsAcceptor;
 pub use config::SmtpInConfig;
 
 /// What every session shares: the configuration, the TLS acceptor (STARTTLS is offered only
-/// with one) and the mailboxes mail goes into.
+/// with one), the mailboxes mail goes into and the budget for message data in memory.
 pub struct Ctx<M> {
     pub cfg: SmtpInConfig,
     pub tls: Option<TlsAcceptor>,
     pub mailboxes: M,
+    pub budget: Arc<budget::Budget>,
+}
+
+impl<M> Ctx<M> {
+    /// The context for `cfg`, its data budget empty.
+    pub fn new(cfg: SmtpInConfig, tls: Option<TlsAcceptor>, mailboxes: M) -> Ctx<M> {
+        Ctx {
+            budget: budget::Budget::new(cfg.max_data_in_flight_bytes),
+            cfg,
+            tls,
+            mailboxes,
+        }
+    }
 }
 
 /// Sessions open, in total and per client address.
@@ -117,11 +131,8 @@ pub async fn run_with(
         .internal_tls
         .identity(xfs::Role::SmtpIn)
         .map_err(|e| anyhow::anyhow!("internal TLS: {e}"))?;
-    let ctx = Arc::new(Ctx {
-        mailboxes: deliver::Stores::new(&cfg, identity, role.faults.clone()),
-        tls,
-        cfg,
-    });
+    let mailboxes = deliver::Stores::new(&cfg, identity, role.faults.clone());
+    let ctx = Arc::new(Ctx::new(cfg, tls, mailboxes));
 
     role.health
         .set_info("hostname", ctx.cfg.hostname.clone().into());

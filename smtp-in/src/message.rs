@@ -44,14 +44,15 @@ impl Via {
     }
 }
 
-/// The trace line prepended to one copy (RFC 5321 section 4.4), folded over three lines.
+/// The trace line prepended to a message (RFC 5321 section 4.4), folded over three lines (two
+/// without `rcpt`: the `for` clause names the recipient only of a message that has one).
 pub fn received_header(
     helo: &str,
     peer_ip: std::net::IpAddr,
     hostname: &str,
     via: Via,
     id: &str,
-    rcpt: &str,
+    rcpt: Option<&str>,
     now_ms: u64,
 ) -> String {
     let helo: String = helo
@@ -60,10 +61,14 @@ pub fn received_header(
         .take(100)
         .collect();
     let date = mail_parser::DateTime::from_timestamp((now_ms / 1000) as i64).to_rfc822();
-    format!(
-        "Received: from {helo} ([{peer_ip}])\r\n\tby {hostname} (megamail smtp-in) with {} id {id}\r\n\tfor <{rcpt}>; {date}\r\n",
-        via.protocol()
-    )
+    let protocol = via.protocol();
+    let head = format!(
+        "Received: from {helo} ([{peer_ip}])\r\n\tby {hostname} (megamail smtp-in) with {protocol} id {id}"
+    );
+    match rcpt {
+        Some(rcpt) => format!("{head}\r\n\tfor <{rcpt}>; {date}\r\n"),
+        None => format!("{head};\r\n\t{date}\r\n"),
+    }
 }
 
 #[cfg(test)]
@@ -94,7 +99,7 @@ mod tests {
             "mx.megamail.test",
             via,
             "abc.1",
-            "bob@megamail.test",
+            Some("bob@megamail.test"),
             1_795_000_000_000,
         );
         assert!(h.starts_with("Received: from client.remote.testX-Injected:1 ([127.0.0.1])\r\n\tby mx.megamail.test"), "{h}");
@@ -103,5 +108,10 @@ mod tests {
             "{h}"
         );
         assert!(h.ends_with("\r\n") && h.matches("\r\n").count() == 3, "{h}");
+        let h = received_header("c", "::1".parse().unwrap(), "mx", via, "i.2", None, 0);
+        assert_eq!(
+            h,
+            "Received: from c ([::1])\r\n\tby mx (megamail smtp-in) with ESMTPS id i.2;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+        );
     }
 }

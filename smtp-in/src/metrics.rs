@@ -87,6 +87,21 @@ pub static DATA_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+pub static DATA_IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    int_gauge(
+        "smtp_data_in_flight_bytes",
+        "message data held in memory by every session together (the max-data-in-flight-bytes budget)",
+    )
+});
+
+pub static BUDGET_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "smtp_budget_refused_total",
+        "messages refused for the data budget: declared (452 4.3.1 for a declared SIZE), data (421 4.3.2 during the data)",
+        &["when"],
+    )
+});
+
 /// Touch every metric so all are exported from the start.
 pub fn register() {
     for r in ["accepted", "refused_total", "refused_client"] {
@@ -102,4 +117,8 @@ pub fn register() {
     LazyLock::force(&DATA_SECONDS);
     LazyLock::force(&OPS);
     LazyLock::force(&RECEIVED_BYTES);
+    LazyLock::force(&DATA_IN_FLIGHT);
+    for w in ["declared", "data"] {
+        BUDGET_REFUSED.with_label_values(&[w]);
+    }
 }

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use xfs::{Delivery, Flags};
 
+use crate::budget::Reservation;
 use crate::io::{Conn, ReadError};
 use crate::mailboxes::{self, Mailboxes, MessageCopy, Recipient, Verdict};
 use crate::message::{self, Via};
@@ -23,6 +24,11 @@ const MAX_ERRORS: u32 = 20;
 const PARSE_INLINE_MAX: usize = 256 * 1024;
 /// Longest address accepted (RFC 5321 section 4.5.3.1: 64 + 1 + 255).
 const MAX_ADDRESS: usize = 320;
+/// Copies of a message whose store calls may be in flight at once. Each call holds the message
+/// encoded in its request frame, so this bounds those copies however many recipients there are.
+pub const COPIES_IN_FLIGHT: usize = 4;
+/// The reply when a declared SIZE does not fit the data budget now.
+const NO_ROOM: &str = "452 4.3.1 Insufficient system storage, try again later";
 
 /// How the command loop goes on after a command.
 enum Flow {
@@ -36,14 +42,17 @@ struct Tx<R> {
     /// The reverse path; empty for the null sender (`MAIL FROM:<>`).
     from: String,
     utf8: bool,
+    /// The size `MAIL ... SIZE=` declared.
+    size: Option<u64>,
     rcpts: Vec<Recipient<R>>,
     /// BDAT chunks so far, once the first came.
     bdat: Option<Chunks>,
 }
 
-#[derive(Default)]
 struct Chunks {
     data: Vec<u8>,
+    /// The data budget `data`'s buffer takes.
+    held: Reservation,
     too_big: bool,
 }
 
@@ -57,6 +66,8 @@ struct Session<M: Mailboxes> {
     tx: Option<Tx<M::Route>>,
     messages: u32,
     errors: u32,
+    /// RCPTs naming a user that does not exist, so far (each waits longer for its reply).
+    unknown_rcpts: u32,
     /// The code of the last reply queued (for the per-command metrics).
     last_code: std::sync::atomic::AtomicU16,
 }
@@ -79,6 +90,7 @@ where
         tx: None,
         messages: 0,
         errors: 0,
+        unknown_rcpts: 0,
         last_code: Default::default(),
     };
     let mut conn = Conn::new(Box::new(stream));
@@ -336,6 +348,7 @@ impl<M: Mailboxes> Session<M> {
             return self.refuse(conn, "501 5.5.4 Syntax: MAIL FROM:<address>");
         };
         let mut utf8 = false;
+        let mut size = None;
         for p in params {
             let (key, value) = p.split_once('=').unwrap_or((p, ""));
             match key.to_ascii_uppercase().as_str() {
@@ -346,7 +359,7 @@ impl<M: Mailboxes> Session<M> {
                             "552 5.3.4 Message size exceeds fixed maximum message size",
                         );
                     }
-                    Ok(_) => {}
+                    Ok(n) => size = Some(n),
                     Err(_) => return self.refuse(conn, "501 5.5.4 Bad SIZE parameter"),
                 },
                 "BODY" => {
@@ -376,6 +389,7 @@ impl<M: Mailboxes> Session<M> {
         self.tx = Some(Tx {
             from: path.to_string(),
             utf8,
+            size,
             rcpts: Vec::new(),
             bdat: None,
         });
@@ -395,6 +409,7 @@ impl<M: Mailboxes> Session<M> {
             return self.refuse(conn, "503 5.5.1 Error: RCPT after BDAT");
         }
         let utf8 = tx.utf8;
+        let declared = tx.size;
         let count = tx.rcpts.len();
         let Some((path, params)) = parse_path(arg, "TO:") else {
             return self.refuse(conn, "501 5.5.4 Syntax: RCPT TO:<address>");
@@ -432,6 +447,11 @@ impl<M: Mailboxes> Session<M> {
             self.say(conn, "452 4.5.3 Error: too many recipients");
             return Flow::Continue;
         }
+        if !self.declared_fits(declared) {
+            metrics::RECIPIENTS.with_label_values(&["no_room"]).inc();
+            self.say(conn, NO_ROOM);
+            return Flow::Continue;
+        }
         let trace = self.trace();
         let (result, reply) = match self.ctx.mailboxes.check(&addr, &trace).await {
             Verdict::Accepted(r) => {
@@ -442,19 +462,62 @@ impl<M: Mailboxes> Session<M> {
                 }
                 ("accepted", "250 2.1.5 Ok".to_string())
             }
-            Verdict::NoSuchUser => (
-                "unknown_user",
-                format!("550 5.1.1 <{addr}>: Recipient address rejected: no such user here"),
-            ),
-            Verdict::BadAddress(why) => (
-                "bad_syntax",
-                format!("501 5.1.3 Bad recipient address syntax: {why}"),
-            ),
+            Verdict::NoSuchUser => {
+                // Guessing addresses: an error toward the limit, and a longer wait each time.
+                self.errors += 1;
+                self.unknown_rcpts += 1;
+                tokio::time::sleep(self.unknown_rcpt_delay()).await;
+                (
+                    "unknown_user",
+                    format!("550 5.1.1 <{addr}>: Recipient address rejected: no such user here"),
+                )
+            }
+            Verdict::BadAddress(why) => {
+                self.errors += 1;
+                (
+                    "bad_syntax",
+                    format!("501 5.1.3 Bad recipient address syntax: {why}"),
+                )
+            }
             Verdict::Deferred(reply) => ("deferred", reply),
         };
         metrics::RECIPIENTS.with_label_values(&[result]).inc();
         self.say(conn, &reply);
         Flow::Continue
+    }
+
+    /// The pause before the reply to the session's latest unknown recipient.
+    fn unknown_rcpt_delay(&self) -> Duration {
+        let cfg = &self.ctx.cfg;
+        let ms = cfg
+            .unknown_rcpt_delay_ms
+            .saturating_mul(u64::from(self.unknown_rcpts))
+            .min(cfg.unknown_rcpt_delay_max_ms);
+        Duration::from_millis(ms)
+    }
+
+    /// Whether a message of the declared size (if any) fits the data budget now.
+    fn declared_fits(&self, declared: Option<u64>) -> bool {
+        let fits = declared.is_none_or(|n| n <= self.ctx.budget.available() as u64);
+        if !fits {
+            metrics::BUDGET_REFUSED
+                .with_label_values(&["declared"])
+                .inc();
+        }
+        fits
+    }
+
+    /// The reply and the end of a session whose data the budget has no room for.
+    fn over_budget(&mut self, conn: &mut Conn) -> Flow {
+        self.tx = None;
+        metrics::BUDGET_REFUSED.with_label_values(&["data"]).inc();
+        metrics::MESSAGES.with_label_values(&["deferred"]).inc();
+        let t = format!(
+            "421 4.3.2 {} Error: too much mail in transit, try again later",
+            self.ctx.cfg.hostname
+        );
+        self.say(conn, &t);
+        Flow::Close
     }
 
     async fn data(&mut self, conn: &mut Conn, arg: &str) -> Flow {
@@ -470,17 +533,24 @@ impl<M: Mailboxes> Session<M> {
         if tx.rcpts.is_empty() {
             return self.refuse(conn, "554 5.5.1 Error: no valid recipients");
         }
+        if !self.declared_fits(tx.size) {
+            self.say(conn, NO_ROOM);
+            return Flow::Continue;
+        }
         self.say(conn, "354 End data with <CR><LF>.<CR><LF>");
+        let mut held = self.ctx.budget.reservation();
         let cfg = &self.ctx.cfg;
         let data = match conn
             .read_data(
                 cfg.max_message_bytes,
                 cfg.max_line_bytes,
                 Duration::from_secs(cfg.data_timeout_secs),
+                &mut held,
             )
             .await
         {
             Ok(d) => d,
+            Err(ReadError::OverBudget) => return self.over_budget(conn),
             Err(ReadError::Timeout) => {
                 self.tx = None;
                 let t = format!("421 4.4.2 {} Error: timeout exceeded", cfg.hostname);
@@ -501,7 +571,7 @@ impl<M: Mailboxes> Session<M> {
             );
             self.say(conn, &t);
         } else {
-            let reply = self.store(tx, data.bytes).await;
+            let reply = self.store(tx, data.bytes, held).await;
             self.say(conn, &reply);
         }
         Flow::Continue
@@ -531,30 +601,33 @@ impl<M: Mailboxes> Session<M> {
         };
         if let Some(refusal) = refusal {
             // The chunk is read and dropped so the session stays in step (RFC 3030).
-            if conn
-                .read_chunk(size, &mut Vec::new(), false, timeout)
-                .await
-                .is_err()
-            {
+            if conn.read_chunk(size, None, timeout).await.is_err() {
                 return Flow::Close;
             }
             self.tx = None;
             return self.refuse(conn, refusal);
         }
         let max = self.ctx.cfg.max_message_bytes;
+        let budget = &self.ctx.budget;
         let chunks = self
             .tx
             .as_mut()
             .expect("checked above")
             .bdat
-            .get_or_insert_with(Chunks::default);
+            .get_or_insert_with(|| Chunks {
+                data: Vec::new(),
+                held: budget.reservation(),
+                too_big: false,
+            });
         let keep = !chunks.too_big && chunks.data.len().saturating_add(size) <= max;
         if !keep && !chunks.too_big {
             chunks.too_big = true;
             chunks.data = Vec::new();
         }
-        match conn.read_chunk(size, &mut chunks.data, keep, timeout).await {
+        let into = keep.then_some((&mut chunks.data, &mut chunks.held, max));
+        match conn.read_chunk(size, into, timeout).await {
             Ok(()) => {}
+            Err(ReadError::OverBudget) => return self.over_budget(conn),
             Err(ReadError::Timeout) => {
                 self.tx = None;
                 let t = format!(
@@ -572,31 +645,26 @@ impl<M: Mailboxes> Session<M> {
             return Flow::Continue;
         }
         let mut tx = self.tx.take().expect("checked above");
-        let chunks = tx.bdat.take().unwrap_or_default();
+        let chunks = tx.bdat.take().expect("set above");
         if chunks.too_big {
             metrics::MESSAGES.with_label_values(&["rejected"]).inc();
             self.say(conn, "552 5.3.4 Error: message too big");
         } else {
-            let reply = self.store(tx, chunks.data).await;
+            let reply = self.store(tx, chunks.data, chunks.held).await;
             self.say(conn, &reply);
         }
         Flow::Continue
     }
 
     /// Hand every recipient's copy to the mailboxes; the reply is `250` only when all are durable.
-    async fn store(&mut self, tx: Tx<M::Route>, data: Vec<u8>) -> String {
+    /// The copies share one body, the trace line then the data (`held` covers its buffer, and is
+    /// given back once the message is delivered or not).
+    async fn store(&mut self, tx: Tx<M::Route>, data: Vec<u8>, mut held: Reservation) -> String {
         let started = std::time::Instant::now();
         let trace = self.trace();
         self.messages += 1;
-        metrics::RECEIVED_BYTES.inc_by(data.len() as u64);
-        let summary = if data.len() <= PARSE_INLINE_MAX {
-            message::summarize(&data)
-        } else {
-            let copy = data.clone();
-            tokio::task::spawn_blocking(move || message::summarize(&copy))
-                .await
-                .unwrap_or_default()
-        };
+        let size = data.len();
+        metrics::RECEIVED_BYTES.inc_by(size as u64);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -606,38 +674,61 @@ impl<M: Mailboxes> Session<M> {
             tls: self.tls,
             utf8: tx.utf8,
         };
-        let helo = self.helo.clone().unwrap_or_default();
-        let mut copies = Vec::with_capacity(tx.rcpts.len());
-        for rcpt in tx.rcpts {
-            let received = message::received_header(
-                &helo,
-                self.peer.ip(),
-                &self.ctx.cfg.hostname,
-                via,
-                &trace,
-                &rcpt.user,
-                now_ms,
-            );
-            let mut body = Vec::with_capacity(received.len() + data.len());
-            body.extend_from_slice(received.as_bytes());
-            body.extend_from_slice(&data);
-            let delivery = Delivery {
-                id: message::delivery_id(&tx.from, &rcpt.user, &data),
-                folder: None,
-                internal_date_ms: now_ms,
-                flags: Flags::default(),
-                summary: summary.clone(),
-                body,
-            };
-            copies.push(MessageCopy { rcpt, delivery });
-        }
+        // One trace line for every copy: it names the recipient only when there is one (a
+        // line per recipient would mean a body per recipient).
+        let only = match tx.rcpts.as_slice() {
+            [one] => Some(one.user.as_str()),
+            _ => None,
+        };
+        let received = message::received_header(
+            &self.helo.clone().unwrap_or_default(),
+            self.peer.ip(),
+            &self.ctx.cfg.hostname,
+            via,
+            &trace,
+            only,
+            now_ms,
+        );
+        let head = received.len();
+        let mut body = data;
+        // The trace line goes in front in place (the buffer has room more often than not); a
+        // few hundred bytes past the budget are not worth refusing a message for.
+        let _ = held.make_room(&mut body, head, usize::MAX);
+        body.splice(0..0, received.bytes());
+        let body = bytes::Bytes::from(body);
+        let data = body.slice(head..);
+        let summary = if data.len() <= PARSE_INLINE_MAX {
+            message::summarize(&data)
+        } else {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || message::summarize(&data))
+                .await
+                .unwrap_or_default()
+        };
+        let copies: Vec<_> = tx
+            .rcpts
+            .into_iter()
+            .map(|rcpt| MessageCopy {
+                delivery: Delivery {
+                    id: message::delivery_id(&tx.from, &rcpt.user, &data),
+                    folder: None,
+                    internal_date_ms: now_ms,
+                    flags: Flags::default(),
+                    summary: summary.clone(),
+                    body: body.clone(),
+                },
+                rcpt,
+            })
+            .collect();
+        drop((body, data));
         let outcomes = self.ctx.mailboxes.deliver(copies, &trace).await;
+        drop(held);
         metrics::DATA_SECONDS.observe(started.elapsed().as_secs_f64());
         match mailboxes::combined_reply(&outcomes) {
             None => {
                 metrics::MESSAGES.with_label_values(&["accepted"]).inc();
                 tracing::info!(session = %self.id, id = %trace, from = %tx.from,
-                    copies = outcomes.len(), bytes = data.len(), "message stored");
+                    copies = outcomes.len(), bytes = size, "message stored");
                 format!("250 2.0.0 Ok: stored as {trace}")
             }
             Some(reply) => {

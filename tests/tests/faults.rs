@@ -420,7 +420,7 @@ fn delivery(id: u8, text: &str) -> Delivery {
             subject: text.into(),
             ..Summary::default()
         },
-        body: format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes(),
+        body: format!("Subject: {text}\r\n\r\n{text}\r\n").into(),
     }
 }
 

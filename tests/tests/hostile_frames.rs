@@ -298,7 +298,7 @@ async fn a_store_survives_length_bombs_and_counts_them() {
                     internal_date_ms: 1,
                     flags: Flags::default(),
                     summary: Summary::default(),
-                    body,
+                    body: body.into(),
                 },
             },
         }))

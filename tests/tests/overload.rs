@@ -55,7 +55,7 @@ fn delivery(seq: u64) -> Delivery {
             preview: String::new(),
             attachments: vec![],
         },
-        body,
+        body: body.into(),
     }
 }
 

@@ -43,7 +43,7 @@ fn delivery(seed: &str, body: Vec<u8>) -> Delivery {
             preview: "preview".into(),
             attachments: vec![],
         },
-        body,
+        body: body.into(),
     }
 }
 

@@ -149,7 +149,7 @@ mod tests {
                         subject: "hi".into(),
                         ..Default::default()
                     },
-                    body: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
+                    body: bytes::Bytes::from_static(b"Subject: hi\r\n\r\nbody\r\n"),
                 },
             },
         })

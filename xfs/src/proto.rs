@@ -94,7 +94,9 @@ pub struct Delivery {
     pub internal_date_ms: u64,
     pub flags: Flags,
     pub summary: Summary,
-    pub body: Vec<u8>,
+    /// The message as stored. Shared, not copied: one message's copies for many recipients, and
+    /// every attempt at delivering one, hold the same bytes.
+    pub body: bytes::Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

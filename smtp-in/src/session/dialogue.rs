@@ -35,6 +35,9 @@ struct Fake {
     failing: HashSet<String>,
     checked: Mutex<Vec<String>>,
     stored: Mutex<Vec<(String, Delivery)>>,
+    /// The data budget, once the context is made: what it held at each delivery.
+    budget: std::sync::OnceLock<Arc<crate::budget::Budget>>,
+    held_at_delivery: Mutex<Vec<usize>>,
 }
 
 impl Fake {
@@ -55,7 +58,7 @@ impl Fake {
         self.stored()
             .into_iter()
             .filter(|(u, _)| u == user)
-            .map(|(_, d)| d.body)
+            .map(|(_, d)| d.body.to_vec())
             .collect()
     }
 
@@ -84,6 +87,9 @@ impl Mailboxes for Fake {
     }
 
     async fn deliver(&self, copies: Vec<MessageCopy<()>>, _trace: &str) -> Vec<Outcome> {
+        if let Some(b) = self.budget.get() {
+            self.held_at_delivery.lock().unwrap().push(b.used());
+        }
         copies
             .into_iter()
             .map(|c| {
@@ -161,11 +167,8 @@ async fn start_with(
     tls: Option<tokio_rustls::TlsAcceptor>,
     fake: Fake,
 ) -> (Client, Arc<Ctx<Fake>>) {
-    let ctx = Arc::new(Ctx {
-        cfg,
-        tls,
-        mailboxes: fake,
-    });
+    let ctx = Arc::new(Ctx::new(cfg, tls, fake));
+    ctx.mailboxes.budget.set(ctx.budget.clone()).unwrap();
     let mut c = connect(&ctx).await;
     c.reply()
         .await
@@ -287,20 +290,25 @@ fn stored_as(r: &Reply) -> String {
         .to_string()
 }
 
-/// What a recipient's copy must be: the trace line, then the data exactly as received.
+/// What a recipient's copy must be: the trace line, then the data exactly as received. The
+/// trace line names the recipient (`rcpt`) only of a message for one recipient.
 fn with_trace(
     protocol: &str,
     trace: &str,
-    rcpt: &str,
+    rcpt: Option<&str>,
     delivery: &Delivery,
     helo: &str,
     data: &[u8],
 ) -> Vec<u8> {
     let date = mail_parser::DateTime::from_timestamp((delivery.internal_date_ms / 1000) as i64)
         .to_rfc822();
-    let mut want = format!(
-        "Received: from {helo} ([192.0.2.7])\r\n\tby mx.megamail.test (megamail smtp-in) with {protocol} id {trace}\r\n\tfor <{rcpt}>; {date}\r\n"
-    )
+    let head = format!(
+        "Received: from {helo} ([192.0.2.7])\r\n\tby mx.megamail.test (megamail smtp-in) with {protocol} id {trace}"
+    );
+    let mut want = match rcpt {
+        Some(rcpt) => format!("{head}\r\n\tfor <{rcpt}>; {date}\r\n"),
+        None => format!("{head};\r\n\t{date}\r\n"),
+    }
     .into_bytes();
     want.extend_from_slice(data);
     want
@@ -723,7 +731,7 @@ JVBERi0=\r\n\
         let want = with_trace(
             "UTF8SMTP",
             &trace,
-            user,
+            None,
             d,
             "client.remote.test",
             data.as_bytes(),
@@ -774,7 +782,14 @@ async fn the_trace_line_names_how_the_message_came() {
     let d = &stored[0].1;
     assert_eq!(
         d.body,
-        with_trace("SMTP", &trace, rcpt, d, "old.remote.test", data.as_bytes())
+        with_trace(
+            "SMTP",
+            &trace,
+            Some(rcpt),
+            d,
+            "old.remote.test",
+            data.as_bytes()
+        )
     );
     let d = &stored[1].1;
     assert_eq!(
@@ -782,7 +797,7 @@ async fn the_trace_line_names_how_the_message_came() {
         with_trace(
             "ESMTP",
             &trace2,
-            rcpt,
+            Some(rcpt),
             d,
             "client.remote.test",
             data.as_bytes()
@@ -845,7 +860,7 @@ async fn smuggling_attempts_do_not_end_the_data() {
         let want = with_trace(
             "ESMTP",
             &trace,
-            user,
+            Some(user),
             d,
             "client.remote.test",
             want.as_bytes(),
@@ -880,7 +895,7 @@ async fn dot_stuffing_is_undone_exactly() {
         with_trace(
             "ESMTP",
             &trace,
-            user,
+            Some(user),
             d,
             "client.remote.test",
             b"Subject: dots\r\n\r\n.one\r\n..two\r\n\tthree\r\nfour.\r\n.\r\n"
@@ -936,7 +951,7 @@ async fn bdat_chunks_make_one_byte_exact_message() {
     let (user, d) = &stored[0];
     assert_eq!(
         d.body,
-        with_trace("ESMTP", &trace, user, d, "client.remote.test", &want)
+        with_trace("ESMTP", &trace, Some(user), d, "client.remote.test", &want)
     );
     assert_eq!(d.summary.subject, "chunked");
     // A bad BDAT size cannot be resynchronized: the server says so and closes.
@@ -1054,11 +1069,7 @@ async fn twenty_bad_commands_close_the_session() {
 
 #[tokio::test(start_paused = true)]
 async fn garbage_and_hostile_input_end_sessions_without_a_panic() {
-    let ctx = Arc::new(Ctx {
-        cfg: config(),
-        tls: None,
-        mailboxes: users(),
-    });
+    let ctx = Arc::new(Ctx::new(config(), None, users()));
     let inputs: Vec<Vec<u8>> = vec![
         b"\x00\x01\x02\xff\xfe\r\n".to_vec(),
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
@@ -1104,6 +1115,185 @@ async fn shutdown_tells_a_waiting_client_421_4_3_2() {
         .await
         .expect("421 4.3.2 Service shutting down, try again later");
     c.closed().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_copy_shares_one_body() {
+    let (mut c, ctx) = start(config(), users()).await;
+    c.ehlo().await;
+    let rcpts = [
+        "alice@megamail.test",
+        "bob@megamail.test",
+        "carol@megamail.test",
+        "dave@megamail.test",
+    ];
+    c.envelope("a@remote.test", &rcpts).await;
+    let data = message("shared", &"a line of the body\r\n".repeat(5000));
+    let r = c.data(data.as_bytes()).await.expect("250 2.0.0");
+    let trace = stored_as(&r);
+    let stored = ctx.mailboxes.stored();
+    assert_eq!(stored.len(), 4);
+    let first = &stored[0].1.body;
+    for (user, d) in &stored {
+        let want = with_trace(
+            "ESMTP",
+            &trace,
+            None,
+            d,
+            "client.remote.test",
+            data.as_bytes(),
+        );
+        assert_eq!(d.body, want, "{user}");
+        // The same bytes in memory, not an equal copy.
+        assert_eq!(d.body.as_ptr(), first.as_ptr(), "{user}");
+        assert_eq!(
+            d.id,
+            crate::message::delivery_id("a@remote.test", user, data.as_bytes())
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_declared_size_past_the_data_budget_is_452_4_3_1() {
+    let cfg = SmtpInConfig {
+        max_data_in_flight_bytes: 64 * 1024,
+        ..config()
+    };
+    let (mut c, ctx) = start(cfg, users()).await;
+    c.ehlo().await;
+    // Within the size limit, past what the budget holds: refused at RCPT, no lookup made.
+    c.send("MAIL FROM:<a@remote.test> SIZE=100000")
+        .await
+        .expect("250 2.1.0");
+    c.send("RCPT TO:<alice@megamail.test>")
+        .await
+        .expect("452 4.3.1");
+    assert!(ctx.mailboxes.checked().is_empty());
+    c.send("RSET").await.expect("250");
+    // Fits at RCPT; by DATA other sessions hold the budget.
+    c.send("MAIL FROM:<a@remote.test> SIZE=30000")
+        .await
+        .expect("250 2.1.0");
+    c.send("RCPT TO:<alice@megamail.test>")
+        .await
+        .expect("250 2.1.5");
+    let mut others = ctx.budget.reservation();
+    assert!(others.grow_to(40 * 1024));
+    c.send("DATA").await.expect("452 4.3.1");
+    drop(others);
+    let r = c.data(message("fits", "now\r\n").as_bytes()).await;
+    r.expect("250 2.0.0");
+    assert_eq!(ctx.mailboxes.stored().len(), 1);
+    assert_eq!(ctx.budget.used(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn data_past_the_budget_is_421_4_3_2_and_the_budget_is_given_back() {
+    let cfg = SmtpInConfig {
+        max_data_in_flight_bytes: 64 * 1024,
+        ..config()
+    };
+    let (mut c, ctx) = start(cfg, users()).await;
+    c.ehlo().await;
+    // Held while the copies are delivered, given back after.
+    c.envelope("a@remote.test", &["alice@megamail.test"]).await;
+    let small = message("small", &format!("{}\r\n", "x".repeat(98)).repeat(200));
+    c.data(small.as_bytes()).await.expect("250 2.0.0");
+    let held = ctx.mailboxes.held_at_delivery.lock().unwrap().clone();
+    assert_eq!(held.len(), 1);
+    assert!(held[0] >= small.len() && held[0] <= 64 * 1024, "{held:?}");
+    assert_eq!(ctx.budget.used(), 0);
+    // DATA bigger than the whole budget (no SIZE declared): the session is closed mid-data.
+    c.envelope("a@remote.test", &["alice@megamail.test"]).await;
+    c.send("DATA").await.expect("354");
+    c.write(message("big", &format!("{}\r\n", "y".repeat(98)).repeat(1000)).as_bytes())
+        .await;
+    c.reply().await.expect("421 4.3.2");
+    c.closed().await;
+    assert_eq!(ctx.budget.used(), 0);
+    // BDAT alike.
+    let mut c = connect(&ctx).await;
+    c.reply().await.expect("220");
+    c.ehlo().await;
+    c.envelope("a@remote.test", &["bob@megamail.test"]).await;
+    c.write(b"BDAT 100000 LAST\r\n").await;
+    c.write(&vec![b'z'; 100_000]).await;
+    c.reply().await.expect("421 4.3.2");
+    c.closed().await;
+    assert_eq!(ctx.budget.used(), 0);
+    // Two sessions at once share it: one holding 40 KiB of BDAT chunks, the other cannot add
+    // 40 KiB more.
+    let mut a = connect(&ctx).await;
+    a.reply().await.expect("220");
+    a.ehlo().await;
+    a.envelope("a@remote.test", &["carol@megamail.test"]).await;
+    a.write(b"BDAT 40000\r\n").await;
+    a.write(&vec![b'a'; 40_000]).await;
+    a.reply().await.expect("250 2.0.0");
+    let mut b = connect(&ctx).await;
+    b.reply().await.expect("220");
+    b.ehlo().await;
+    b.envelope("a@remote.test", &["dave@megamail.test"]).await;
+    b.write(b"BDAT 40000 LAST\r\n").await;
+    b.write(&vec![b'b'; 40_000]).await;
+    b.reply().await.expect("421 4.3.2");
+    b.closed().await;
+    a.write(b"BDAT 0 LAST\r\n").await;
+    a.reply().await.expect("250 2.0.0");
+    assert_eq!(ctx.budget.used(), 0);
+    let users: Vec<String> = ctx.mailboxes.stored().into_iter().map(|s| s.0).collect();
+    assert_eq!(users, vec!["alice@megamail.test", "carol@megamail.test"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn guessing_addresses_slows_the_client_and_ends_the_session() {
+    let (mut c, ctx) = start(config(), users()).await;
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test>").await.expect("250");
+    // A real recipient is answered at once.
+    let t = Instant::now();
+    c.send("RCPT TO:<alice@megamail.test>").await.expect("250");
+    assert_eq!(t.elapsed(), Duration::ZERO);
+    // Each unknown one waits 0.5 s longer than the last, up to 5 s.
+    let mut waits = Vec::new();
+    for i in 1..20 {
+        let t = Instant::now();
+        c.send(&format!("RCPT TO:<guess{i}@megamail.test>"))
+            .await
+            .expect("550 5.1.1");
+        waits.push(t.elapsed().as_millis());
+    }
+    assert_eq!(&waits[..3], &[500, 1000, 1500]);
+    assert_eq!(waits[9..], [5000; 10]);
+    // The twentieth error ends the session.
+    c.send("RCPT TO:<guess20@megamail.test>")
+        .await
+        .expect("550 5.1.1");
+    c.reply()
+        .await
+        .expect("421 4.7.0 Too many errors, closing the connection");
+    c.closed().await;
+    assert_eq!(ctx.mailboxes.checked().len(), 21);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_guessing_delay_is_configurable() {
+    let cfg = SmtpInConfig {
+        unknown_rcpt_delay_ms: 10,
+        unknown_rcpt_delay_max_ms: 30,
+        ..config()
+    };
+    let (mut c, _) = start(cfg, users()).await;
+    c.ehlo().await;
+    c.send("MAIL FROM:<a@remote.test>").await.expect("250");
+    let t = Instant::now();
+    for i in 0..5 {
+        c.send(&format!("RCPT TO:<nobody{i}@megamail.test>"))
+            .await
+            .expect("550 5.1.1");
+    }
+    // 10 + 20 + 30 + 30 + 30.
+    assert_eq!(t.elapsed(), Duration::from_millis(120));
 }
 
 /// The test certificate's directory (a throwaway CA and a certificate for `mx.megamail.test`).
@@ -1185,7 +1375,7 @@ async fn starttls_upgrades_the_session_and_drops_what_was_pipelined_behind_it() 
         with_trace(
             "ESMTPS",
             &trace,
-            user,
+            Some(user),
             d,
             "client.remote.test",
             data.as_bytes()

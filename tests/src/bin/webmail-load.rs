@@ -188,7 +188,7 @@ fn message(user: &str, i: usize, size: usize) -> Delivery {
             preview: text.chars().take(120).collect(),
             attachments: Vec::new(),
         },
-        body,
+        body: body.into(),
     }
 }
 

@@ -45,7 +45,7 @@ pub fn delivery(key: &str, subject: &str, body: Vec<u8>) -> Delivery {
             subject: subject.into(),
             ..Default::default()
         },
-        body,
+        body: body.into(),
     }
 }
 

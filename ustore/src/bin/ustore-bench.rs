@@ -174,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
                                 subject: "bench".into(),
                                 ..Default::default()
                             },
-                            body,
+                            body: body.into(),
                         },
                     };
                     let t = Instant::now();

@@ -40,7 +40,7 @@ pub fn mail(n: u8) -> Delivery {
             preview: format!("preview {n}"),
             attachments: vec![],
         },
-        body: body(n),
+        body: body(n).into(),
     }
 }
 

@@ -296,7 +296,7 @@ mod tests {
         let before = f.stored_keys(ALICE);
         let a = f.account(ALICE);
         let mut again = mail(1);
-        again.body = b"other bytes under the same id".to_vec();
+        again.body = b"other bytes under the same id".to_vec().into();
         assert_eq!(f.deliver(ALICE, again), (1, "Inbox".into(), 1, true));
         let b = f.account(ALICE);
         assert_eq!((b.messages, b.used_bytes), (a.messages, a.used_bytes));

@@ -99,7 +99,9 @@ mod tests {
         let mut d = mail(4);
         d.summary.subject = "quarterly figures".into();
         d.summary.preview = String::new();
-        d.body = b"Subject: quarterly figures\r\n\r\nthe NEEDLE is in the body\r\n".to_vec();
+        d.body = b"Subject: quarterly figures\r\n\r\nthe NEEDLE is in the body\r\n"
+            .to_vec()
+            .into();
         d.internal_date_ms = 1;
         f.deliver(ALICE, d);
         f
