@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use mserv_client::{StoreInfo, StoreState};
 use prometheus::IntCounterVec;
 use runtime::backoff::Backoff;
-use runtime::faults::Faults;
+use runtime::faults::{Faults, Rules};
 use runtime::health::Health;
 use runtime::shutdown::Shutdown;
 use serde_json::json;
@@ -262,7 +262,8 @@ pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)?;
     let keys = plan::session_keys(&data)?;
-    let specs = plan::processes(&layout, &data, &keys);
+    let operator_secret = plan::operator_secret(&data)?;
+    let specs = plan::processes(&layout, &data, &keys, &operator_secret);
     let bins = bin_dir()?;
     for p in &specs {
         let bin = bins.join(p.role);
@@ -287,10 +288,16 @@ pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<()> {
                 layout.supervisor.admin
             )
         })?;
+    // The supervisor has no fault points; its admin port takes the same secret as the rest.
+    let settings = runtime::admin::Settings::load(&runtime::config::AdminConfig::with_token(
+        layout.supervisor.admin,
+        operator_secret,
+    ))?;
     let admin_task = tokio::spawn(runtime::admin::serve(
         admin,
         health.clone(),
-        Arc::new(Faults::new()),
+        Arc::new(Faults::with_rules(Rules::for_role("mailctl", 0))),
+        Arc::new(settings),
         shutdown.clone(),
     ));
 
