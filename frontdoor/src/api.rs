@@ -145,7 +145,9 @@ fn done() -> Response {
     Json(json!({ "ok": true })).into_response()
 }
 
-fn check_ids(ids: &[MsgId]) -> Result<(), ApiError> {
+/// The ids of a call, each once (a repeated id acts once), at most [`MAX_IDS`].
+fn checked_ids(ids: Vec<MsgId>) -> Result<Vec<MsgId>, ApiError> {
+    let ids = crate::mailbox::once_each(ids);
     if ids.is_empty() {
         return Err(ApiError(Error::BadRequest("ids: none given".into())));
     }
@@ -154,7 +156,7 @@ fn check_ids(ids: &[MsgId]) -> Result<(), ApiError> {
             "ids: at most {MAX_IDS} per call"
         ))));
     }
-    Ok(())
+    Ok(ids)
 }
 
 async fn me(ApiSession(s): ApiSession) -> Response {
@@ -357,8 +359,8 @@ async fn move_messages(
     State(ctx): State<Arc<Ctx>>,
     ApiWrite(s, b): ApiWrite<MoveBody>,
 ) -> Result<Response, ApiError> {
-    check_ids(&b.ids)?;
-    let moved = s.mailbox(&ctx).move_to(&b.ids, &b.folder).await?;
+    let ids = checked_ids(b.ids)?;
+    let moved = s.mailbox(&ctx).move_to(&ids, &b.folder).await?;
     let moved: Vec<_> = moved
         .into_iter()
         .map(|(id, uid)| json!({ "id": id, "uid": uid }))
@@ -393,17 +395,18 @@ async fn flag_messages(
     State(ctx): State<Arc<Ctx>>,
     ApiWrite(s, b): ApiWrite<FlagsBody>,
 ) -> Result<Response, ApiError> {
-    check_ids(&b.ids)?;
+    let ids = checked_ids(b.ids)?;
     let add = flags_of(&b.add)?;
     let remove = flags_of(&b.remove)?;
-    s.mailbox(&ctx).set_flags(&b.ids, add, remove).await?;
+    s.mailbox(&ctx).set_flags(&ids, add, remove).await?;
     Ok(done())
 }
 
 #[derive(Debug, Deserialize)]
 pub struct DeleteBody {
     ids: Vec<MsgId>,
-    /// The folder the messages are in, when the caller knows it (saves a read per message).
+    /// The folder the messages are in, when the caller knows it: a folder other than Trash
+    /// saves a read per message; Trash is checked message by message all the same.
     folder: Option<String>,
 }
 
@@ -411,34 +414,9 @@ async fn delete_messages(
     State(ctx): State<Arc<Ctx>>,
     ApiWrite(s, b): ApiWrite<DeleteBody>,
 ) -> Result<Response, ApiError> {
-    check_ids(&b.ids)?;
-    let mb = s.mailbox(&ctx);
-    let (in_trash, elsewhere): (Vec<MsgId>, Vec<MsgId>) = match b.folder.as_deref() {
-        Some("Trash") => (b.ids.clone(), Vec::new()),
-        Some(_) => (Vec::new(), b.ids.clone()),
-        None => {
-            let mut t = Vec::new();
-            let mut e = Vec::new();
-            for id in &b.ids {
-                match mb.fetch(*id, false).await {
-                    Ok(m) if m.entry.folder == "Trash" => t.push(*id),
-                    Ok(_) => e.push(*id),
-                    Err(crate::mailbox::StoreError::NoSuchMessage) => {}
-                    Err(err) => return Err(err.into()),
-                }
-            }
-            (t, e)
-        }
-    };
-    let expunged = if in_trash.is_empty() {
-        0
-    } else {
-        mb.expunge(&in_trash).await?
-    };
-    if !elsewhere.is_empty() {
-        mb.move_to(&elsewhere, "Trash").await?;
-    }
-    Ok(Json(json!({ "trashed": elsewhere, "expunged": expunged })).into_response())
+    let ids = checked_ids(b.ids)?;
+    let d = s.mailbox(&ctx).delete(&ids, b.folder.as_deref()).await?;
+    Ok(Json(json!({ "trashed": d.trashed, "expunged": d.expunged })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,6 +17,23 @@ use crate::{metrics, Ctx};
 const MAX_ATTEMPTS: usize = 3;
 /// Longest pause before retrying a busy or frozen store.
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// The folder a delete moves to, and where a delete is for good.
+const TRASH: &str = "Trash";
+
+/// `ids` with each id once, in the order first given: a repeated id acts once.
+pub fn once_each(ids: impl IntoIterator<Item = MsgId>) -> Vec<MsgId> {
+    let mut seen = std::collections::HashSet::new();
+    ids.into_iter().filter(|id| seen.insert(*id)).collect()
+}
+
+/// What [`Mailbox::delete`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// Moved to Trash.
+    pub trashed: Vec<MsgId>,
+    /// Expunged for good (they were in Trash).
+    pub expunged: u64,
+}
 
 /// What a store call can end with, as the front door acts on it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,13 +231,48 @@ impl<'a> Mailbox<'a> {
         .await
     }
 
-    /// Expunge for good; how many were there.
+    /// Expunge for good (whatever folder they are in); how many were there.
     pub async fn expunge(&self, msgs: &[MsgId]) -> Result<u64, StoreError> {
         self.call(|target| ops::Expunge {
             target,
             msgs: msgs.to_vec(),
         })
         .await
+    }
+
+    /// Delete: messages in Trash go for good, the others move to Trash. Which messages are in
+    /// Trash is the store's answer, never the caller's: a page or API call that says its
+    /// messages are in Trash cannot expunge mail of another folder by naming its ids. `hint`, a
+    /// folder other than Trash, skips those reads (moving a message to Trash where it already
+    /// is changes nothing). Ids that no longer exist are left out.
+    pub async fn delete(&self, msgs: &[MsgId], hint: Option<&str>) -> Result<Deleted, StoreError> {
+        let (in_trash, elsewhere) = match hint {
+            Some(folder) if folder != TRASH => (Vec::new(), msgs.to_vec()),
+            _ => {
+                let (mut t, mut e) = (Vec::new(), Vec::new());
+                for id in msgs {
+                    match self.fetch(*id, false).await {
+                        Ok(m) if m.entry.folder == TRASH => t.push(*id),
+                        Ok(_) => e.push(*id),
+                        Err(StoreError::NoSuchMessage) => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+                (t, e)
+            }
+        };
+        let expunged = if in_trash.is_empty() {
+            0
+        } else {
+            self.expunge(&in_trash).await?
+        };
+        if !elsewhere.is_empty() {
+            self.move_to(&elsewhere, TRASH).await?;
+        }
+        Ok(Deleted {
+            trashed: elsewhere,
+            expunged,
+        })
     }
 
     pub async fn empty_folder(&self, folder: &str) -> Result<u64, StoreError> {

@@ -1,5 +1,6 @@
 //! From a layout to processes: each process's name, role, start group and config text, the
-//! session keys the login server and front doors share, and `endpoints.json`.
+//! session keys the login server and front doors share, the operator's secret every admin port
+//! asks changes for, and `endpoints.json`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -134,20 +135,36 @@ impl Pki {
     }
 }
 
+/// The operator's secret under `data` (`DATA/secrets/operator.secret`, made once, mode 0600):
+/// every process's admin port, and the supervisor's, take changes only with it
+/// (`Authorization: Bearer <secret>`). The file's path, which each config names.
+pub fn operator_secret(data: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data.join("secrets");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("operator.secret");
+    if !path.exists() {
+        let secret: [u8; 32] = rand::random();
+        write_private(&path, &(hex::encode(secret) + "\n"))?;
+    }
+    Ok(path)
+}
+
 /// The header of every config `mailctl up` writes.
 fn written_for(name: &str) -> String {
     format!("Written by `mailctl up` for {name}; edit deploy/local.toml instead.")
 }
 
-/// Every process of the layout, with its config.
+/// Every process of the layout, with its config; each admin port takes changes with the
+/// secret in `operator_secret`.
 pub fn processes(
     layout: &Layout,
     data: &Path,
     keys: &SessionKeys,
     pki: &Pki,
+    operator_secret: &Path,
 ) -> anyhow::Result<Vec<ProcSpec>> {
     let mserv: Vec<String> = layout.mserv.iter().map(|m| m.listen.to_string()).collect();
-    let admin = |listen| AdminConfig { listen };
+    let admin = |listen| AdminConfig::with_token(listen, operator_secret.to_path_buf());
     let mut out = Vec::new();
     let mut push = |name: String, role, group, l: &Listen, config: String| {
         out.push(ProcSpec {
@@ -342,7 +359,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = session_keys(dir.path()).unwrap();
         let pki = Pki::open(dir.path()).unwrap();
-        let procs = processes(&layout(), dir.path(), &keys, &pki).unwrap();
+        let secret = operator_secret(dir.path()).unwrap();
+        let procs = processes(&layout(), dir.path(), &keys, &pki, &secret).unwrap();
         let roles: Vec<&str> = procs.iter().map(|p| p.role).collect();
         assert_eq!(
             roles,
@@ -369,7 +387,24 @@ mod tests {
                 other => panic!("no config type for {other}"),
             };
             assert!(ok.is_ok(), "{}: {:?}\n{}", p.name, ok, p.config);
+            let token_file = format!("token-file = {:?}", secret.to_str().unwrap());
+            assert!(p.config.contains(&token_file), "{}:\n{}", p.name, p.config);
         }
+        // One random secret, made once, readable by its owner only.
+        use std::os::unix::fs::PermissionsExt as _;
+        let text = std::fs::read_to_string(&secret).unwrap();
+        assert_eq!(text.trim().len(), 64);
+        assert_eq!(
+            std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(operator_secret(dir.path()).unwrap(), secret);
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), text);
+        let settings = runtime::admin::Settings::load(&AdminConfig::with_token(
+            "127.0.0.1:0".parse().unwrap(),
+            secret.clone(),
+        ));
+        assert!(settings.is_ok());
         // The keys are made once and kept.
         let again = session_keys(dir.path()).unwrap();
         assert_eq!(again.keys[0].secret, keys.keys[0].secret);

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use mserv_client::{StoreInfo, StoreState};
 use prometheus::IntCounterVec;
 use runtime::backoff::Backoff;
-use runtime::faults::Faults;
+use runtime::faults::{Faults, Rules};
 use runtime::health::Health;
 use runtime::shutdown::Shutdown;
 use serde_json::json;
@@ -264,7 +264,8 @@ pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let keys = plan::session_keys(&data)?;
     let mut pki = plan::Pki::open(&data)?;
     pki.plaintext = layout.internal_plaintext;
-    let specs = plan::processes(&layout, &data, &keys, &pki)?;
+    let operator_secret = plan::operator_secret(&data)?;
+    let specs = plan::processes(&layout, &data, &keys, &pki, &operator_secret)?;
     let bins = bin_dir()?;
     for p in &specs {
         let bin = bins.join(p.role);
@@ -290,10 +291,16 @@ pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<()> {
                 layout.supervisor.admin
             )
         })?;
+    // The supervisor has no fault points; its admin port takes the same secret as the rest.
+    let settings = runtime::admin::Settings::load(&runtime::config::AdminConfig::with_token(
+        layout.supervisor.admin,
+        operator_secret,
+    ))?;
     let admin_task = tokio::spawn(runtime::admin::serve(
         admin,
         health.clone(),
-        Arc::new(Faults::new()),
+        Arc::new(Faults::with_rules(Rules::for_role("mailctl", 0))),
+        Arc::new(settings),
         shutdown.clone(),
     ));
 

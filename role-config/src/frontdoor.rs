@@ -79,6 +79,7 @@ impl Default for FrontdoorConfig {
             log: LogConfig::default(),
             admin: AdminConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8091)),
+                ..AdminConfig::default()
             },
             faults: FaultsConfig::default(),
             internal_tls: InternalTls::default(),

@@ -6,12 +6,19 @@
 //! Every struct follows `runtime::config`'s conventions (`default`, `deny_unknown_fields`,
 //! kebab-case keys, `log`/`admin`/`faults` sections) and validates itself.
 
-/// `RoleConfig` for a config whose `[log]` section is its `log` field (every role's is).
+/// `RoleConfig` for a config whose common sections are its `log`, `admin` and `faults` fields
+/// (every role's are).
 macro_rules! role_config {
     ($config:ty) => {
         impl runtime::config::RoleConfig for $config {
             fn log(&self) -> &runtime::config::LogConfig {
                 &self.log
+            }
+            fn admin(&self) -> &runtime::config::AdminConfig {
+                &self.admin
+            }
+            fn faults(&self) -> &runtime::config::FaultsConfig {
+                &self.faults
             }
         }
     };

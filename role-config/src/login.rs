@@ -65,6 +65,7 @@ impl Default for LoginConfig {
             log: LogConfig::default(),
             admin: AdminConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+                ..AdminConfig::default()
             },
             faults: FaultsConfig::default(),
             internal_tls: InternalTls::default(),

@@ -94,6 +94,7 @@ impl Default for SmtpInConfig {
             log: LogConfig::default(),
             admin: AdminConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 2590)),
+                ..AdminConfig::default()
             },
             faults: FaultsConfig::default(),
             internal_tls: InternalTls::default(),

@@ -121,16 +121,7 @@ impl Validate for UstoreConfig {
         if self.block_cache_mb == 0 {
             errs.push("block-cache-mb must be at least 1".into());
         }
-        for (name, f) in &self.faults {
-            if !(0.0..=1.0).contains(&f.fail_rate) {
-                errs.push(format!("faults.{name}: fail-rate must be within 0..=1"));
-            }
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("; "))
-        }
+        runtime::config::conclude(errs, &self.log, &self.admin, &self.faults)
     }
 }
 

@@ -13,7 +13,7 @@ use clap::Parser;
 
 use crate::config::{self, RoleConfig};
 use crate::shutdown::{self, Shutdown};
-use crate::{logging, VERSION};
+use crate::{admin, faults, logging, VERSION};
 
 /// Exit status of `--check-config` with a bad config.
 const BAD_CONFIG: u8 = 2;
@@ -36,9 +36,11 @@ pub struct Args {
 
 /// Run a role as a process, with arguments from `std::env::args_os`.
 ///
-/// Parses [`Args`], loads and validates the config (`--check-config` stops there: "config ok" and 0,
-/// or the error and 2), sets up logging from `cfg.log()`, builds a multi-thread tokio runtime, creates
-/// the root [`Shutdown`] wired to SIGTERM/SIGINT, and runs `run(cfg, shutdown)`. Once `run` returns
+/// Parses [`Args`], loads and validates the config, reads the admin port's operator secret and
+/// checks the fault points the role would start with (`--check-config` stops there: "config ok"
+/// and 0, or the error and 2), sets up logging from `cfg.log()`, builds a multi-thread tokio runtime, creates
+/// the root [`Shutdown`] wired to SIGTERM/SIGINT, and runs `run(cfg, shutdown)` under the admin
+/// settings of `cfg.admin()` ([`admin::with_settings`]). Once `run` returns
 /// the shutdown is triggered and tracked tasks get a short time to finish.
 ///
 /// A config error or an error from `run` is printed with its chain to stderr and gives
@@ -69,8 +71,17 @@ where
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(BAD_CONFIG));
         }
     };
-    let cfg: C = match config::load(args.config.as_deref()) {
-        Ok(cfg) => cfg,
+    let loaded = config::load(args.config.as_deref()).and_then(|cfg: C| {
+        let settings = admin::Settings::load(cfg.admin())?;
+        // The fault points as the role will check them at start, so `--check-config` sees it.
+        let rules = faults::Rules::for_role(role, settings.max_fault_delay_ms());
+        let env = std::env::var(faults::ENV_VAR).ok();
+        faults::Faults::for_role(rules, cfg.faults(), env.as_deref())
+            .map_err(|reason| anyhow::anyhow!("fault points: {reason}"))?;
+        Ok((cfg, settings))
+    });
+    let (cfg, settings) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{role}: {e:#}");
             return if args.check_config {
@@ -92,7 +103,7 @@ where
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
-            let result = rt.block_on(run_role(role, cfg, run));
+            let result = rt.block_on(admin::with_settings(settings, run_role(role, cfg, run)));
             rt.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
             result
         });

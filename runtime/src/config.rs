@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _};
 use serde::de::DeserializeOwned;
@@ -26,6 +26,10 @@ pub trait Validate {
 pub trait RoleConfig: DeserializeOwned + Default + Validate {
     /// The `[log]` section, used to set up logging before the role starts.
     fn log(&self) -> &LogConfig;
+    /// The `[admin]` section: the admin port's credential, names and fault bounds.
+    fn admin(&self) -> &AdminConfig;
+    /// The `[faults]` section: the fault points set at start.
+    fn faults(&self) -> &FaultsConfig;
 }
 
 /// Read a TOML file (`None` gives `T::default()`), parse it and validate it.
@@ -80,6 +84,9 @@ pub fn conclude(
 ) -> Result<(), String> {
     if let Err(e) = validate_sections(&[("log", log), ("admin", admin), ("faults", faults)]) {
         reasons.push(e);
+    }
+    if let Err(e) = admin.check_delays(faults) {
+        reasons.push(format!("faults: {e}"));
     }
     if reasons.is_empty() {
         Ok(())
@@ -164,25 +171,91 @@ fn validate_level(level: &str) -> Result<(), String> {
         .map_err(|e| format!("level `{level}`: {e}"))
 }
 
-/// The `[admin]` section: where `/healthz`, `/metrics` and `/faults` are served.
+/// Longest fault delay the admin port and the config accept unless `[admin]` says otherwise.
+pub const DEFAULT_MAX_FAULT_DELAY_MS: u64 = 10_000;
+
+/// The `[admin]` section: where `/healthz`, `/metrics` and `/faults` are served, and who may
+/// change anything there.
+///
+/// Reads (`GET`) are open to anyone (Prometheus, health checks). A change (`POST /faults`)
+/// needs `Authorization: Bearer <secret>` with the secret held in `token-file`; with no
+/// `token-file` every change is refused. A change must also name the port itself in `Host`
+/// (its bind address, `localhost:PORT`, or one of `hosts`) and, when it has an `Origin`, come
+/// from one of those: a web page cannot reach the port through a browser (DNS rebinding, or a
+/// form posted cross-site).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// A file holding the operator's secret (one line; keep it mode 0600).
+    pub token_file: Option<PathBuf>,
+    /// More names the port answers changes under, as `name` (the port's own port is implied)
+    /// or `name:port`: what operators type when the port is bound to a wildcard address.
+    pub hosts: Vec<String>,
+    /// Longest fault delay, in milliseconds, that the config, `MEGAMAIL_FAULTS` or `/faults`
+    /// may set.
+    pub max_fault_delay_ms: u64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            token_file: None,
+            hosts: Vec::new(),
+            max_fault_delay_ms: DEFAULT_MAX_FAULT_DELAY_MS,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The section for a port at `listen` whose changes need the secret in `token_file`.
+    pub fn with_token(listen: SocketAddr, token_file: PathBuf) -> AdminConfig {
+        AdminConfig {
+            listen,
+            token_file: Some(token_file),
+            ..AdminConfig::default()
+        }
+    }
+
+    /// Every delay of `faults` within [`AdminConfig::max_fault_delay_ms`].
+    pub fn check_delays(&self, faults: &FaultsConfig) -> Result<(), String> {
+        let long: Vec<String> = faults
+            .iter()
+            .filter(|(_, spec)| spec.delay_ms > self.max_fault_delay_ms)
+            .map(|(point, spec)| {
+                format!(
+                    "\"{point}\": delay-ms {} is over admin.max-fault-delay-ms {}",
+                    spec.delay_ms, self.max_fault_delay_ms
+                )
+            })
+            .collect();
+        if long.is_empty() {
+            Ok(())
+        } else {
+            Err(long.join("; "))
         }
     }
 }
 
 impl Validate for AdminConfig {
     fn validate(&self) -> Result<(), String> {
-        // Any address parses; binding is where a bad one shows up.
-        Ok(())
+        // Any address parses; binding is where a bad one shows up. The token file is read at
+        // start (`admin::Settings::load`).
+        let bad: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|h| h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/'))
+            .map(|h| format!("hosts: `{h}` is not a host name"))
+            .collect();
+        if matches!(&self.token_file, Some(p) if p.as_os_str().is_empty()) {
+            return Err("token-file: empty path".to_owned());
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("; "))
+        }
     }
 }
 
@@ -226,17 +299,19 @@ pub struct CommonConfig {
 
 impl Validate for CommonConfig {
     fn validate(&self) -> Result<(), String> {
-        validate_sections(&[
-            ("log", &self.log),
-            ("admin", &self.admin),
-            ("faults", &self.faults),
-        ])
+        conclude(Vec::new(), &self.log, &self.admin, &self.faults)
     }
 }
 
 impl RoleConfig for CommonConfig {
     fn log(&self) -> &LogConfig {
         &self.log
+    }
+    fn admin(&self) -> &AdminConfig {
+        &self.admin
+    }
+    fn faults(&self) -> &FaultsConfig {
+        &self.faults
     }
 }
 
@@ -274,5 +349,31 @@ mod tests {
         let err = cfg.validate().unwrap_err();
         assert!(err.starts_with("log: level: `loud`"), "{err}");
         assert!(err.contains("; faults: \"a.b\": fail-rate"), "{err}");
+    }
+
+    #[test]
+    fn fault_delays_are_bounded_by_the_admin_section() {
+        let text = "[admin]\nmax-fault-delay-ms = 500\n[faults.\"x.y\"]\ndelay-ms = 501\n";
+        let err = parse::<CommonConfig>(text).unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .contains("\"x.y\": delay-ms 501 is over admin.max-fault-delay-ms 500"),
+            "{err:#}"
+        );
+        let text = "[faults.\"x.y\"]\ndelay-ms = 10001\n";
+        assert!(
+            parse::<CommonConfig>(text).is_err(),
+            "the default bound is 10 s"
+        );
+        let ok = "[admin]\ntoken-file = \"op.secret\"\nhosts = [\"admin.example\"]\n\
+                  [faults.\"x.y\"]\ndelay-ms = 10000\n";
+        let cfg = parse::<CommonConfig>(ok).unwrap();
+        assert_eq!(cfg.admin.token_file, Some(PathBuf::from("op.secret")));
+        for bad in ["hosts = [\"\"]", "hosts = [\"a b\"]", "token-file = \"\""] {
+            assert!(
+                parse::<CommonConfig>(&format!("[admin]\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

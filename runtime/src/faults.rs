@@ -22,6 +22,10 @@
 //! | `login.store` | login's calls to the user's store | the call is unavailable: the sign-in answers 503, never 401 |
 //! | `mserv.op.<op>` | the member index server, before an operation | the operation fails with an unavailable error |
 //! | `mserv.raft.send` | the member index's Raft messages to a peer, before sending | the peer counts as unreachable for that message; Raft sends again later |
+//!
+//! Each role knows its own points ([`Rules::for_role`], from the table above): a name it does not
+//! know, or a delay over `[admin] max-fault-delay-ms` (10 s by default), is refused at start
+//! (config or environment) and by the admin port (400 with the known names).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,18 +78,194 @@ pub struct InjectedFault {
     pub point: String,
 }
 
+/// A fault point name a role answers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// Exactly this name.
+    Exact(&'static str),
+    /// `prefix` followed by one of `names` (`ustore.op.` and the store's operations).
+    OneOf(&'static str, &'static [&'static str]),
+    /// `prefix` followed by one word of lowercase letters and `_` (operations this crate does
+    /// not know the names of, such as the member index's).
+    AnyWord(&'static str),
+}
+
+impl Point {
+    fn matches(&self, name: &str) -> bool {
+        match *self {
+            Point::Exact(p) => name == p,
+            Point::OneOf(prefix, names) => name
+                .strip_prefix(prefix)
+                .is_some_and(|rest| names.contains(&rest)),
+            Point::AnyWord(prefix) => name.strip_prefix(prefix).is_some_and(|rest| {
+                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            }),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match *self {
+            Point::Exact(p) => p.to_owned(),
+            Point::OneOf(prefix, _) | Point::AnyWord(prefix) => format!("{prefix}<op>"),
+        }
+    }
+}
+
+/// The XFS client's points, in every role that calls a store.
+const XFS_CLIENT: [Point; 4] = [
+    Point::Exact("xfs.call"),
+    Point::OneOf("xfs.call.", xfs::Op::NAMES),
+    Point::Exact("xfs.reply"),
+    Point::OneOf("xfs.reply.", xfs::Op::NAMES),
+];
+
+/// What may be set on a process's fault points: which names, and how long a delay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rules {
+    /// `None`: any name (a library's own tests).
+    points: Option<Vec<Point>>,
+    max_delay_ms: u64,
+}
+
+impl Rules {
+    /// Any name and any delay: for code that makes its own `Faults` in tests.
+    pub fn any() -> Rules {
+        Rules {
+            points: None,
+            max_delay_ms: u64::MAX,
+        }
+    }
+
+    /// The points `role` has (the table of this module), delays up to `max_delay_ms`. A role
+    /// this crate does not know has none.
+    pub fn for_role(role: &str, max_delay_ms: u64) -> Rules {
+        let mut points = Vec::new();
+        let web = [Point::Exact(crate::http::layers::FAULT_HTTP)];
+        match role {
+            "ustore" => points.extend([
+                Point::OneOf("ustore.op.", xfs::Op::NAMES),
+                Point::Exact("ustore.disk.write"),
+            ]),
+            "mserv" => {
+                points.extend([Point::AnyWord("mserv.op."), Point::Exact("mserv.raft.send")])
+            }
+            "smtp-in" => {
+                points.extend(XFS_CLIENT);
+                points.push(Point::Exact("smtp.deliver"));
+            }
+            "login" => {
+                points.extend(XFS_CLIENT);
+                points.extend(web);
+                points.push(Point::Exact("login.store"));
+            }
+            "frontdoor" => {
+                points.extend(XFS_CLIENT);
+                points.extend(web);
+                points.extend([
+                    Point::Exact("frontdoor.store"),
+                    Point::Exact("frontdoor.smtp"),
+                ]);
+            }
+            _ => {}
+        }
+        Rules {
+            points: Some(points),
+            max_delay_ms,
+        }
+    }
+
+    /// Whether `spec` may be set at `point`; `Err` says why, with the names that are known.
+    pub fn check(&self, point: &str, spec: FaultSpec) -> Result<(), String> {
+        if let Some(points) = &self.points {
+            if !points.iter().any(|p| p.matches(point)) {
+                let known: Vec<String> = points.iter().map(Point::describe).collect();
+                return Err(if known.is_empty() {
+                    format!("unknown fault point `{point}`: this process has none")
+                } else {
+                    format!("unknown fault point `{point}`; known: {}", known.join(", "))
+                });
+            }
+        }
+        if spec.delay_ms > self.max_delay_ms {
+            return Err(format!(
+                "`{point}`: delay {} ms is over the most allowed, {} ms",
+                spec.delay_ms, self.max_delay_ms
+            ));
+        }
+        spec.validate().map_err(|r| format!("`{point}`: {r}"))
+    }
+}
+
 /// The fault points of a process, shared as `Arc<Faults>`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Faults {
     /// True while `points` is not empty: the fast path reads only this.
     any: AtomicBool,
     points: RwLock<HashMap<String, FaultSpec>>,
+    rules: Rules,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults::with_rules(Rules::any())
+    }
 }
 
 impl Faults {
-    /// No fault anywhere.
+    /// No fault anywhere; any point may be set (for tests and tools that make their own).
     pub fn new() -> Self {
         Faults::default()
+    }
+
+    /// No fault anywhere; what may be set follows `rules`.
+    pub fn with_rules(rules: Rules) -> Self {
+        Faults {
+            any: AtomicBool::new(false),
+            points: RwLock::new(HashMap::new()),
+            rules,
+        }
+    }
+
+    /// A role's points at start: the `[faults]` section, overridden point by point by
+    /// `env_value` (`MEGAMAIL_FAULTS`), every one checked against `rules`. A malformed
+    /// environment value, an unknown point or a delay over the bound is an error, so the
+    /// process does not start with a fault it did not ask for.
+    pub fn for_role(
+        rules: Rules,
+        cfg: &FaultsConfig,
+        env_value: Option<&str>,
+    ) -> Result<Self, String> {
+        let env = match env_value {
+            Some(value) => parse_env(value).map_err(|r| format!("{ENV_VAR}: {r}"))?,
+            None => Vec::new(),
+        };
+        let mut reasons = Vec::new();
+        for (point, spec) in cfg {
+            if let Err(r) = rules.check(point, *spec) {
+                reasons.push(format!("[faults] {r}"));
+            }
+        }
+        for (point, spec) in &env {
+            if let Err(r) = rules.check(point, *spec) {
+                reasons.push(format!("{ENV_VAR}: {r}"));
+            }
+        }
+        if !reasons.is_empty() {
+            return Err(reasons.join("; "));
+        }
+        let faults = Faults::with_rules(rules);
+        for (point, spec) in cfg.iter().map(|(p, s)| (p.clone(), *s)).chain(env) {
+            faults.set(&point, spec);
+        }
+        Ok(faults)
+    }
+
+    /// Set `point` after checking it against this process's [`Rules`] (what the admin port
+    /// does); `Err` is the reason.
+    pub fn set_checked(&self, point: &str, spec: FaultSpec) -> Result<(), String> {
+        self.rules.check(point, spec)?;
+        self.set(point, spec);
+        Ok(())
     }
 
     /// The XFS client's fault points (`xfs.call`, `xfs.reply`), decided by these.
@@ -379,6 +559,86 @@ mod tests {
                 ("a.b".to_owned(), spec(10, 0.0)),
                 ("c.d".to_owned(), spec(0, 0.5)),
             ]
+        );
+    }
+
+    #[test]
+    fn a_role_knows_its_points_and_bounds_their_delays() {
+        let ustore = Rules::for_role("ustore", 10_000);
+        for ok in [
+            "ustore.op.deliver",
+            "ustore.op.expunge",
+            "ustore.disk.write",
+        ] {
+            assert_eq!(ustore.check(ok, spec(10_000, 1.0)), Ok(()), "{ok}");
+        }
+        for unknown in [
+            "ustore.op.nope",
+            "ustore.op.",
+            "ustore.deliver",
+            "xfs.call",
+            "smtp.deliver",
+        ] {
+            let err = ustore.check(unknown, spec(0, 1.0)).unwrap_err();
+            assert!(err.contains("unknown fault point"), "{unknown}: {err}");
+            assert!(
+                err.contains("known: ustore.op.<op>, ustore.disk.write"),
+                "{err}"
+            );
+        }
+        let err = ustore
+            .check("ustore.disk.write", spec(10_001, 0.0))
+            .unwrap_err();
+        assert!(err.contains("over the most allowed, 10000 ms"), "{err}");
+        assert!(ustore.check("ustore.disk.write", spec(0, 2.0)).is_err());
+
+        let mserv = Rules::for_role("mserv", 10);
+        assert!(mserv.check("mserv.op.lookup", spec(10, 0.0)).is_ok());
+        assert!(mserv.check("mserv.op.Lookup!", spec(0, 0.0)).is_err());
+        let fd = Rules::for_role("frontdoor", 10);
+        for ok in [
+            "xfs.call",
+            "xfs.call.fetch",
+            "xfs.reply.move",
+            "http.request",
+            "frontdoor.smtp",
+        ] {
+            assert!(fd.check(ok, spec(0, 0.5)).is_ok(), "{ok}");
+        }
+        assert!(fd.check("xfs.call.nope", spec(0, 0.5)).is_err());
+        let none = Rules::for_role("mailctl", 10);
+        assert!(none
+            .check("x", spec(0, 0.0))
+            .unwrap_err()
+            .contains("has none"));
+        assert!(Rules::any().check("any.thing", spec(u64::MAX, 0.5)).is_ok());
+    }
+
+    #[test]
+    fn start_up_faults_are_checked_like_the_admin_ports() {
+        let rules = || Rules::for_role("smtp-in", 1_000);
+        let mut cfg = FaultsConfig::new();
+        cfg.insert("smtp.deliver".to_owned(), spec(1_000, 0.5));
+        let faults = Faults::for_role(rules(), &cfg, Some("xfs.call=5:0")).unwrap();
+        assert_eq!(faults.list().len(), 2);
+        assert!(faults.set_checked("xfs.reply", spec(0, 0.1)).is_ok());
+        assert!(faults.set_checked("mserv.raft.send", spec(0, 0.1)).is_err());
+        assert!(faults.set_checked("xfs.call", spec(1_001, 0.0)).is_err());
+        assert_eq!(faults.list().len(), 3, "a refused change changes nothing");
+
+        for (env, why) in [
+            (Some("xfs.call=1001:0"), "over the most allowed"),
+            (Some("ustore.op.deliver=0:1"), "unknown fault point"),
+            (Some("xfs.call=oops"), "MEGAMAIL_FAULTS"),
+        ] {
+            let err = Faults::for_role(rules(), &cfg, env).unwrap_err();
+            assert!(err.contains(why), "{env:?}: {err}");
+        }
+        cfg.insert("smtp.deliverr".to_owned(), spec(0, 0.5));
+        let err = Faults::for_role(rules(), &cfg, None).unwrap_err();
+        assert!(
+            err.contains("[faults] unknown fault point `smtp.deliverr`"),
+            "{err}"
         );
     }
 

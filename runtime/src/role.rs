@@ -1,5 +1,8 @@
 //! The start and stop every role shares. [`Role::start`] makes the fault points from the role's
-//! config and its health (`starting`) and serves the admin port; the role then opens what it
+//! config (only the points the role has, within the delay bound: anything else fails the start)
+//! and its health (`starting`) and serves the admin port with the admin settings the role runs
+//! under (`admin::with_settings`, which `cli::main` sets from the `[admin]` section; without
+//! them the port refuses every change); the role then opens what it
 //! needs, calls [`Role::ready`] and serves its port until shutdown (a web role through
 //! `runtime::http::serve`, whose drain calls [`Role::set_draining`]; a TCP role runs its accept
 //! loop and then [`Role::drain`]s the connections it tracked); [`Role::finish`] waits for the
@@ -27,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::FaultsConfig;
-use crate::faults::Faults;
+use crate::faults::{Faults, Rules};
 use crate::health::Health;
 use crate::shutdown::Shutdown;
 
@@ -45,20 +48,27 @@ pub struct Role {
 
 impl Role {
     /// The role's fault points and health, and its admin port served on `admin` until
-    /// `shutdown`.
+    /// `shutdown`. A fault point the role does not have, or a delay over the bound, in `faults`
+    /// or `MEGAMAIL_FAULTS` is an error.
     pub fn start(
         name: &'static str,
         admin: TcpListener,
         faults: &FaultsConfig,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Role> {
-        let faults = Arc::new(Faults::from_config(faults));
+        let settings = crate::admin::current_settings();
+        let rules = Rules::for_role(name, settings.max_fault_delay_ms());
+        let env = std::env::var(crate::faults::ENV_VAR).ok();
+        let faults = Faults::for_role(rules, faults, env.as_deref())
+            .map_err(|reason| anyhow::anyhow!("fault points: {reason}"))?;
+        let faults = Arc::new(faults);
         let health = Health::new(name);
         let admin_addr = admin.local_addr()?;
         let admin = tokio::spawn(crate::admin::serve(
             admin,
             health.clone(),
             faults.clone(),
+            settings,
             shutdown.clone(),
         ));
         Ok(Role {
@@ -119,13 +129,13 @@ mod tests {
         let shutdown = Shutdown::new();
         let mut faults = FaultsConfig::new();
         faults.insert(
-            "x.y".into(),
+            "http.request".into(),
             crate::faults::FaultSpec {
                 delay_ms: 1,
                 fail_rate: 0.0,
             },
         );
-        let role = Role::start("test-role", admin, &faults, &shutdown).unwrap();
+        let role = Role::start("login", admin, &faults, &shutdown).unwrap();
         assert_eq!(role.health.state(), State::Starting);
         assert_eq!(role.faults.list().len(), 1, "the config's fault points");
         let health = crate::http_client::get(role.admin_addr(), "/healthz", Duration::from_secs(5))
@@ -144,5 +154,34 @@ mod tests {
             .await
             .expect("the admin port stops on shutdown")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_role_does_not_start_with_a_point_it_lacks_or_too_long_a_delay() {
+        let shutdown = Shutdown::new();
+        let spec = |delay_ms| crate::faults::FaultSpec {
+            delay_ms,
+            fail_rate: 0.0,
+        };
+        for (point, delay) in [("smtp.deliver", 0), ("login.store", 10_001)] {
+            let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let faults = FaultsConfig::from([(point.to_owned(), spec(delay))]);
+            let err = Role::start("login", admin, &faults, &shutdown).err();
+            assert!(err.is_some(), "{point} {delay}");
+        }
+        // Under settings that allow longer delays, the same delay is accepted.
+        let cfg = crate::config::AdminConfig {
+            max_fault_delay_ms: 20_000,
+            ..Default::default()
+        };
+        let settings = crate::admin::Settings::new(None, &cfg);
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let faults = FaultsConfig::from([("login.store".to_owned(), spec(10_001))]);
+        let started = crate::admin::with_settings(settings, async {
+            Role::start("login", admin, &faults, &shutdown)
+        })
+        .await;
+        assert!(started.is_ok());
+        shutdown.trigger();
     }
 }

@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use runtime::admin::Settings;
 use runtime::admission::Admission;
-use runtime::faults::{FaultSpec, Faults};
+use runtime::config::AdminConfig;
+use runtime::faults::{FaultSpec, Faults, Rules};
 use runtime::health::Health;
 use runtime::shutdown::Shutdown;
 use serde_json::Value;
@@ -35,12 +37,26 @@ impl Reply {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection, read to the end.
+/// The operator secret of the test's admin port.
+const SECRET: &str = "operator-secret-for-the-test";
+
+/// One HTTP/1.1 request on a fresh connection, read to the end; as the operator would send it
+/// (the port's own address in `Host`, and the secret).
 async fn request(addr: SocketAddr, method: &str, target: &str) -> Reply {
+    let host = format!("Host: {addr}");
+    let auth = format!("Authorization: Bearer {SECRET}");
+    request_with(addr, method, target, &[&host, &auth]).await
+}
+
+/// One request with exactly these header lines (besides `Connection` and `Content-Length`).
+async fn request_with(addr: SocketAddr, method: &str, target: &str, headers: &[&str]) -> Reply {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    );
+    let mut head = format!("{method} {target} HTTP/1.1\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("Connection: close\r\nContent-Length: 0\r\n\r\n");
     stream.write_all(head.as_bytes()).await.expect("send");
     let mut raw = Vec::new();
     tokio::time::timeout(HANG, stream.read_to_end(&mut raw))
@@ -62,6 +78,13 @@ async fn request(addr: SocketAddr, method: &str, target: &str) -> Reply {
     }
 }
 
+/// `admin_refused_total{reason}` now.
+fn refused(reason: &str) -> u64 {
+    let text = runtime::metrics::render();
+    let sample = format!("admin_refused_total{{reason=\"{reason}\"}}");
+    runtime::metrics::sample(&text, &sample).unwrap_or(0.0) as u64
+}
+
 #[tokio::test]
 async fn admin_endpoints_and_shutdown() {
     REQUESTS.with_label_values(&["probe"]).inc();
@@ -70,12 +93,14 @@ async fn admin_endpoints_and_shutdown() {
     let addr = listener.local_addr().unwrap();
     let health = Health::new("testrole");
     health.set_info("store", Value::from("s1"));
-    let faults = Arc::new(Faults::new());
+    let faults = Arc::new(Faults::with_rules(Rules::for_role("smtp-in", 10_000)));
     let shutdown = Shutdown::new();
+    let settings = Settings::new(Some(SECRET), &AdminConfig::default());
     let server = tokio::spawn(runtime::admin::serve(
         listener,
         Arc::clone(&health),
         Arc::clone(&faults),
+        Arc::new(settings),
         shutdown.clone(),
     ));
 
@@ -144,7 +169,7 @@ async fn admin_endpoints_and_shutdown() {
     let reply = request(
         addr,
         "POST",
-        "/faults?point=ustore.deliver&delay_ms=25&fail_rate=0.5",
+        "/faults?point=smtp.deliver&delay_ms=25&fail_rate=0.5",
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -152,14 +177,14 @@ async fn admin_endpoints_and_shutdown() {
         delay_ms: 25,
         fail_rate: 0.5,
     };
-    assert_eq!(faults.list(), vec![("ustore.deliver".to_owned(), expected)]);
+    assert_eq!(faults.list(), vec![("smtp.deliver".to_owned(), expected)]);
     let reply = request(addr, "GET", "/faults").await;
     assert_eq!(
         reply.json(),
-        serde_json::json!([{"point": "ustore.deliver", "delay_ms": 25, "fail_rate": 0.5}])
+        serde_json::json!([{"point": "smtp.deliver", "delay_ms": 25, "fail_rate": 0.5}])
     );
 
-    let reply = request(addr, "POST", "/faults?point=ustore.deliver&fail_rate=3").await;
+    let reply = request(addr, "POST", "/faults?point=smtp.deliver&fail_rate=3").await;
     assert_eq!(reply.status, 400);
     assert!(
         reply.body.contains("fail-rate must be between 0 and 1"),
@@ -169,9 +194,70 @@ async fn admin_endpoints_and_shutdown() {
     let reply = request(addr, "POST", "/faults?delay_ms=1").await;
     assert_eq!(reply.status, 400);
     assert!(reply.body.contains("missing point"), "{}", reply.body);
-    assert_eq!(faults.list(), vec![("ustore.deliver".to_owned(), expected)]);
+    let reply = request(addr, "POST", "/faults?point=ustore.disk.write&fail_rate=1").await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply
+            .body
+            .contains("known: xfs.call, xfs.call.<op>, xfs.reply, xfs.reply.<op>, smtp.deliver"),
+        "{}",
+        reply.body
+    );
+    let reply = request(addr, "POST", "/faults?point=smtp.deliver&delay_ms=10001").await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.body.contains("over the most allowed"),
+        "{}",
+        reply.body
+    );
 
-    let reply = request(addr, "POST", "/faults?point=ustore.deliver&clear=1").await;
+    // A change without the secret, for another host, or from a web page is refused and counted;
+    // reads stay open to anyone.
+    let host = &format!("Host: {addr}") as &str;
+    let local = &format!("Host: localhost:{}", addr.port()) as &str;
+    let auth = &format!("Authorization: Bearer {SECRET}") as &str;
+    let set = "/faults?point=smtp.deliver&fail_rate=1";
+    let before = |reason: &str| refused(reason);
+    let (hosts, origins, creds) = (before("host"), before("origin"), before("credential"));
+    for (headers, status) in [
+        (vec![host], 401),
+        (vec![host, "Authorization: Bearer wrong"], 401),
+        (vec![host, "Authorization: Basic b3A6c2VjcmV0"], 401),
+        (vec!["Host: attacker.example:1234", auth], 421),
+        (vec![auth], 421),
+        (vec![host, auth, "Origin: http://attacker.example"], 403),
+        (vec![local, auth, "Origin: null"], 403),
+    ] {
+        let reply = request_with(addr, "POST", set, &headers).await;
+        assert_eq!(reply.status, status, "{headers:?}: {}", reply.body);
+    }
+    assert_eq!(
+        (
+            refused("host") - hosts,
+            refused("origin") - origins,
+            refused("credential") - creds
+        ),
+        (2, 2, 3)
+    );
+    let origin = &format!("Origin: http://localhost:{}", addr.port()) as &str;
+    let clear = "/faults?point=smtp.deliver&clear=1";
+    let reply = request_with(addr, "POST", clear, &[local, auth, origin]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(request_with(addr, "GET", "/metrics", &[]).await.status, 200);
+    assert_eq!(
+        request_with(addr, "GET", "/faults", &[host]).await.status,
+        200
+    );
+    let reply = request(
+        addr,
+        "POST",
+        "/faults?point=smtp.deliver&delay_ms=25&fail_rate=0.5",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(faults.list(), vec![("smtp.deliver".to_owned(), expected)]);
+
+    let reply = request(addr, "POST", "/faults?point=smtp.deliver&clear=1").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(faults.list().is_empty());
 
@@ -237,6 +323,7 @@ async fn serve_returns_at_once_if_already_triggered() {
             listener,
             Health::new("x"),
             Arc::new(Faults::new()),
+            Arc::new(Settings::closed()),
             shutdown,
         ),
     )

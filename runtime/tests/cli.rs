@@ -31,13 +31,55 @@ fn check_config_accepts_a_good_file() {
         never_run,
     );
     assert_eq!(code, ExitCode::SUCCESS);
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/example.toml");
+    // The example's fault points are a web role's; its token file is checked relative to the
+    // working directory, so it is given with one that exists.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("operator.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let example = include_str!("../example.toml").replace(
+        "\"secrets/operator.secret\"",
+        &format!("{:?}", secret.to_str().unwrap()),
+    );
+    let file = config_file(&example);
+    let path = file.path().to_str().unwrap();
     let code = main_with_args(
-        "test",
-        ["test", "--check-config", "--config", example],
+        "login",
+        ["login", "--check-config", "--config", path],
         never_run,
     );
     assert_eq!(code, ExitCode::SUCCESS);
+    // For a role without those points, or with the token file missing, the same file is bad.
+    let code = main_with_args(
+        "ustore",
+        ["ustore", "--check-config", "--config", path],
+        never_run,
+    );
+    assert_eq!(code, ExitCode::from(2));
+    std::fs::remove_file(&secret).unwrap();
+    let code = main_with_args(
+        "login",
+        ["login", "--check-config", "--config", path],
+        never_run,
+    );
+    assert_eq!(code, ExitCode::from(2));
+}
+
+#[test]
+fn start_up_faults_past_the_bounds_are_config_errors() {
+    for text in [
+        "[faults.\"login.stor\"]\nfail-rate = 1\n",
+        "[faults.\"login.store\"]\ndelay-ms = 10001\n",
+        "[admin]\nmax-fault-delay-ms = 5\n[faults.\"login.store\"]\ndelay-ms = 6\n",
+    ] {
+        let file = config_file(text);
+        let path = file.path().to_str().unwrap();
+        let code = main_with_args(
+            "login",
+            ["login", "--config", path, "--check-config"],
+            never_run,
+        );
+        assert_eq!(code, ExitCode::from(2), "{text}");
+    }
 }
 
 #[test]

@@ -50,6 +50,12 @@ impl RoleConfig for SampleConfig {
     fn log(&self) -> &LogConfig {
         &self.log
     }
+    fn admin(&self) -> &AdminConfig {
+        &self.admin
+    }
+    fn faults(&self) -> &FaultsConfig {
+        &self.faults
+    }
 }
 
 fn write_temp(text: &str) -> tempfile::NamedTempFile {
@@ -111,14 +117,20 @@ fn example_file_parses() {
         "127.0.0.1:9100".parse::<SocketAddr>().unwrap()
     );
     assert_eq!(
-        cfg.faults.get("x.y"),
+        cfg.admin.token_file.as_deref(),
+        Some(std::path::Path::new("secrets/operator.secret"))
+    );
+    assert_eq!(cfg.admin.hosts, ["admin.hcu-1.example"]);
+    assert_eq!(cfg.admin.max_fault_delay_ms, 10_000);
+    assert_eq!(
+        cfg.faults.get("xfs.call"),
         Some(&FaultSpec {
             delay_ms: 50,
             fail_rate: 0.1
         })
     );
     assert_eq!(
-        cfg.faults.get("ustore.deliver"),
+        cfg.faults.get("http.request"),
         Some(&FaultSpec {
             delay_ms: 0,
             fail_rate: 1.0

@@ -71,7 +71,7 @@ impl FrontDoor {
             cookie_secure: false,
             session_check_secs: 2,
             store_timeout_ms: 3000,
-            admin: runtime::config::AdminConfig { listen: admin },
+            admin: crate::admin_config(admin),
             ..Default::default()
         };
         settings(&mut cfg);

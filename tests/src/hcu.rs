@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use mserv::{Placement, Policy, StoreInfo, StoreState};
 use role_config::SmtpInConfig;
-use runtime::config::{AdminConfig, FaultsConfig};
+use runtime::config::FaultsConfig;
 use xfs::{CallError, IndexEntry, NewAccount, Op, Reply, StorePool, Target, XfsError, INBOX};
 
 use crate::mserv::{Mserv, MservOpts};
@@ -117,7 +117,7 @@ impl HcuOpts {
             deliver_timeout_secs: self.deliver_timeout_secs,
             tls: self.smtp_tls.clone(),
             internal_tls: crate::support::pki::internal_tls(dir, xfs::Role::SmtpIn, "smtp-in"),
-            admin: AdminConfig { listen: admin },
+            admin: crate::admin_config(admin),
             faults: self.smtp_faults.clone(),
             ..Default::default()
         })

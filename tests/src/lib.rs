@@ -116,6 +116,41 @@ pub async fn http_request(
     Ok((a.status, String::from_utf8_lossy(&a.body).into_owned()))
 }
 
+/// The operator's secret of every process the harness starts: their admin ports take changes
+/// only with it, as the ports `mailctl up` starts take theirs.
+pub const OPERATOR_SECRET: &str = "operator-secret-of-the-test-harness";
+
+/// The `[admin]` section of a process whose admin port is `listen`, its changes needing
+/// [`OPERATOR_SECRET`] (from a file next to the binaries, written once, mode 0600).
+pub fn admin_config(listen: SocketAddr) -> AdminConfig {
+    static FILE: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = bin_dir().join("test-operator.secret");
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .expect("writing the operator secret");
+        std::io::Write::write_all(&mut f, OPERATOR_SECRET.as_bytes()).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+        path
+    });
+    AdminConfig::with_token(listen, FILE.clone())
+}
+
+/// A change on an admin port, made as the operator (with [`OPERATOR_SECRET`]).
+pub async fn admin_post(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let auth = format!("Bearer {OPERATOR_SECRET}");
+    let headers = [("authorization", auth.as_str())];
+    let a =
+        runtime::http_client::request(addr, "POST", path, &headers, b"", Duration::from_secs(30))
+            .await?;
+    Ok((a.status, String::from_utf8_lossy(&a.body).into_owned()))
+}
+
 /// A role process: its binary, its config file, its admin address and its log.
 pub struct Proc {
     pub name: String,
@@ -315,7 +350,7 @@ impl Ustore {
                     path: Ustore::segment_dir_of(dir, id),
                 })
                 .collect(),
-            admin: AdminConfig { listen: admin },
+            admin: admin_config(admin),
             faults: opts.faults,
             backup_roots: vec![dir.to_path_buf()],
             ..Default::default()

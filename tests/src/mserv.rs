@@ -278,7 +278,7 @@ fn start_replica(
                 addr: addr.to_string(),
             })
             .collect(),
-        admin: runtime::config::AdminConfig { listen: admin },
+        admin: crate::admin_config(admin),
         faults: opts.faults.clone(),
         ..Default::default()
     };

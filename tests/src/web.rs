@@ -88,7 +88,7 @@ impl Login {
             max_failures_per_client: opts.max_failures_per_client,
             failure_window_secs: opts.failure_window_secs,
             front_doors: opts.front_doors,
-            admin: runtime::config::AdminConfig { listen: admin },
+            admin: crate::admin_config(admin),
             ..Default::default()
         });
         let mut proc = Proc::start("login", "login", dir.path(), &cfg, admin)?;

@@ -18,7 +18,7 @@ use megamail_tests::hcu::{HcuOpts, LocalHcu};
 use megamail_tests::support::mail::{mailer, message_id, strip_trace_header};
 use megamail_tests::support::metrics::metric;
 use megamail_tests::support::poll::Deadline;
-use megamail_tests::{http_get, http_request};
+use megamail_tests::{admin_post, http_get, http_request};
 use serde_json::{json, Value};
 use xfs::{CallError, Delivery, Flags, Op, Reply, Summary, Target, XfsError};
 
@@ -28,13 +28,13 @@ const BOB: &str = "bob@megamail.test";
 /// Set a fault point through a process's admin endpoint.
 async fn set_fault(admin: SocketAddr, point: &str, delay_ms: u64, fail_rate: f64) {
     let path = format!("/faults?point={point}&delay_ms={delay_ms}&fail_rate={fail_rate}");
-    let (status, body) = http_request(admin, "POST", &path).await.unwrap();
+    let (status, body) = admin_post(admin, &path).await.unwrap();
     assert_eq!(status, 200, "{body}");
 }
 
 async fn clear_fault(admin: SocketAddr, point: &str) {
     let path = format!("/faults?point={point}&clear=1");
-    let (status, body) = http_request(admin, "POST", &path).await.unwrap();
+    let (status, body) = admin_post(admin, &path).await.unwrap();
     assert_eq!(status, 200, "{body}");
 }
 
@@ -169,6 +169,21 @@ async fn smtp_and_webmail_stay_correct_with_failing_and_slow_xfs_calls() {
         set_fault(admin, "xfs.call", 50, 0.1).await;
     }
     set_fault(fd_admin, "xfs.reply", 0, 0.05).await;
+    assert_eq!(faults_of(fd_admin).await.as_array().unwrap().len(), 2);
+    // Without the operator's secret nothing changes; an unknown point or a long delay is refused.
+    let (status, _) = http_request(fd_admin, "POST", "/faults?point=xfs.call&clear=1")
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    for bad in [
+        "point=xfs.nope&fail_rate=1",
+        "point=xfs.call&delay_ms=600000",
+    ] {
+        let (status, body) = admin_post(fd_admin, &format!("/faults?{bad}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
     assert_eq!(faults_of(fd_admin).await.as_array().unwrap().len(), 2);
 
     // 100 messages through SMTP, 8 senders at once, retried on 4xx like a real MTA.

@@ -634,3 +634,106 @@ async fn with_the_users_store_down_pages_say_so_and_sending_still_works() {
         .unwrap();
     assert_eq!(v["messages"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_ids_act_once_and_a_delete_in_trash_expunges_only_what_is_there() {
+    let hcu = LocalHcu::start(HcuOpts::one_store()).await.unwrap();
+    hcu.add_users(&[ALICE]).await.unwrap();
+    let fd = FrontDoor::start(&hcu).await.unwrap();
+    for n in 1..=3 {
+        let raw = mail("carol@remote.test", ALICE, &format!("note {n}"), "hello");
+        send_in(&hcu, "carol@remote.test", &[ALICE], &raw)
+            .await
+            .unwrap();
+    }
+    wait_inbox(&hcu, ALICE, 3).await.unwrap();
+    let alice = fd.token(&hcu, ALICE).await.unwrap();
+    let store = hcu.mailbox(ALICE).await.unwrap();
+    let account = || async {
+        let target = store.target.clone();
+        let a = store.run(xfs::ops::GetAccount { target }).await.unwrap();
+        let sizes: u64 = store.folders().await.unwrap().iter().map(|f| f.bytes).sum();
+        (a.messages, a.used_bytes, sizes)
+    };
+    let (messages, used, sizes) = account().await;
+    assert_eq!((messages, used), (3, sizes));
+    let page = fd
+        .json(&alice, "/api/v1/folders/Inbox/messages")
+        .await
+        .unwrap();
+    let (a, b, c) = match ids(&page)[..] {
+        [c, b, a] => (a, b, c),
+        ref other => panic!("{other:?}"),
+    };
+    let entries = store.entries("Inbox").await.unwrap();
+    let size_of = |id: u64| entries.iter().find(|e| e.msg == id).unwrap().size;
+
+    // Flags, moves and deletes with an id named three times act once.
+    let r = post(
+        &fd,
+        &alice,
+        "/api/v1/messages/flags",
+        json!({"ids": [a, a, a], "add": ["seen"]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let folders = fd.json(&alice, "/api/v1/folders").await.unwrap();
+    assert_eq!(folder(&folders, "Inbox")["unread"], 2);
+    let r = post(
+        &fd,
+        &alice,
+        "/api/v1/messages/move",
+        json!({"ids": [a, a, a], "folder": "Trash"}),
+    )
+    .await;
+    let (status, body) = status_and_text(r).await;
+    assert_eq!(status, 200, "{body}");
+    let moved: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(moved["moved"].as_array().unwrap().len(), 1, "{moved}");
+    let r = post(
+        &fd,
+        &alice,
+        "/api/v1/messages/delete",
+        json!({"ids": [a, a, a], "folder": "Trash"}),
+    )
+    .await;
+    let (status, body) = status_and_text(r).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["expunged"], 1, "{v}");
+    let (messages, used, sizes) = account().await;
+    assert_eq!((messages, used, sizes), (2, size_of(b) + size_of(c), used));
+
+    // A delete that says Trash names b (in Trash) and c (in the Inbox): b goes for good, c only
+    // to Trash.
+    let r = post(
+        &fd,
+        &alice,
+        "/api/v1/messages/delete",
+        json!({"ids": [b], "folder": "Inbox"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = post(
+        &fd,
+        &alice,
+        "/api/v1/messages/delete",
+        json!({"ids": [b, c], "folder": "Trash"}),
+    )
+    .await;
+    let (status, body) = status_and_text(r).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["expunged"].clone(), v["trashed"].clone()),
+        (json!(1), json!([c])),
+        "{v}"
+    );
+    let trash = fd
+        .json(&alice, "/api/v1/folders/Trash/messages")
+        .await
+        .unwrap();
+    assert_eq!(ids(&trash), vec![c]);
+    let (messages, used, sizes) = account().await;
+    assert_eq!((messages, used, sizes), (1, size_of(c), used));
+}

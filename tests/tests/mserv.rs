@@ -660,7 +660,7 @@ async fn a_failed_start_exits_non_zero() {
             id: 1,
             addr: addr.to_string(),
         }],
-        admin: runtime::config::AdminConfig { listen: admin },
+        admin: megamail_tests::admin_config(admin),
         ..Default::default()
     });
     let mut p = Proc::start("mserv", "mserv-bad", tmp.path(), &cfg, admin).unwrap();

@@ -354,7 +354,8 @@ macro_rules! operations {
         }
 
         impl Op {
-            /// Every operation's short name.
+            /// Every operation's [`Op::name`] (the fault points `ustore.op.<op>` and
+            /// `xfs.call.<op>` are known by these).
             pub const NAMES: &'static [&'static str] = &[$($label),*];
 
             /// A short name, for metrics, logs and fault points.

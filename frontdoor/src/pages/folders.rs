@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{html, Markup};
 use serde::Deserialize;
-use xfs::{Flags, FolderInfo, IndexEntry, MsgId};
+use xfs::{Flags, FolderInfo, IndexEntry};
 
 use super::layout::{self, csrf_field, folder_select, folder_url, Chrome, Notice};
 use super::{
@@ -229,11 +229,8 @@ pub(super) async fn message_action(
     State(ctx): State<Arc<Ctx>>,
     WebForm(s, form): WebForm,
 ) -> Response {
-    let ids: Vec<MsgId> = form
-        .all("id")
-        .filter_map(|v| v.parse().ok())
-        .take(crate::api::MAX_IDS)
-        .collect();
+    let mut ids = crate::mailbox::once_each(form.all("id").filter_map(|v| v.parse().ok()));
+    ids.truncate(crate::api::MAX_IDS);
     let folder = form.get("folder").unwrap_or(xfs::INBOX).to_string();
     let page: u32 = form.get("page").and_then(|p| p.parse().ok()).unwrap_or(0);
     let from_message = form.get("from") == Some("message");
@@ -264,8 +261,13 @@ pub(super) async fn message_action(
             Some(to) => mb.move_to(&ids, to).await.map(|_| "moved"),
             None => Err(StoreError::BadRequest("Choose a folder to move to.".into())),
         },
-        "delete" if folder == "Trash" => mb.expunge(&ids).await.map(|_| "expunged"),
-        "delete" => mb.move_to(&ids, "Trash").await.map(|_| "deleted"),
+        "delete" => mb.delete(&ids, Some(&folder)).await.map(|d| {
+            if d.trashed.is_empty() {
+                "expunged"
+            } else {
+                "deleted"
+            }
+        }),
         _ => Err(StoreError::BadRequest("Unknown action.".into())),
     };
     match result {

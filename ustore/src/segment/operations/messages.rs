@@ -110,7 +110,7 @@ impl Segment {
         remove: Flags,
     ) -> Result<Reply, XfsError> {
         self.mutate(user, |tx| {
-            for m in msgs {
+            for m in once_each(msgs) {
                 tx.set_flags(m, add, remove)?;
             }
             Ok(Reply::Done)
@@ -126,6 +126,7 @@ impl Segment {
     ) -> Result<Reply, XfsError> {
         self.mutate(user, |tx| {
             let to = tx.folder_id(to_folder)?;
+            let msgs = once_each(msgs);
             let mut moved = Vec::with_capacity(msgs.len());
             for m in msgs {
                 moved.push((m, tx.move_msg(m, to)?));
@@ -142,7 +143,7 @@ impl Segment {
     ) -> Result<Reply, XfsError> {
         self.mutate(user, |tx| {
             let mut n = 0;
-            for m in msgs {
+            for m in once_each(msgs) {
                 if tx.expunge(m)? {
                     n += 1;
                 }
@@ -162,6 +163,14 @@ impl Segment {
             tx.expunge_folder(fid).map(Reply::Count)
         })
     }
+}
+
+/// `msgs` with each id once, in the order first given. A transaction reads the records as they
+/// were before it began, so an id named twice would be acted on twice: a message expunged twice
+/// frees its size twice, a move or flag change counted twice skews the folder counts.
+fn once_each(msgs: Vec<MsgId>) -> Vec<MsgId> {
+    let mut seen = std::collections::HashSet::with_capacity(msgs.len());
+    msgs.into_iter().filter(|m| seen.insert(*m)).collect()
 }
 
 impl Tx<'_> {
@@ -556,6 +565,54 @@ mod tests {
         );
         // Message ids are never reused.
         assert_eq!(f.deliver(ALICE, mail(4)).0, 4);
+    }
+
+    #[test]
+    fn an_id_named_twice_acts_once() {
+        let f = Fixture::new();
+        f.create(ALICE);
+        for n in 1..=3 {
+            f.deliver(ALICE, mail(n));
+        }
+        let (b1, b2, b3) = (
+            body(1).len() as u64,
+            body(2).len() as u64,
+            body(3).len() as u64,
+        );
+        // Marked read three times over: Inbox loses one unread, not three.
+        flags(&f, vec![1, 1, 1], Flags::SEEN, Flags::NONE).unwrap();
+        assert_eq!(f.counts(ALICE, "Inbox"), (3, 2, b1 + b2 + b3));
+        // Moved with repeats: one new uid each, the counts moved once.
+        assert_eq!(
+            f.exec(Op::Move {
+                target: t(ALICE),
+                msgs: vec![2, 1, 2, 1],
+                to_folder: "Trash".into(),
+            }),
+            Ok(Reply::NewUids(vec![(2, 1), (1, 2)]))
+        );
+        assert_eq!(f.counts(ALICE, "Trash"), (2, 1, b1 + b2));
+        assert_eq!(f.counts(ALICE, "Inbox"), (1, 1, b3));
+        assert_eq!(f.folder(ALICE, "Trash").uidnext, 3);
+        // Expunged with repeats: one count, the quota freed once.
+        assert_eq!(
+            f.exec(Op::Expunge {
+                target: t(ALICE),
+                msgs: vec![2, 2, 2, 2],
+            }),
+            Ok(Reply::Count(1))
+        );
+        let a = f.account(ALICE);
+        assert_eq!((a.messages, a.used_bytes), (2, b1 + b3));
+        assert_eq!(f.counts(ALICE, "Trash"), (1, 0, b1));
+        let mut left = 0;
+        for folder in ["Inbox", "Trash"] {
+            left += f.counts(ALICE, folder).2;
+        }
+        assert_eq!(
+            left, a.used_bytes,
+            "folder sizes add up to the quota's count"
+        );
     }
 
     #[test]
