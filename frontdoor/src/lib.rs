@@ -49,9 +49,10 @@ pub struct Ctx {
     pub health: Arc<Health>,
     /// Per user: the account's session generation and display name, with when they were read.
     pub accounts: moka::future::Cache<String, auth::AccountHint>,
-    /// Per user: wrong current passwords given on the settings page lately.
     /// Wrong current passwords on the settings page, per user (`password::throttle`).
     pub password_throttle: session::throttle::Throttle,
+    /// The bounded pool password checks and hashes run on (login's `Hashing`).
+    pub hashing: session::password::Hashing,
     pub smtp: AsyncSmtpTransport<Tokio1Executor>,
     pub store_timeout: Duration,
     /// The origin (scheme, host, port) of the sign-in page, allowed as a form target (sign-out
@@ -133,6 +134,7 @@ pub fn context(
         .build();
     Ok(Ctx {
         password_throttle: password::throttle(),
+        hashing: session::password::Hashing::for_this_machine(),
         login_origin: origin_of(&cfg.login_url),
         keys,
         router,

@@ -104,6 +104,8 @@ pub async fn run_with(
         signin,
         health: role.health.clone(),
         cookie_secure: cfg.cookie_secure,
+        public_url: cfg.public_url.clone(),
+        trusted_proxies: cfg.trusted_proxies().map_err(anyhow::Error::msg)?,
     });
 
     role.health

@@ -2,9 +2,9 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, IntCounterVec};
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 use runtime::http::layers::HttpMetrics;
-use runtime::metrics::{counter_vec, histogram};
+use runtime::metrics::{counter_vec, histogram, int_counter};
 
 /// HTTP requests (`runtime::http::layers::HttpMetrics`): `login_http_requests_total{op,outcome}`
 /// (`op` is the method and route, e.g. `POST /api/v1/session`), `login_http_errors_total{op,kind}`
@@ -47,6 +47,13 @@ pub static FRONT_DOOR_PROBES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static LOGOUTS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    int_counter(
+        "login_logouts_refused_total",
+        "sign-outs refused: no session CSRF value, or a foreign Origin",
+    )
+});
+
 /// Touch every metric so all are exported from the start.
 pub fn register() {
     for r in RESULTS {
@@ -56,5 +63,6 @@ pub fn register() {
         FRONT_DOOR_PROBES.with_label_values(&[r]);
     }
     LazyLock::force(&VERIFY_SECONDS);
+    LazyLock::force(&LOGOUTS_REFUSED);
     LazyLock::force(&HTTP);
 }

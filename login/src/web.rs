@@ -6,13 +6,19 @@
 //! | `GET /` | the sign-in page; sets the login CSRF cookie |
 //! | `POST /login` (form: `user`, `password`, `csrf`) | `303` to a front door with the session cookie; 400/401/403/429/503 pages |
 //! | `POST /api/v1/session` (JSON `{user, password}`) | `200 {token, front_door, expires, user}`; `{"error"}` with 400/401/413/415/422/429/503 |
-//! | `POST /logout` | clears the session cookie, `303` to `/` |
+//! | `POST /logout` (form: `csrf`) | clears the session cookie, `303` to `/`; 403 without the session's CSRF value |
 //! | `GET /healthz` | `200 ok` while serving, `503` while starting or draining |
 //! | `GET /static/login.css` | the style sheet |
 //!
 //! Login CSRF: `GET /` sets a random `mm_login_csrf` cookie and puts an HMAC of it (the session
 //! keys, purpose `login-csrf`) in a hidden field; `POST /login` needs both to match, so a form
 //! planted on another site cannot sign a victim into the attacker's account.
+//!
+//! Logout CSRF: `POST /logout` clears the session only with the session's own CSRF value in the
+//! `csrf` field, the one every front-door form carries (`Keys::derive("csrf", sid)` of the
+//! session in the cookie), and only without a foreign `Origin`; otherwise `403` and the cookie
+//! stays. A request with no valid session changes nothing (`303` to `/`), so a page elsewhere
+//! cannot sign a user out (`GET /logout` is `405`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,7 +27,8 @@ use std::time::Duration;
 use axum::extract::rejection::{FormRejection, JsonRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE,
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, LOCATION, ORIGIN, RETRY_AFTER,
+    SET_COOKIE,
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,17 +40,22 @@ use runtime::http::RequestId;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::config::Cidr;
 use crate::frontdoors::parse_base;
 use crate::pages::{self, Notice};
 use crate::signin::{Session, SignIn, SignInError};
 use session::token;
 
+/// The header proxies name the client in.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 /// The session cookie the front doors read.
 pub const SESSION_COOKIE: &str = "mm_session";
 /// The login form's CSRF cookie.
 pub const CSRF_COOKIE: &str = "mm_login_csrf";
 /// The purpose the CSRF field is derived under.
 const CSRF_PURPOSE: &str = "login-csrf";
+/// The purpose a session's CSRF value is derived under: the front doors' forms, and logout here.
+const SESSION_CSRF_PURPOSE: &str = "csrf";
 /// Largest request body read (a sign-in is a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// How long the login CSRF cookie lives.
@@ -60,6 +72,17 @@ pub struct App {
     pub signin: SignIn,
     pub health: Arc<Health>,
     pub cookie_secure: bool,
+    /// This server's own base URL (`public-url`): an `Origin` it accepts for a sign-out.
+    pub public_url: String,
+    /// The proxies whose `X-Forwarded-For` names the client (`trusted-proxies`).
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl App {
+    /// The client of a request from `peer` ([`client_ip`] with this server's proxies).
+    fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        client_ip(peer, headers, &self.trusted_proxies)
+    }
 }
 
 /// The router with every route, wrapped in the shared web layers (`runtime::http::layers`:
@@ -82,12 +105,40 @@ pub fn router(app: Arc<App>) -> Router {
     layers.wrap(routes).with_state(app)
 }
 
-/// The client's address (IPv4-mapped IPv6 addresses as IPv4).
-fn client_ip(peer: SocketAddr) -> IpAddr {
-    peer.ip().to_canonical()
+/// The client's address, what the per-client throttle counts (IPv4-mapped IPv6 addresses as
+/// IPv4): the TCP peer's, unless the peer is one of `trusted` proxies; then the right-most
+/// `X-Forwarded-For` address that is not itself a trusted proxy (each proxy appends the address
+/// it was reached from, so everything left of that is the client's to invent). A trusted peer
+/// with no usable header is the client itself.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let peer = peer.ip().to_canonical();
+    let is_trusted = |a: IpAddr| trusted.iter().any(|c| c.contains(a));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        // What a trusted proxy wrote is an address; anything else stops the walk there.
+        let Ok(addr) = hop.parse::<IpAddr>() else {
+            break;
+        };
+        client = addr.to_canonical();
+        if !is_trusted(client) {
+            break;
+        }
+    }
+    client
 }
 
-/// The value of cookie `name` in the request, if sent once with a sane value.
+/// The value of cookie `name` in the request, if sent once with a sane value (base64url and
+/// `.`, what the CSRF cookie and session tokens are made of).
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
@@ -101,7 +152,7 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
             !v.is_empty()
                 && v.len() <= 256
                 && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         })
 }
 
@@ -251,7 +302,12 @@ async fn login_form(
     }
     match app
         .signin
-        .sign_in(&form.user, &form.password, client_ip(peer), &trace)
+        .sign_in(
+            &form.user,
+            &form.password,
+            app.client_ip(peer, &headers),
+            &trace,
+        )
         .await
     {
         Ok(session) => session_redirect(&app, &session),
@@ -359,6 +415,7 @@ async fn login_json(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(RequestId(trace)): Extension<RequestId>,
+    headers: HeaderMap,
     body: Result<Json<SessionRequest>, JsonRejection>,
 ) -> Response {
     let req = match body {
@@ -387,7 +444,12 @@ async fn login_json(
     };
     match app
         .signin
-        .sign_in(&req.user, &req.password, client_ip(peer), &trace)
+        .sign_in(
+            &req.user,
+            &req.password,
+            app.client_ip(peer, &headers),
+            &trace,
+        )
         .await
     {
         Ok(s) => Json(json!({
@@ -426,11 +488,60 @@ async fn login_json(
     }
 }
 
-async fn logout(State(app): State<Arc<App>>) -> Response {
-    let mut res = StatusCode::SEE_OTHER.into_response();
-    let h = res.headers_mut();
-    h.insert(LOCATION, HeaderValue::from_static("/?signed_out=1"));
-    h.insert(
+#[derive(Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Whether `origin` (an `Origin` header, if sent) is this server or one of its front doors.
+async fn same_site_origin(app: &App, origin: Option<&HeaderValue>) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let doors = app.signin.front_doors.all().await;
+    std::iter::once(&app.public_url)
+        .chain(doors.iter())
+        .filter_map(|base| self::origin(base))
+        .any(|o| o.eq_ignore_ascii_case(origin))
+}
+
+async fn logout(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    form: Result<Form<LogoutForm>, FormRejection>,
+) -> Response {
+    let signed_out = || {
+        let mut res = StatusCode::SEE_OTHER.into_response();
+        res.headers_mut()
+            .insert(LOCATION, HeaderValue::from_static("/?signed_out=1"));
+        res
+    };
+    let session = cookie(&headers, SESSION_COOKIE)
+        .and_then(|t| app.signin.keys.verify(&t, runtime::time::now_secs()).ok());
+    let Some(claims) = session else {
+        // No session to end: nothing changes, whoever asked.
+        return signed_out();
+    };
+    let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    let csrf_ok = app
+        .signin
+        .keys
+        .check_derived(SESSION_CSRF_PURPOSE, &claims.sid, &csrf);
+    if !csrf_ok || !same_site_origin(&app, headers.get(ORIGIN)).await {
+        crate::metrics::LOGOUTS_REFUSED.inc();
+        let mut res = (StatusCode::FORBIDDEN, "sign out from a megamail page\n").into_response();
+        res.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return res;
+    }
+    let mut res = signed_out();
+    res.headers_mut().insert(
         SET_COOKIE,
         cookie_header(
             SESSION_COOKIE,
@@ -475,6 +586,59 @@ async fn not_found() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_names_it() {
+        let trusted: Vec<Cidr> = ["10.0.0.0/8", "::1"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let xff = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let peer = |s: &str| SocketAddr::new(ip(s), 4000);
+        // From an untrusted peer the header is the client's own invention: ignored.
+        let spoof = xff(&["198.51.100.7"]);
+        assert_eq!(
+            client_ip(peer("203.0.113.9"), &spoof, &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(peer("203.0.113.9"), &spoof, &[]),
+            ip("203.0.113.9")
+        );
+        // Through a trusted proxy: the right-most address that is not a trusted proxy.
+        let via = xff(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]);
+        assert_eq!(
+            client_ip(peer("10.0.0.2"), &via, &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(peer("::ffff:10.0.0.2"), &via, &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(peer("::1"), &xff(&["::ffff:192.0.2.1"]), &trusted),
+            ip("192.0.2.1")
+        );
+        // No header, or only proxies in it: the left-most proxy is all there is.
+        assert_eq!(
+            client_ip(peer("10.0.0.2"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            client_ip(peer("10.0.0.2"), &xff(&["10.9.9.9"]), &trusted),
+            ip("10.9.9.9")
+        );
+        // Garbage where an address should be stops the walk at the last good hop.
+        let junk = xff(&["198.51.100.7, nonsense"]);
+        assert_eq!(client_ip(peer("10.0.0.2"), &junk, &trusted), ip("10.0.0.2"));
+    }
 
     #[test]
     fn cookies_are_read_by_exact_name_and_sane_values_only() {

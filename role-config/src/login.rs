@@ -1,6 +1,6 @@
 //! login's configuration file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use runtime::config::{conclude, require_nonzero, AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,12 @@ pub struct LoginConfig {
     pub max_failures_per_user: u32,
     pub max_failures_per_client: u32,
     pub failure_window_secs: u64,
+    /// Proxies in front of this server (addresses or CIDRs, `10.0.0.0/8`, `::1`): only when
+    /// the connection comes from one of them is the client address taken from
+    /// `X-Forwarded-For` (the right-most address there that is not itself a trusted proxy).
+    /// That address is what the per-client throttle counts; from any other peer the header is
+    /// ignored.
+    pub trusted_proxies: Vec<String>,
     /// How long a cached placement is trusted (a store's `Moved` drops it at once); 0: asked
     /// of the index every time.
     pub route_cache_secs: u64,
@@ -59,6 +65,7 @@ impl Default for LoginConfig {
             max_failures_per_user: 5,
             max_failures_per_client: 20,
             failure_window_secs: 300,
+            trusted_proxies: Vec::new(),
             route_cache_secs: 60,
             store_refresh_secs: 10,
             front_doors: FrontDoorsConfig::default(),
@@ -77,6 +84,69 @@ impl LoginConfig {
     /// The signing keys (the config has been validated, so they are well-formed).
     pub fn signing_keys(&self) -> Result<Keys, String> {
         keys::signing_keys(&self.current_key, &self.keys)
+    }
+
+    /// `trusted-proxies`, parsed (a validated config parses).
+    pub fn trusted_proxies(&self) -> Result<Vec<Cidr>, String> {
+        self.trusted_proxies.iter().map(|p| p.parse()).collect()
+    }
+}
+
+/// An address block: `10.0.0.0/8`, `fd00::/8`, or one address (`192.0.2.7`, `::1`).
+/// IPv4-mapped IPv6 addresses match as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `addr` lies in the block.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let bits = |a: IpAddr| -> (u128, u8) {
+            match a.to_canonical() {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let (net, net_len) = bits(self.net);
+        let (addr, addr_len) = bits(addr);
+        if net_len != addr_len {
+            return false;
+        }
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        net & mask == addr & mask
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an address or CIDR"))?;
+        let net = net.to_canonical();
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { net, prefix })
     }
 }
 
@@ -101,6 +171,11 @@ impl Validate for LoginConfig {
             errs.push("mserv: at least one member index replica is needed".into());
         }
         keys::check(&self.current_key, &self.keys, &mut errs);
+        for p in &self.trusted_proxies {
+            if let Err(e) = p.parse::<Cidr>() {
+                errs.push(format!("trusted-proxies: {e}"));
+            }
+        }
         if self.session_ttl_secs < 60 {
             errs.push(format!(
                 "session-ttl-secs: {} is below the least workable 60",
@@ -155,6 +230,35 @@ role_config!(LoginConfig);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_and_single_addresses() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(c("10.0.0.0/8").contains(ip("10.200.3.4")));
+        assert!(!c("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(c("192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(!c("192.0.2.7").contains(ip("192.0.2.8")));
+        assert!(
+            c("127.0.0.1").contains(ip("::ffff:127.0.0.1")),
+            "mapped IPv4"
+        );
+        assert!(c("::1").contains(ip("::1")));
+        assert!(!c("::1").contains(ip("0.0.0.1")));
+        assert!(c("fd00::/8").contains(ip("fd12::1")));
+        assert!(c("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(!c("0.0.0.0/0").contains(ip("2001:db8::1")));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "host.example",
+            "10.0.0.0/x",
+            "10.0.0/8",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_example_file_parses() {

@@ -44,6 +44,8 @@ pub struct LoginOpts {
     pub failure_window_secs: u64,
     /// How long login keeps what it learned of front doors.
     pub front_doors: role_config::login::FrontDoorsConfig,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for LoginOpts {
@@ -55,6 +57,7 @@ impl Default for LoginOpts {
             max_failures_per_client: 20,
             failure_window_secs: 300,
             front_doors: Default::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -88,6 +91,7 @@ impl Login {
             max_failures_per_client: opts.max_failures_per_client,
             failure_window_secs: opts.failure_window_secs,
             front_doors: opts.front_doors,
+            trusted_proxies: opts.trusted_proxies,
             admin: crate::admin_config(admin),
             ..Default::default()
         });

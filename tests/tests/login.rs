@@ -267,14 +267,56 @@ async fn a_form_sign_in_redirects_to_the_front_door_with_the_session_cookie() {
     let claims = keys().verify(&token, now_secs()).unwrap();
     assert_eq!(claims.user, ALICE);
 
-    // Logout clears the cookie.
+    // Logout clears the cookie, but only with the session's CSRF value (what the front doors'
+    // forms carry) and no foreign Origin: a page elsewhere cannot sign the user out.
+    let session = format!("mm_session={token}");
+    let csrf = keys().derive("csrf", &claims.sid);
+    let logout = |csrf: &str, origin: Option<&str>| {
+        let mut req = http
+            .post(env.login.url("/logout"))
+            .header("cookie", session.clone())
+            .form(&[("csrf", csrf)]);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send()
+    };
+    for (csrf, origin) in [
+        ("", Some("https://attacker.example")),
+        ("", None),
+        ("bogus", None),
+        (csrf.as_str(), Some("https://attacker.example")),
+        (csrf.as_str(), Some("null")),
+    ] {
+        let res = logout(csrf, origin).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{csrf:?} {origin:?}");
+        assert_eq!(set_cookie(res.headers(), "mm_session"), None);
+    }
+    let res = http
+        .get(env.login.url("/logout"))
+        .header("cookie", session.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // Without a session there is nothing to end: nothing is changed, whoever asks.
     let res = http.post(env.login.url("/logout")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(set_cookie(res.headers(), "mm_session"), None);
+    let res = logout(&csrf, Some(&env.fd.base)).await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()[LOCATION], "/?signed_out=1");
     let line = set_cookie(res.headers(), "mm_session").unwrap();
     assert!(
         line.starts_with("mm_session=;") && line.contains("Max-Age=0"),
         "{line}"
+    );
+    assert_eq!(
+        env.login
+            .metric("login_logouts_refused_total")
+            .await
+            .unwrap(),
+        5.0
     );
     let res = http
         .get(env.login.url("/?signed_out=1"))
@@ -433,6 +475,65 @@ async fn failed_sign_ins_are_throttled_per_user_and_per_client_address() {
         json_sign_in(&from(6), &env.login, BOB, PW).await.0,
         StatusCode::OK
     );
+}
+
+/// `POST /api/v1/session` with `X-Forwarded-For: xff`; the status.
+async fn sign_in_via(
+    http: &reqwest::Client,
+    login: &Login,
+    xff: &str,
+    user: &str,
+    pw: &str,
+) -> StatusCode {
+    let res = http
+        .post(login.url("/api/v1/session"))
+        .header("x-forwarded-for", xff)
+        .json(&json!({ "user": user, "password": pw }))
+        .send()
+        .await
+        .unwrap();
+    res.status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_throttle_counts_the_forwarded_client_and_nothing_else() {
+    let env = env(LoginOpts {
+        max_failures_per_client: 2,
+        trusted_proxies: vec!["127.0.0.7".into(), "10.0.0.0/8".into()],
+        ..Default::default()
+    })
+    .await;
+    add(&env, BOB, PW).await;
+    let from = |last: u8| client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)));
+
+    // Through the proxy: one bad client is locked out, the others behind the same proxy are not.
+    let proxy = from(7);
+    for i in 0..2 {
+        let user = format!("guess{i}@megamail.test");
+        let status =
+            sign_in_via(&proxy, &env.login, "198.51.100.1, 10.1.2.3", &user, "wrong").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let locked = sign_in_via(&proxy, &env.login, "198.51.100.1", BOB, PW).await;
+    assert_eq!(locked, StatusCode::TOO_MANY_REQUESTS);
+    let other = sign_in_via(&proxy, &env.login, "198.51.100.2", BOB, PW).await;
+    assert_eq!(other, StatusCode::OK);
+    // The bad client cannot get out of it by putting another address in front.
+    let spoof = sign_in_via(&proxy, &env.login, "192.0.2.9, 198.51.100.1", BOB, PW).await;
+    assert_eq!(spoof, StatusCode::TOO_MANY_REQUESTS);
+
+    // A peer that is not a trusted proxy: its header is ignored and its own address counts, so
+    // inventing a new address per guess does not escape the limit.
+    let direct = from(8);
+    for (i, fake) in ["203.0.113.1", "203.0.113.2"].iter().enumerate() {
+        let user = format!("other{i}@megamail.test");
+        let status = sign_in_via(&direct, &env.login, fake, &user, "wrong").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let status = sign_in_via(&direct, &env.login, "203.0.113.3", BOB, PW).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, _, _) = json_sign_in(&from(9), &env.login, BOB, PW).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 /// Poll `check` until it gives a value, failing the test after 10 s with `what`.

@@ -13,7 +13,7 @@ use super::layout::{self, csrf_field, Notice};
 use super::{error_page, redirect, render, NoticeQuery, WebForm};
 use crate::auth::{self, AccountHint, Session, WebSession};
 use crate::error::Error;
-use crate::password::{self, HashError};
+use crate::password::{self, HashError, Verdict};
 use crate::Ctx;
 
 /// Longest display name accepted, in characters.
@@ -131,23 +131,34 @@ pub(super) async fn settings_password(
             return error_page(&ctx, &s, e.into()).await;
         }
     };
-    if !password::verify(current, auth_rec.password_hash).await {
-        attempt.failure();
-        return settings_error(
-            &ctx,
-            &s,
-            StatusCode::FORBIDDEN,
-            "The current password is not right.",
-        )
-        .await;
+    let verdict = password::check(
+        &ctx.password_throttle,
+        &ctx.hashing,
+        attempt,
+        &s.user,
+        &current,
+        auth_rec.password_hash.clone(),
+    )
+    .await;
+    match verdict {
+        Verdict::Right => {}
+        Verdict::Wrong => {
+            return settings_error(
+                &ctx,
+                &s,
+                StatusCode::FORBIDDEN,
+                "The current password is not right.",
+            )
+            .await
+        }
+        Verdict::Busy => return error_page(&ctx, &s, Error::Busy).await,
     }
-    ctx.password_throttle.success(attempt, &s.user).await;
-    let hash = match password::hash(new).await {
+    let hash = match password::hash(&ctx.hashing, &new).await {
         Ok(h) => h,
         Err(HashError::Refused(e)) => {
             return settings_error(&ctx, &s, StatusCode::BAD_REQUEST, &e).await
         }
-        Err(HashError::Failed(e)) => return error_page(&ctx, &s, Error::Internal(e)).await,
+        Err(HashError::Busy) => return error_page(&ctx, &s, Error::Busy).await,
     };
     if let Err(e) = mb.update_account(None, Some(hash)).await {
         return error_page(&ctx, &s, e.into()).await;
