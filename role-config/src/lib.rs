@@ -52,6 +52,10 @@ pub fn is_http_url(s: &str) -> bool {
     rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
 }
 
+/// The `[internal-tls]` section the config tests add to a file that is otherwise all defaults.
+#[cfg(test)]
+pub(crate) const TEST_TLS: &str = "\n[internal-tls]\nname = \"x\"\nplaintext = true\n";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +99,7 @@ mod tests {
             current_key: "k1".into(),
             keys: keys.clone(),
             faults,
+            internal_tls: xfs::tls::InternalTls::plaintext("login"),
             ..LoginConfig::default()
         };
         round_trips(login.clone());

@@ -164,8 +164,18 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_defaults() {
-        let c: MservConfig = runtime::config::parse("").unwrap();
-        assert_eq!(c, MservConfig::default());
+        // Nothing but how to reach the others: the rest is the defaults.
+        let c: MservConfig = runtime::config::parse(crate::TEST_TLS).unwrap();
+        let defaults = MservConfig {
+            internal_tls: InternalTls::plaintext("x"),
+            ..MservConfig::default()
+        };
+        assert_eq!(c, defaults);
+        // Without it a config does not validate: plaintext must be asked for.
+        let err = runtime::config::parse::<MservConfig>("")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("internal-tls"), "{err}");
         assert_eq!(c.peers.len(), 3);
         assert_eq!(c.advertised_addr(), "127.0.0.1:7201");
     }
@@ -183,7 +193,7 @@ mod tests {
     fn one_and_five_replicas_are_fine() {
         let one =
             "id = 7\nlisten = \"127.0.0.1:7300\"\n[[peers]]\nid = 7\naddr = \"127.0.0.1:7300\"\n";
-        let c: MservConfig = runtime::config::parse(one).unwrap();
+        let c: MservConfig = runtime::config::parse(&format!("{one}{}", crate::TEST_TLS)).unwrap();
         assert_eq!(c.peers.len(), 1);
         let mut five = String::from("id = 3\n");
         for i in 1..=5 {
@@ -193,7 +203,7 @@ mod tests {
             ));
         }
         assert_eq!(
-            runtime::config::parse::<MservConfig>(&five)
+            runtime::config::parse::<MservConfig>(&format!("{five}{}", crate::TEST_TLS))
                 .unwrap()
                 .peers
                 .len(),

@@ -213,7 +213,8 @@ mod tests {
     fn the_data_budget_and_the_rcpt_delay_are_checked() {
         let cfg: SmtpInConfig = runtime::config::parse(
             "max-data-in-flight-bytes = 1048576\nmax-message-bytes = 1048576\n\
-             unknown-rcpt-delay-ms = 0\nunknown-rcpt-delay-max-ms = 0\n",
+             unknown-rcpt-delay-ms = 0\nunknown-rcpt-delay-max-ms = 0\n\
+             [internal-tls]\nname = \"x\"\nplaintext = true\n",
         )
         .unwrap();
         assert_eq!(cfg.max_data_in_flight_bytes, 1 << 20);

@@ -133,8 +133,13 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_defaults() {
-        let c: UstoreConfig = runtime::config::parse("").unwrap();
-        assert_eq!(c, UstoreConfig::default());
+        let c: UstoreConfig = runtime::config::parse(crate::TEST_TLS).unwrap();
+        let defaults = UstoreConfig {
+            internal_tls: InternalTls::plaintext("x"),
+            ..UstoreConfig::default()
+        };
+        assert_eq!(c, defaults);
+        assert!(runtime::config::parse::<UstoreConfig>("").is_err());
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn store_ops() -> Vec<Op> {
                 internal_date_ms: 1,
                 flags: Flags::default(),
                 summary: Summary::default(),
-                body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                body: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
             },
         },
         Op::ListFolders { target: t() },

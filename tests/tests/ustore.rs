@@ -977,7 +977,11 @@ async fn sigterm_drains_and_exits_cleanly_and_a_bad_config_fails_the_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max-in-flight"), "{err}");
     let good = store.dir.join("good.toml");
-    std::fs::write(&good, "name = \"s\"\n").unwrap();
+    std::fs::write(
+        &good,
+        "name = \"s\"\n[internal-tls]\nname = \"s\"\nplaintext = true\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(&bin)
         .arg("--config")
         .arg(&good)

@@ -77,7 +77,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
-        let n = r.read(&mut header[got..]).await?;
+        let n = match r.read(&mut header[got..]).await {
+            Ok(n) => n,
+            // A TLS peer that closed without a close_notify, between frames: a close like any
+            // other (every frame before it was whole and authenticated).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             return if got == 0 {
                 Ok(None)
@@ -132,6 +138,25 @@ pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
 mod tests {
     use super::*;
     use crate::proto::*;
+
+    /// A stream that ends as a TLS stream does when the peer left without a close_notify.
+    struct EofError;
+
+    impl AsyncRead for EofError {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no close_notify");
+            std::task::Poll::Ready(Err(e))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_gone_without_close_notify_between_frames_is_a_close() {
+        assert!(matches!(read_frame(&mut EofError, 1024).await, Ok(None)));
+    }
 
     fn sample() -> ClientFrame {
         ClientFrame::Request(Request {
