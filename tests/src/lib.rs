@@ -124,18 +124,9 @@ pub const OPERATOR_SECRET: &str = "operator-secret-of-the-test-harness";
 /// [`OPERATOR_SECRET`] (from a file next to the binaries, written once, mode 0600).
 pub fn admin_config(listen: SocketAddr) -> AdminConfig {
     static FILE: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
-        use std::os::unix::fs::OpenOptionsExt as _;
         let path = bin_dir().join("test-operator.secret");
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
+        xfs::tls::issue::write_private(&path, OPERATOR_SECRET)
             .expect("writing the operator secret");
-        std::io::Write::write_all(&mut f, OPERATOR_SECRET.as_bytes()).expect("write");
-        std::fs::rename(&tmp, &path).expect("rename");
         path
     });
     AdminConfig::with_token(listen, FILE.clone())

@@ -665,15 +665,17 @@ pub mod issue {
         write_mode(path, text, 0o644)
     }
 
-    fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    /// Write a file only its owner can read (keys, secrets, configs holding them), whole.
+    pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
         write_mode(path, text, 0o600)
     }
 
-    /// Written whole and renamed into place, so a reader never sees half a file.
+    /// Written whole and renamed into place, so a reader never sees half a file; the temporary
+    /// name is this process's own, so processes writing the same file do not collide.
     fn write_mode(path: &Path, text: &str, mode: u32) -> Result<(), String> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
-        let tmp = path.with_extension("tmp");
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
