@@ -1,13 +1,15 @@
-//! Sessions: the signed token from the `mm_session` cookie or an `Authorization: Bearer` header,
-//! checked here without any lookup, then against the account's session generation (a password
-//! change bumps it at the store; older tokens are refused). The generation is cached per user
-//! for a few seconds; while the store is unreachable the last generation seen is used, and a
-//! user never seen keeps a validly signed session (the page then says the mailbox is
-//! unavailable).
+//! Sessions: the token from the `mm_session` cookie or an `Authorization: Bearer` header. Its
+//! signature is checked here with login's public keys (only login can make a session), then the
+//! store confirms it: the store itself checks every mailbox operation's token against the
+//! account's generation and its signed-out sessions. A confirmation is trusted for a few seconds
+//! per session; while the store cannot be asked, a session confirmed within the grace period is
+//! served (its pages say the mailbox is unavailable), and any other is answered `503`: never
+//! access on an unconfirmed session.
 //!
-//! CSRF: every form carries the session's CSRF token (derived from the session id with the
-//! session key) and every state-changing form post is checked; JSON API writes authenticated by
-//! the cookie need it in `X-CSRF-Token`, Bearer-authenticated calls need nothing more.
+//! CSRF: every form carries the session's CSRF token (a random value inside the signed token,
+//! which only holders of the token can read) and every state-changing form post is checked; JSON
+//! API writes authenticated by the cookie need it in `X-CSRF-Token`, Bearer-authenticated calls
+//! need nothing more.
 
 pub use runtime::time::now_ms;
 pub use runtime::time::now_secs;
@@ -15,29 +17,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
-use axum::http::header::{AUTHORIZATION, COOKIE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
+use axum::http::header::{
+    AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE,
+};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use session::token::{Claims, TokenError};
-use xfs::AccountState;
 
 use crate::mailbox::{Mailbox, StoreError};
 use crate::{metrics, Ctx, RequestId};
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "mm_session";
-/// The purpose a CSRF token is derived for.
-const CSRF: &str = "csrf";
 /// The header cookie-authenticated API writes carry the CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// What the front door knows of an account, and when it was read from the store.
+/// A session the store confirmed, and when: kept per token.
 #[derive(Debug, Clone)]
-pub struct AccountHint {
-    pub session_gen: u64,
+pub struct Confirmed {
     pub display_name: String,
-    pub read_at: Instant,
+    pub at: Instant,
 }
 
 /// How the request carried its token.
@@ -51,6 +51,8 @@ pub enum Via {
 #[derive(Debug, Clone)]
 pub struct Session {
     pub user: String,
+    /// The token itself: every store call made for this session carries it.
+    pub token: String,
     pub claims: Claims,
     pub via: Via,
     /// The CSRF token every form of this session carries.
@@ -58,18 +60,18 @@ pub struct Session {
     pub display_name: String,
     /// The request id, carried into the store's logs.
     pub trace: String,
-    /// The session generation could not be checked against the store just now.
+    /// The store could not confirm the session just now (it did within the grace period).
     pub unchecked: bool,
 }
 
 impl Session {
     pub fn mailbox<'a>(&'a self, ctx: &'a Ctx) -> Mailbox<'a> {
-        Mailbox::new(ctx, &self.user, &self.trace)
+        Mailbox::new(ctx, &self.user, &self.token, &self.trace)
     }
 
     /// Whether `value` is this session's CSRF token.
-    pub fn csrf_ok(&self, ctx: &Ctx, value: Option<&str>) -> bool {
-        let ok = value.is_some_and(|v| ctx.keys.check_derived(CSRF, &self.claims.sid, v));
+    pub fn csrf_ok(&self, _ctx: &Ctx, value: Option<&str>) -> bool {
+        let ok = value.is_some_and(|v| self.claims.csrf_matches(v));
         if !ok {
             metrics::AUTH.with_label_values(&["csrf_refused"]).inc();
             tracing::warn!(user = %self.user, sid = %self.claims.sid, trace = %self.trace,
@@ -96,10 +98,14 @@ pub enum AuthError {
     Missing,
     #[error("{0}")]
     Token(#[from] TokenError),
-    #[error("the session ended when the password was changed")]
-    OldGeneration,
+    /// The store refused it: signed out, a password change, or another account's.
+    #[error("the session has ended: {0}")]
+    Ended(String),
     #[error("no such mailbox")]
     NoSuchUser,
+    /// The store cannot be asked, and the session was not confirmed within the grace period.
+    #[error("the session cannot be confirmed right now; try again shortly")]
+    Unconfirmed,
 }
 
 impl AuthError {
@@ -110,8 +116,9 @@ impl AuthError {
             AuthError::Token(TokenError::BadSignature) => "bad_signature",
             AuthError::Token(TokenError::UnknownKey(_)) => "unknown_key",
             AuthError::Token(TokenError::Expired) => "expired",
-            AuthError::OldGeneration => "old_generation",
+            AuthError::Ended(_) => "ended",
             AuthError::NoSuchUser => "no_such_user",
+            AuthError::Unconfirmed => "unconfirmed",
         }
     }
 }
@@ -139,50 +146,62 @@ pub fn token_of(headers: &HeaderMap) -> Option<(String, Via)> {
     None
 }
 
-/// The account's generation and name: from the cache while fresh, else from the store (the
-/// stale entry, or nothing, when the store cannot answer).
-async fn account_hint(
+/// The session confirmed by the store (its display name), from the cache while fresh; when the
+/// store cannot answer, a confirmation within the grace period (`unchecked`), else
+/// [`AuthError::Unconfirmed`].
+async fn confirm(
     ctx: &Ctx,
-    user: &str,
+    claims: &Claims,
+    token: &str,
     trace: &str,
-) -> Result<(Option<AccountHint>, bool), AuthError> {
-    let fresh_for = Duration::from_secs(ctx.cfg.session_check_secs);
-    let cached = ctx.accounts.get(user).await;
-    if let Some(h) = &cached {
-        if h.read_at.elapsed() < fresh_for {
-            return Ok((cached, false));
+) -> Result<(String, bool), AuthError> {
+    let cached = ctx.confirmed.get(token).await;
+    if let Some(c) = &cached {
+        if c.at.elapsed() < Duration::from_secs(ctx.cfg.session_check_secs) {
+            return Ok((c.display_name.clone(), false));
         }
     }
-    match Mailbox::new(ctx, user, trace).auth().await {
-        Ok(auth) if !matches!(auth.state, AccountState::MovedOut { .. }) => {
-            let hint = AccountHint {
-                session_gen: auth.session_gen,
-                display_name: auth.display_name,
-                read_at: Instant::now(),
+    match Mailbox::new(ctx, &claims.user, token, trace).auth().await {
+        Ok(auth) => {
+            let display_name = auth.display_name;
+            let fresh = Confirmed {
+                display_name: display_name.clone(),
+                at: Instant::now(),
             };
-            remember(ctx, user, hint.clone()).await;
-            Ok((Some(hint), false))
+            ctx.confirmed.insert(token.to_string(), fresh).await;
+            Ok((display_name, false))
         }
-        Ok(_) => Ok((cached, true)),
         Err(StoreError::NoSuchUser) => Err(AuthError::NoSuchUser),
+        Err(StoreError::SessionEnded(why)) => {
+            tracing::info!(user = %claims.user, sid = %claims.sid, %why, trace,
+                "the store refused a session");
+            Err(AuthError::Ended(why))
+        }
         Err(e) => {
-            tracing::debug!(%user, error = %e, trace, "session generation not checked");
-            Ok((cached, true))
+            tracing::debug!(user = %claims.user, error = %e, trace, "session not confirmed");
+            let grace = Duration::from_secs(ctx.cfg.session_grace_secs);
+            match cached {
+                Some(c) if c.at.elapsed() < grace => Ok((c.display_name, true)),
+                _ => Err(AuthError::Unconfirmed),
+            }
         }
     }
 }
 
-/// Remember an account's generation and name (read from the store, or just changed here). A
-/// generation never goes back.
-pub async fn remember(ctx: &Ctx, user: &str, hint: AccountHint) {
-    let keep = match ctx.accounts.get(user).await {
-        Some(old) if old.session_gen > hint.session_gen => AccountHint {
-            session_gen: old.session_gen,
-            ..hint
-        },
-        _ => hint,
-    };
-    ctx.accounts.insert(user.to_string(), keep).await;
+/// This session's display name changed: what the next page of it shows.
+pub async fn renamed(ctx: &Ctx, s: &Session, display_name: String) {
+    if let Some(mut c) = ctx.confirmed.get(&s.token).await {
+        c.display_name = display_name;
+        ctx.confirmed.insert(s.token.clone(), c).await;
+    }
+}
+
+/// Sign-out: the store refuses this session from now until its token would have expired.
+pub async fn end(ctx: &Ctx, s: &Session) -> Result<(), StoreError> {
+    ctx.confirmed.invalidate(&s.token).await;
+    s.mailbox(ctx)
+        .end_session(&s.claims.sid, s.claims.exp)
+        .await
 }
 
 /// Check the request's session.
@@ -204,50 +223,17 @@ pub async fn authenticate(
 async fn check(ctx: &Ctx, headers: &HeaderMap, trace: &str) -> Result<Session, AuthError> {
     let (token, via) = token_of(headers).ok_or(AuthError::Missing)?;
     let claims = ctx.keys.verify(&token, now_secs())?;
-    let (hint, unchecked) = account_hint(ctx, &claims.user, trace).await?;
-    if let Some(h) = &hint {
-        if claims.gen < h.session_gen {
-            tracing::info!(user = %claims.user, sid = %claims.sid, token_gen = claims.gen,
-                current = h.session_gen, trace, "refused a session of an older generation");
-            return Err(AuthError::OldGeneration);
-        }
-    }
-    let display_name = hint.map(|h| h.display_name).unwrap_or_default();
+    let (display_name, unchecked) = confirm(ctx, &claims, &token, trace).await?;
     Ok(Session {
         user: claims.user.clone(),
-        csrf: ctx.keys.derive(CSRF, &claims.sid),
+        csrf: claims.csrf.clone(),
+        token,
         claims,
         via,
         display_name,
         trace: trace.to_string(),
         unchecked,
     })
-}
-
-/// The `Set-Cookie` value carrying a session token until `exp` (seconds since the epoch).
-pub fn session_cookie(ctx: &Ctx, token: &str, exp: u64) -> HeaderValue {
-    let max_age = exp.saturating_sub(now_secs());
-    let secure = if ctx.cfg.cookie_secure {
-        "; Secure"
-    } else {
-        ""
-    };
-    let v =
-        format!("{COOKIE_NAME}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}");
-    HeaderValue::from_str(&v).unwrap_or_else(|_| clear_cookie(ctx))
-}
-
-/// The `Set-Cookie` value of a fresh session for `s` at generation `gen` (after a password
-/// change), expiring when `s` would have: a new session id, so a new CSRF token too.
-pub fn reissue(ctx: &Ctx, s: &Session, gen: u64) -> HeaderValue {
-    let claims = Claims {
-        user: s.user.clone(),
-        gen,
-        iat: now_secs(),
-        exp: s.claims.exp,
-        sid: session::token::new_sid(),
-    };
-    session_cookie(ctx, &ctx.keys.issue(&claims), claims.exp)
 }
 
 /// The `Set-Cookie` value that removes the session cookie.
@@ -271,6 +257,20 @@ fn trace_of(parts: &Parts) -> String {
         .unwrap_or_default()
 }
 
+/// The answer to a page request whose session cannot be confirmed: `503`, try again shortly.
+fn unconfirmed(text: String) -> Response {
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, format!("{text}\n")).into_response();
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut().insert(
+        RETRY_AFTER,
+        HeaderValue::from(crate::error::BUSY_RETRY_AFTER_SECS),
+    );
+    resp
+}
+
 /// A page's session; without one the browser is sent to sign in.
 pub struct WebSession(pub Session);
 
@@ -281,6 +281,7 @@ impl FromRequestParts<Arc<Ctx>> for WebSession {
         let trace = trace_of(parts);
         match authenticate(ctx, &parts.headers, &trace).await {
             Ok(s) => Ok(WebSession(s)),
+            Err(AuthError::Unconfirmed) => Err(unconfirmed(AuthError::Unconfirmed.to_string())),
             Err(e) => {
                 let mut resp = StatusCode::SEE_OTHER.into_response();
                 let h = resp.headers_mut();
@@ -306,6 +307,11 @@ impl FromRequestParts<Arc<Ctx>> for ApiSession {
         let trace = trace_of(parts);
         match authenticate(ctx, &parts.headers, &trace).await {
             Ok(s) => Ok(ApiSession(s)),
+            Err(AuthError::Unconfirmed) => {
+                let body = serde_json::json!({ "error": AuthError::Unconfirmed.to_string() });
+                let resp = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+                Err(crate::error::with_retry_after(resp))
+            }
             Err(e) => {
                 let body = serde_json::json!({ "error": e.to_string() });
                 let mut resp = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();

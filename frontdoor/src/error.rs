@@ -43,6 +43,9 @@ pub enum Error {
     Send(String),
     #[error("the mailbox is over its quota")]
     Quota,
+    /// The store refused the session: sign in again.
+    #[error("your session has ended; sign in again")]
+    SessionEnded,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -57,6 +60,7 @@ impl Error {
             Error::Unavailable(_) | Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Error::Send(_) => StatusCode::BAD_GATEWAY,
             Error::Quota => StatusCode::INSUFFICIENT_STORAGE,
+            Error::SessionEnded => StatusCode::UNAUTHORIZED,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +92,7 @@ impl From<StoreError> for Error {
             StoreError::NoSuchUser => Error::NotFound("no such mailbox"),
             StoreError::Unavailable(why) | StoreError::Corrupt(why) => Error::Unavailable(why),
             StoreError::Busy => Error::Busy,
+            StoreError::SessionEnded(_) => Error::SessionEnded,
         }
     }
 }

@@ -42,13 +42,15 @@ pub use layers::csp;
 /// What every request shares.
 pub struct Ctx {
     pub cfg: FrontdoorConfig,
-    pub keys: session::token::Keys,
+    /// Login's public session keys: sessions are checked here, never made.
+    pub keys: session::token::VerifyingKeys,
     pub router: mserv_client::Router,
     pub xfs: xfs::Client,
     pub faults: Arc<Faults>,
     pub health: Arc<Health>,
     /// Per user: the account's session generation and display name, with when they were read.
-    pub accounts: moka::future::Cache<String, auth::AccountHint>,
+    /// Sessions the store confirmed, by token (dropped when a store refuses one).
+    pub confirmed: moka::future::Cache<String, auth::Confirmed>,
     /// Wrong current passwords on the settings page, per user (`password::throttle`).
     pub password_throttle: session::throttle::Throttle,
     /// The bounded pool password checks and hashes run on (login's `Hashing`).
@@ -99,7 +101,7 @@ pub fn context(
     health: Arc<Health>,
 ) -> anyhow::Result<Ctx> {
     let keys = cfg
-        .session_keys()
+        .verifying_keys()
         .map_err(|e| anyhow::anyhow!("session keys: {e}"))?;
     let identity = cfg
         .internal_tls
@@ -127,10 +129,10 @@ pub fn context(
         .hello_name(client_id(&cfg.public_url))
         .timeout(Some(Duration::from_secs(cfg.smtp_timeout_secs)))
         .build();
-    let accounts = moka::future::Cache::builder()
+    let confirmed = moka::future::Cache::builder()
         .max_capacity(1_000_000)
-        // A stale entry is still the best guess while the store is unreachable.
-        .time_to_live(Duration::from_secs(3600))
+        // Older than the grace period, an entry is of no use.
+        .time_to_live(Duration::from_secs(cfg.session_grace_secs.max(1)))
         .build();
     Ok(Ctx {
         password_throttle: password::throttle(),
@@ -141,7 +143,7 @@ pub fn context(
         xfs,
         faults,
         health,
-        accounts,
+        confirmed,
         smtp,
         store_timeout,
         cfg,

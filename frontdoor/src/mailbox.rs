@@ -59,18 +59,29 @@ pub enum StoreError {
     /// few seconds.
     #[error("the mailbox store is busy")]
     Busy,
+    /// The store refused the session (signed out, an older generation, not login's): sign in
+    /// again.
+    #[error("the session has ended: {0}")]
+    SessionEnded(String),
 }
 
-/// One user's mailbox, for the length of one request.
+/// One user's mailbox, for the length of one request. Every call carries the user's session
+/// token: the store checks it itself.
 pub struct Mailbox<'a> {
     pub ctx: &'a Ctx,
     pub user: &'a str,
+    pub token: &'a str,
     pub trace: &'a str,
 }
 
 impl<'a> Mailbox<'a> {
-    pub fn new(ctx: &'a Ctx, user: &'a str, trace: &'a str) -> Self {
-        Mailbox { ctx, user, trace }
+    pub fn new(ctx: &'a Ctx, user: &'a str, token: &'a str, trace: &'a str) -> Self {
+        Mailbox {
+            ctx,
+            user,
+            token,
+            trace,
+        }
     }
 
     /// Call the user's store with the operation `make` builds for the current route; its typed
@@ -102,7 +113,7 @@ impl<'a> Mailbox<'a> {
                     self.ctx
                         .xfs
                         .pool(&route.xfs_addr)
-                        .run_with(op, self.trace, self.ctx.store_timeout)
+                        .run_as(op, Some(self.token), self.trace, self.ctx.store_timeout)
                         .await
                 }
             };
@@ -134,6 +145,11 @@ impl<'a> Mailbox<'a> {
                     last = StoreError::Unavailable("the mailbox is moving".into());
                     Duration::from_millis(u64::from(retry_after_ms)).min(MAX_RETRY_PAUSE)
                 }
+                Err(CallError::Remote(XfsError::SessionRefused { why })) => {
+                    // The next request of this session asks the store again, and is refused.
+                    self.ctx.confirmed.invalidate(self.token).await;
+                    return Err(StoreError::SessionEnded(why));
+                }
                 Err(CallError::Remote(e)) => return Err(map_remote(e)),
                 Err(e) => {
                     tracing::warn!(user = self.user, store = %route.placement.store, error = %e,
@@ -153,6 +169,16 @@ impl<'a> Mailbox<'a> {
 
     pub async fn auth(&self) -> Result<AuthRecord, StoreError> {
         self.call(|target| ops::GetAuth { target }).await
+    }
+
+    /// Sign-out: the store refuses session `sid` (this request's own) until `until`.
+    pub async fn end_session(&self, sid: &str, until: u64) -> Result<(), StoreError> {
+        self.call(|target| ops::EndSession {
+            target,
+            sid: sid.to_string(),
+            until,
+        })
+        .await
     }
 
     pub async fn update_account(

@@ -35,7 +35,9 @@ pub static AUTH: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "frontdoor_auth_total",
         "session checks by outcome: ok, none, malformed, bad_signature, unknown_key, expired, \
-         old_generation, unchecked (store unreachable), csrf_refused",
+         ended (refused by the store: signed out, password changed, another account), \
+         no_such_user, unchecked (store unreachable, confirmed within the grace period), \
+         unconfirmed (store unreachable: 503), csrf_refused, signout_unrecorded",
         &["result"],
     )
 });

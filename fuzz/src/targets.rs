@@ -170,6 +170,7 @@ fn xfs_client_frames() -> Vec<xfs::ClientFrame> {
             id,
             deadline_ms: 5000,
             trace: format!("t{id}"),
+            session: (id % 2 == 0).then(|| xfs::envelope::SessionToken("v2.k1.e30.AAAA".into())),
             op,
         })
     };
@@ -254,6 +255,7 @@ fn index_client_frames() -> Vec<mserv_client::proto::ClientFrame> {
             id,
             deadline_ms: 1000,
             trace: String::new(),
+            session: None,
             op,
         })
     };
@@ -593,8 +595,8 @@ fn http_json(input: &[u8]) {
     }
 }
 
-static KEYS: LazyLock<session::token::Keys> = LazyLock::new(|| {
-    session::token::Keys::new(
+static KEYS: LazyLock<session::token::SigningKeys> = LazyLock::new(|| {
+    session::token::SigningKeys::new(
         "k1",
         &[
             ("k1".to_string(), "11".repeat(32)),
@@ -603,19 +605,14 @@ static KEYS: LazyLock<session::token::Keys> = LazyLock::new(|| {
     )
     .expect("test keys")
 });
+static VERIFYING: LazyLock<session::token::VerifyingKeys> = LazyLock::new(|| KEYS.verifying());
 
 const NOW: u64 = 1_800_000_000;
 
 fn token_seeds() -> Vec<Vec<u8>> {
-    let claims = session::token::Claims {
-        user: "alice@megamail.test".into(),
-        gen: 3,
-        iat: NOW - 10,
-        exp: NOW + 3600,
-        sid: session::token::new_sid(),
-    };
+    let claims = session::token::Claims::new("alice@megamail.test", 3, NOW - 10, 3600);
     let token = KEYS.issue(&claims);
-    let csrf = KEYS.derive("csrf", &claims.sid);
+    let csrf = KEYS.derive("login-csrf", &claims.sid);
     vec![
         format!("\x00{token}").into_bytes(),
         format!("\x01mm_session={token}; theme=dark").into_bytes(),
@@ -633,10 +630,10 @@ fn session_token(input: &[u8]) {
     let text = String::from_utf8_lossy(rest);
     match mode % 4 {
         0 => {
-            let _ = KEYS.verify(&text, NOW);
+            let _ = VERIFYING.verify(&text, NOW);
         }
         3 => {
-            let _ = KEYS.check_derived("csrf", "sid", &text);
+            let _ = KEYS.check_derived("login-csrf", "sid", &text);
         }
         m => {
             let Ok(v) = HeaderValue::from_bytes(rest) else {
@@ -652,7 +649,7 @@ fn session_token(input: &[u8]) {
                 v,
             );
             if let Some((token, _via)) = frontdoor::auth::token_of(&h) {
-                let _ = KEYS.verify(&token, NOW);
+                let _ = VERIFYING.verify(&token, NOW);
             }
         }
     }

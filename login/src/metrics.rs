@@ -54,6 +54,13 @@ pub static LOGOUTS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static LOGOUTS_UNRECORDED: LazyLock<IntCounter> = LazyLock::new(|| {
+    int_counter(
+        "login_logouts_unrecorded_total",
+        "sign-outs the user's store could not record (the session stays valid until it expires)",
+    )
+});
+
 /// Touch every metric so all are exported from the start.
 pub fn register() {
     for r in RESULTS {
@@ -64,5 +71,6 @@ pub fn register() {
     }
     LazyLock::force(&VERIFY_SECONDS);
     LazyLock::force(&LOGOUTS_REFUSED);
+    LazyLock::force(&LOGOUTS_UNRECORDED);
     LazyLock::force(&HTTP);
 }

@@ -21,7 +21,7 @@ use crate::frontdoors::{FrontDoors, PickError};
 use crate::metrics;
 use session::password::{Hashing, HashingError};
 use session::throttle::Throttle;
-use session::token::{self, Claims, Keys};
+use session::token::{Claims, SigningKeys};
 
 /// Longest a store call takes.
 const STORE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -78,7 +78,8 @@ impl SignInError {
 pub struct SignIn {
     pub router: mserv_client::Router,
     pub xfs: xfs::Client,
-    pub keys: Keys,
+    /// The session signing keys: only login holds them.
+    pub keys: SigningKeys,
     pub throttle: Throttle,
     pub front_doors: FrontDoors,
     pub faults: Arc<Faults>,
@@ -173,15 +174,14 @@ impl SignIn {
             })?;
         self.record_login(&route, trace).await?;
 
-        let iat = now_secs();
-        let expires = iat + self.session_ttl.as_secs();
-        let token = self.keys.issue(&Claims {
-            user: user.clone(),
-            gen: record.session_gen,
-            iat,
-            exp: expires,
-            sid: token::new_sid(),
-        });
+        let claims = Claims::new(
+            &user,
+            record.session_gen,
+            now_secs(),
+            self.session_ttl.as_secs(),
+        );
+        let expires = claims.exp;
+        let token = self.keys.issue(&claims);
         Ok(Session {
             user,
             token,
@@ -289,10 +289,62 @@ impl SignIn {
         }
     }
 
+    /// Sign-out: the user's store refuses the session of `token` (with `claims`) until it
+    /// would have expired.
+    pub async fn end_session(
+        &self,
+        token: &str,
+        claims: &Claims,
+        trace: &str,
+    ) -> Result<(), SignInError> {
+        for _ in 0..MAX_REROUTES {
+            let route = match self.router.route(&claims.user).await {
+                Ok(r) => r,
+                Err(RouteError::Unknown(why)) => {
+                    return Err(SignInError::Unavailable(format!("member index: {why}")))
+                }
+                Err(_) => return Ok(()),
+            };
+            let op = ops::EndSession {
+                target: route.target(),
+                sid: claims.sid.clone(),
+                until: claims.exp,
+            };
+            match self.call_as(&route, op, Some(token), trace).await {
+                Ok(()) => return Ok(()),
+                // Gone, or already refused: nothing left to end.
+                Err(CallError::Remote(XfsError::NoSuchUser))
+                | Err(CallError::Remote(XfsError::SessionRefused { .. })) => return Ok(()),
+                Err(CallError::Remote(XfsError::Moved { .. })) => {
+                    self.router.invalidate(&claims.user).await
+                }
+                Err(e) => {
+                    return Err(SignInError::Unavailable(format!(
+                        "store {}: {e}",
+                        route.placement.store
+                    )))
+                }
+            }
+        }
+        Err(SignInError::Unavailable(
+            "the mailbox keeps changing location".into(),
+        ))
+    }
+
     async fn call<C: Call>(
         &self,
         route: &mserv_client::Route,
         call: C,
+        trace: &str,
+    ) -> Result<C::Output, CallError> {
+        self.call_as(route, call, None, trace).await
+    }
+
+    async fn call_as<C: Call>(
+        &self,
+        route: &mserv_client::Route,
+        call: C,
+        session: Option<&str>,
         trace: &str,
     ) -> Result<C::Output, CallError> {
         if let Err(e) = self.faults.inject(FAULT_STORE).await {
@@ -303,7 +355,7 @@ impl SignIn {
         }
         self.xfs
             .pool(&route.xfs_addr)
-            .run_with(call, trace, STORE_TIMEOUT)
+            .run_as(call, session, trace, STORE_TIMEOUT)
             .await
     }
 

@@ -54,8 +54,6 @@ pub const SESSION_COOKIE: &str = "mm_session";
 pub const CSRF_COOKIE: &str = "mm_login_csrf";
 /// The purpose the CSRF field is derived under.
 const CSRF_PURPOSE: &str = "login-csrf";
-/// The purpose a session's CSRF value is derived under: the front doors' forms, and logout here.
-const SESSION_CSRF_PURPOSE: &str = "csrf";
 /// Largest request body read (a sign-in is a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// How long the login CSRF cookie lives.
@@ -150,7 +148,7 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
         .filter(|v| {
             !v.is_empty()
-                && v.len() <= 256
+                && v.len() <= session::token::MAX_TOKEN_BYTES
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         })
@@ -238,6 +236,8 @@ async fn form_page(
 struct IndexQuery {
     #[serde(default)]
     signed_out: Option<String>,
+    #[serde(default)]
+    password_changed: Option<String>,
 }
 
 async fn index(
@@ -245,7 +245,14 @@ async fn index(
     Query(query): Query<IndexQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let notice = query.signed_out.map(|_| Notice::ok("You have signed out."));
+    let notice = match (query.signed_out, query.password_changed) {
+        (_, Some(_)) => Some(Notice::ok(
+            "Your password was changed, and every session of your account has ended. \
+             Sign in with the new password.",
+        )),
+        (Some(_), None) => Some(Notice::ok("You have signed out.")),
+        (None, None) => None,
+    };
     form_page(&app, &headers, StatusCode::OK, notice, "").await
 }
 
@@ -520,17 +527,19 @@ async fn logout(
             .insert(LOCATION, HeaderValue::from_static("/?signed_out=1"));
         res
     };
-    let session = cookie(&headers, SESSION_COOKIE)
-        .and_then(|t| app.signin.keys.verify(&t, runtime::time::now_secs()).ok());
+    let token = cookie(&headers, SESSION_COOKIE).unwrap_or_default();
+    let session = app
+        .signin
+        .keys
+        .verifying()
+        .verify(&token, runtime::time::now_secs())
+        .ok();
     let Some(claims) = session else {
         // No session to end: nothing changes, whoever asked.
         return signed_out();
     };
     let csrf = form.map(|Form(f)| f.csrf).unwrap_or_default();
-    let csrf_ok = app
-        .signin
-        .keys
-        .check_derived(SESSION_CSRF_PURPOSE, &claims.sid, &csrf);
+    let csrf_ok = claims.csrf_matches(&csrf);
     if !csrf_ok || !same_site_origin(&app, headers.get(ORIGIN)).await {
         crate::metrics::LOGOUTS_REFUSED.inc();
         let mut res = (StatusCode::FORBIDDEN, "sign out from a megamail page\n").into_response();
@@ -539,6 +548,14 @@ async fn logout(
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         return res;
+    }
+    // The store refuses the session from now on: a copy of the token is worth nothing.
+    let sent = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    let trace = runtime::http::request_id(sent);
+    if let Err(e) = app.signin.end_session(&token, &claims, &trace).await {
+        crate::metrics::LOGOUTS_UNRECORDED.inc();
+        tracing::warn!(user = %claims.user, sid = %claims.sid, error = %e, trace,
+            "sign-out not recorded at the store; the session stays valid until it expires");
     }
     let mut res = signed_out();
     res.headers_mut().insert(

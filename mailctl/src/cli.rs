@@ -40,6 +40,9 @@ pub enum Cmd {
     /// Certificates signed by the HCU's authority (DIR/certs), for processes on other machines.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Session signing keys, for rotating the keys login signs sessions with.
+    #[command(subcommand)]
+    SessionKey(SessionKeyCmd),
     /// Register, drain or list stores.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -133,6 +136,18 @@ pub enum CertsCmd {
         /// Where to write NAME.pem, NAME.key and ca.pem [default: DIR/certs].
         #[arg(long, value_name = "OUT")]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionKeyCmd {
+    /// A new Ed25519 session key: prints the `[[keys]]` entry for the login servers' configs
+    /// (private: only login holds it) and the `[[session-keys]]` entry for every front door's
+    /// and store's.
+    New {
+        /// The key's id, named in every token it signs: 1 to 32 of letters, digits, - and _.
+        #[arg(long)]
+        id: String,
     },
 }
 

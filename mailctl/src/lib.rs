@@ -39,7 +39,7 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
     let hcu = admin::Hcu::new(plan::Endpoints::load(&path)?)?;
     let j = cli.json;
     match cli.cmd {
-        Cmd::Up { .. } | Cmd::Certs(_) => unreachable!("handled by main"),
+        Cmd::Up { .. } | Cmd::Certs(_) | Cmd::SessionKey(_) => unreachable!("handled by main"),
         Cmd::User(cmd) => users::run(&hcu, cmd, j).await,
         Cmd::Store(cmd) => stores::run(&hcu, cmd, j).await,
         Cmd::Status => status::run(&hcu, j).await,
@@ -95,6 +95,45 @@ fn certs_command(cli: &Cli, cmd: &cli::CertsCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `mailctl session-key new`: a fresh signing key and its public half, as config entries.
+fn session_key_command(cli: &Cli, cmd: &cli::SessionKeyCmd) -> anyhow::Result<()> {
+    let cli::SessionKeyCmd::New { id } = cmd;
+    let key = role_config::KeyConfig::generate(id);
+    // The id is checked the way the configs check it.
+    role_config::keys::signing_keys(id, std::slice::from_ref(&key))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let public = key.public().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if cli.json {
+        let v = serde_json::json!({
+            "id": id,
+            "private-key": key.private_key,
+            "public-key": public.public_key,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "kebab-case")]
+        struct Login<'a> {
+            keys: [&'a role_config::KeyConfig; 1],
+        }
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "kebab-case")]
+        struct Verifiers<'a> {
+            session_keys: [&'a role_config::PublicKeyConfig; 1],
+        }
+        println!("# login's config (keep it secret; make it current-key when every verifier has the public key):");
+        print!("{}", toml::to_string(&Login { keys: [&key] })?);
+        println!("\n# every front door's and store's config:");
+        print!(
+            "{}",
+            toml::to_string(&Verifiers {
+                session_keys: [&public]
+            })?
+        );
+    }
+    Ok(())
+}
+
 /// `mailctl up`: the whole HCU, supervised until a signal.
 async fn up_command(cli: &Cli, config: &std::path::Path, demo: bool) -> anyhow::Result<()> {
     runtime::logging::init(&runtime::config::LogConfig::default());
@@ -127,6 +166,7 @@ pub fn main() -> ExitCode {
         match &cli.cmd {
             Cmd::Up { config, demo } => up_command(&cli, config, *demo).await,
             Cmd::Certs(cmd) => certs_command(&cli, cmd),
+            Cmd::SessionKey(cmd) => session_key_command(&cli, cmd),
             _ => admin_command(cli).await,
         }
     });

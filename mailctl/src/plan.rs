@@ -9,8 +9,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use role_config::{
-    FrontdoorConfig, KeyConfig, LoginConfig, MservConfig, PeerConfig, SegmentConfig, SmtpInConfig,
-    UstoreConfig,
+    FrontdoorConfig, KeyConfig, LoginConfig, MservConfig, PeerConfig, PublicKeyConfig,
+    SegmentConfig, SmtpInConfig, UstoreConfig,
 };
 use runtime::config::AdminConfig;
 use xfs::tls::issue::Authority;
@@ -34,8 +34,8 @@ pub struct ProcSpec {
     pub config: String,
 }
 
-/// The session signing key shared by the login server and the front doors, kept in
-/// `DATA/secrets/session-keys.toml` (made once, mode 0600).
+/// The login server's session signing keys, kept in `DATA/secrets/session-keys.toml` (made
+/// once, mode 0600). The front doors and stores get only their public halves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SessionKeys {
@@ -54,15 +54,19 @@ pub fn session_keys(data: &Path) -> anyhow::Result<SessionKeys> {
     let path = dir.join("session-keys.toml");
     if path.exists() {
         let text = std::fs::read_to_string(&path)?;
-        return toml::from_str(&text).with_context(|| format!("parsing {}", path.display()));
+        match toml::from_str(&text) {
+            Ok(keys) => return Ok(keys),
+            // The shared secrets of an older layout: login alone signs now, with new keys (the
+            // sessions they signed end, as at a rotation).
+            Err(_) if text.contains("secret =") => {
+                tracing::info!(path = %path.display(), "replacing shared session secrets with signing keys")
+            }
+            Err(e) => return Err(e).with_context(|| format!("parsing {}", path.display())),
+        }
     }
-    let secret: [u8; 32] = rand::random();
     let keys = SessionKeys {
         current_key: "k1".into(),
-        keys: vec![KeyConfig {
-            id: "k1".into(),
-            secret: hex::encode(secret),
-        }],
+        keys: vec![KeyConfig::generate("k1")],
     };
     write_private(&path, &toml::to_string(&keys)?)?;
     Ok(keys)
@@ -141,6 +145,19 @@ fn written_for(name: &str) -> String {
     format!("Written by `mailctl up` for {name}; edit deploy/local.toml instead.")
 }
 
+impl SessionKeys {
+    /// The public keys the front doors and stores check sessions with.
+    pub fn public(&self) -> anyhow::Result<Vec<PublicKeyConfig>> {
+        self.keys
+            .iter()
+            .map(|k| {
+                k.public()
+                    .map_err(|e| anyhow::anyhow!("session key {}: {e}", k.id))
+            })
+            .collect()
+    }
+}
+
 /// Every process of the layout, with its config; each admin port takes changes with the
 /// secret in `operator_secret`.
 pub fn processes(
@@ -200,6 +217,7 @@ pub fn processes(
                 .chain(layout.backup_roots.iter().cloned())
                 .collect(),
             admin: admin(s.admin),
+            session_keys: keys.public()?,
             ..UstoreConfig::default()
         };
         let l = Listen {
@@ -260,8 +278,7 @@ pub fn processes(
                 .map(|s| s.listen.to_string())
                 .unwrap_or_default(),
             cookie_secure: false,
-            current_key: keys.current_key.clone(),
-            keys: keys.keys.clone(),
+            session_keys: keys.public()?,
             admin: admin(f.admin),
             ..FrontdoorConfig::default()
         };
@@ -394,8 +411,28 @@ mod tests {
         assert!(settings.is_ok());
         // The keys are made once and kept.
         let again = session_keys(dir.path()).unwrap();
-        assert_eq!(again.keys[0].secret, keys.keys[0].secret);
-        assert_eq!(keys.keys[0].secret.len(), 64);
+        assert_eq!(again.keys[0].private_key, keys.keys[0].private_key);
+        assert_eq!(keys.keys[0].private_key.len(), 64);
+        // Only login's config holds the private key; the others hold the public one.
+        let public = keys.public().unwrap()[0].public_key.clone();
+        for p in &procs {
+            let private = p.config.contains(&keys.keys[0].private_key);
+            assert_eq!(private, p.role == "login", "{}", p.name);
+            let checks = matches!(p.role, "ustore" | "frontdoor");
+            assert_eq!(p.config.contains(&public), checks, "{}", p.name);
+        }
+        // Shared secrets of the older layout give way to signing keys.
+        let old = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(old.path().join("secrets")).unwrap();
+        std::fs::write(
+            old.path().join("secrets/session-keys.toml"),
+            "current-key = \"k1\"\n[[keys]]\nid = \"k1\"\nsecret = \"ab\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            session_keys(old.path()).unwrap().keys[0].private_key.len(),
+            64
+        );
         let operator = pki.identity(Role::Operator, OPERATOR).unwrap();
         let e = endpoints(&layout(), dir.path(), &procs, operator);
         write_endpoints(dir.path(), &e).unwrap();

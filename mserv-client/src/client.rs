@@ -148,7 +148,7 @@ impl Client {
         loop {
             let at = self.current.load(Ordering::Relaxed) % n;
             let left = timeout.saturating_sub(started.elapsed());
-            let result = self.replicas[at].call(op.clone(), "", left).await;
+            let result = self.replicas[at].call(op.clone(), "", None, left).await;
             let (err, give_up) = match result {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(e)) if e.is_retryable() => (e, false),

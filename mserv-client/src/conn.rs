@@ -77,12 +77,12 @@ mod tests {
         };
         let ep = Endpoint::new(addr, Arc::new(cfg));
         let first = ep
-            .call(Op::Ping, "", Duration::from_secs(2))
+            .call(Op::Ping, "", None, Duration::from_secs(2))
             .await
             .unwrap_err();
         assert!(matches!(first, ConnError::NotSent { .. }), "{first}");
         let second = ep
-            .call(Op::Ping, "", Duration::from_secs(2))
+            .call(Op::Ping, "", None, Duration::from_secs(2))
             .await
             .unwrap_err();
         match &second {

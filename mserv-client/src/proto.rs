@@ -13,7 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame's encoding changes; a replica refuses a hello from another version.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A replica's id in the Raft membership.
 pub type ReplicaId = u64;
@@ -444,6 +444,7 @@ mod tests {
             id: 9,
             deadline_ms: 500,
             trace: String::new(),
+            session: None,
             op: Op::Write {
                 cmd: Command::MoveUser {
                     user: "alice@example.test".into(),

@@ -88,7 +88,7 @@ impl PeerClient {
         let bytes = encode(req).map_err(network)?;
         let reply = match self
             .endpoint
-            .call(Op::Raft(wrap(bytes)), "", option.hard_ttl())
+            .call(Op::Raft(wrap(bytes)), "", None, option.hard_ttl())
             .await
         {
             Ok(r) => r,

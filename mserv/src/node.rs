@@ -279,7 +279,7 @@ impl Node {
     }
 
     async fn forward(&self, addr: &str, op: Op, timeout: Duration) -> Result<Reply, MservError> {
-        let result = self.peers.get(addr).call(op, "", timeout).await;
+        let result = self.peers.get(addr).call(op, "", None, timeout).await;
         let outcome = match &result {
             Ok(Ok(_)) => "ok",
             Ok(Err(e)) => e.kind(),

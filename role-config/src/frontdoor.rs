@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use xfs::tls::InternalTls;
 
 use crate::is_http_url;
-use crate::keys::{self, KeyConfig};
+use crate::keys::{self, PublicKeyConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -22,18 +22,22 @@ pub struct FrontdoorConfig {
     pub mserv: Vec<String>,
     /// The outbound SMTP relay (`host:port`) every sent message goes through.
     pub smtp_relay: String,
-    /// The key new session cookies are signed with (after a password change).
-    pub current_key: String,
-    /// Session keys: the current one and older ones still accepted.
-    pub keys: Vec<KeyConfig>,
+    /// The public keys of login's session signing keys (`[[session-keys]]`): the current one
+    /// and older ones whose sessions are still honoured. A front door checks sessions; only
+    /// login can make one.
+    pub session_keys: Vec<PublicKeyConfig>,
     /// Mark the session cookie `Secure` (off only for plain-HTTP development).
     pub cookie_secure: bool,
     /// Messages per folder page.
     pub page_size: u32,
     /// Longest one store call may take.
     pub store_timeout_ms: u64,
-    /// How long a session's generation check against the store is trusted.
+    /// How long a session's check against the store is trusted.
     pub session_check_secs: u64,
+    /// While the store cannot be asked, a session confirmed within this time is still served
+    /// (its pages then say the mailbox is unavailable); one never confirmed, or confirmed longer
+    /// ago, is answered `503`.
+    pub session_grace_secs: u64,
     /// How long a cached placement is trusted (a store's `Moved` drops it at once).
     pub route_cache_secs: u64,
     /// How often the store registry is fetched again.
@@ -63,12 +67,12 @@ impl Default for FrontdoorConfig {
             login_url: "http://127.0.0.1:8080".into(),
             mserv: vec!["127.0.0.1:7201".into()],
             smtp_relay: "127.0.0.1:2525".into(),
-            current_key: String::new(),
-            keys: Vec::new(),
+            session_keys: Vec::new(),
             cookie_secure: true,
             page_size: 50,
             store_timeout_ms: 5000,
             session_check_secs: 5,
+            session_grace_secs: 300,
             route_cache_secs: 60,
             store_refresh_secs: 10,
             max_upload_bytes: 25 << 20,
@@ -89,8 +93,8 @@ impl Default for FrontdoorConfig {
 
 impl FrontdoorConfig {
     /// The session keys, checked.
-    pub fn session_keys(&self) -> Result<session::token::Keys, String> {
-        keys::signing_keys(&self.current_key, &self.keys)
+    pub fn verifying_keys(&self) -> Result<session::token::VerifyingKeys, String> {
+        keys::verifying_keys(&self.session_keys)
     }
 
     /// The relay's host and port.
@@ -130,7 +134,7 @@ impl Validate for FrontdoorConfig {
         if let Err(e) = self.relay_host_port() {
             errs.push(e);
         }
-        keys::check(&self.current_key, &self.keys, &mut errs);
+        keys::check_public(&self.session_keys, &mut errs);
         require_nonzero(
             &mut errs,
             &[
@@ -165,7 +169,8 @@ mod tests {
     fn the_example_file_parses() {
         let text = include_str!("../../deploy/frontdoor.example.toml");
         let cfg: FrontdoorConfig = runtime::config::parse(text).unwrap();
-        assert_eq!(cfg.current_key, "k1");
+        assert_eq!(cfg.session_keys[0].id, "k1");
+        assert!(cfg.verifying_keys().is_ok());
         assert_eq!(cfg.relay_host_port().unwrap(), ("127.0.0.1".into(), 2525));
         assert!(cfg.cookie_secure);
     }
@@ -181,14 +186,14 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let text = format!(
-            "public-url = \"ftp://x\"\nsmtp-relay = \"nohost\"\npage-size = 0\ncurrent-key = \"k2\"\n\
-             [[keys]]\nid = \"k1\"\nsecret = \"{}\"\n",
-            "ab".repeat(32)
+            "public-url = \"ftp://x\"\nsmtp-relay = \"nohost\"\npage-size = 0\n\
+             [[session-keys]]\nid = \"k1\"\npublic-key = \"{}\"\n",
+            "ab".repeat(31)
         );
         let err = runtime::config::parse::<FrontdoorConfig>(&text)
             .unwrap_err()
             .to_string();
-        for name in ["public-url", "smtp-relay", "page-size", "keys"] {
+        for name in ["public-url", "smtp-relay", "page-size", "session-keys"] {
             assert!(err.contains(name), "{name}: {err}");
         }
         assert!(runtime::config::parse::<FrontdoorConfig>("open-relay = true\n").is_err());

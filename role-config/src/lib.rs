@@ -32,7 +32,7 @@ pub mod smtp_in;
 pub mod ustore;
 
 pub use frontdoor::FrontdoorConfig;
-pub use keys::KeyConfig;
+pub use keys::{KeyConfig, PublicKeyConfig};
 pub use login::LoginConfig;
 pub use mserv::{MservConfig, PeerConfig};
 pub use smtp_in::{SmtpInConfig, TlsConfig};
@@ -83,10 +83,7 @@ mod tests {
             }),
             ..SmtpInConfig::default()
         });
-        let keys = vec![KeyConfig {
-            id: "k1".into(),
-            secret: "ab".repeat(32),
-        }];
+        let keys = vec![KeyConfig::generate("k1")];
         let mut faults = runtime::config::FaultsConfig::new();
         faults.insert(
             "xfs.call".into(),
@@ -104,10 +101,14 @@ mod tests {
         };
         round_trips(login.clone());
         assert!(parse::<LoginConfig>(&to_toml(&login, "x")).is_ok());
+        let session_keys = vec![keys[0].public().unwrap()];
         round_trips(FrontdoorConfig {
-            current_key: "k1".into(),
-            keys,
+            session_keys: session_keys.clone(),
             ..FrontdoorConfig::default()
+        });
+        round_trips(UstoreConfig {
+            session_keys,
+            ..UstoreConfig::default()
         });
     }
 

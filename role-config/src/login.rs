@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use runtime::config::{conclude, require_nonzero, AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
-use session::token::Keys;
+use session::token::SigningKeys;
 use xfs::tls::InternalTls;
 
 use crate::keys::{self, KeyConfig};
@@ -82,7 +82,7 @@ impl Default for LoginConfig {
 
 impl LoginConfig {
     /// The signing keys (the config has been validated, so they are well-formed).
-    pub fn signing_keys(&self) -> Result<Keys, String> {
+    pub fn signing_keys(&self) -> Result<SigningKeys, String> {
         keys::signing_keys(&self.current_key, &self.keys)
     }
 
@@ -304,7 +304,7 @@ mod tests {
         let err = runtime::config::parse::<LoginConfig>(
             "public-url = \"ftp://x\"\ncurrent-key = \"k2\"\nsession-ttl-secs = 5\n\
              max-failures-per-user = 0\nfailure-window-secs = 0\nstore-refresh-secs = 0\n\
-             [[keys]]\nid = \"k1\"\nsecret = \"abcd\"\n[front-doors]\nhealth-cache-ms = 0\n",
+             [[keys]]\nid = \"k1\"\nprivate-key = \"abcd\"\n[front-doors]\nhealth-cache-ms = 0\n",
         )
         .unwrap_err()
         .to_string();

@@ -8,6 +8,8 @@ use runtime::config::{AdminConfig, FaultsConfig, LogConfig, Validate};
 use serde::{Deserialize, Serialize};
 use xfs::tls::InternalTls;
 
+use crate::keys::{self, PublicKeyConfig};
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SegmentConfig {
@@ -42,6 +44,9 @@ pub struct UstoreConfig {
     /// The only directories (and what lies under them) where checkpoints, backups and restores
     /// may be written or read; with none, those operations are refused.
     pub backup_roots: Vec<PathBuf>,
+    /// The public keys of login's session signing keys (`[[session-keys]]`): a front door's
+    /// operation on a mailbox must carry a session of that mailbox's user signed by one of them.
+    pub session_keys: Vec<PublicKeyConfig>,
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub faults: FaultsConfig,
@@ -73,11 +78,19 @@ impl Default for UstoreConfig {
             deleted_retention_days: 30.0,
             deleted_sweep_secs: 3600,
             backup_roots: Vec::new(),
+            session_keys: Vec::new(),
             log: LogConfig::default(),
             admin: AdminConfig::default(),
             faults: FaultsConfig::default(),
             internal_tls: InternalTls::default(),
         }
+    }
+}
+
+impl UstoreConfig {
+    /// The session keys, checked.
+    pub fn verifying_keys(&self) -> Result<session::token::VerifyingKeys, String> {
+        keys::verifying_keys(&self.session_keys)
     }
 }
 
@@ -90,6 +103,7 @@ impl Validate for UstoreConfig {
         if self.name.trim().is_empty() {
             errs.push("name must not be empty".to_string());
         }
+        keys::check_public(&self.session_keys, &mut errs);
         if self.segments.is_empty() {
             errs.push("at least one [[segments]] is needed".into());
         }
@@ -133,13 +147,28 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_defaults() {
-        let c: UstoreConfig = runtime::config::parse(crate::TEST_TLS).unwrap();
+        let key = PublicKeyConfig {
+            id: "k1".into(),
+            public_key: "ab".repeat(32),
+        };
+        let text = format!(
+            "{}[[session-keys]]\nid = \"k1\"\npublic-key = \"{}\"\n",
+            crate::TEST_TLS,
+            key.public_key
+        );
+        let c: UstoreConfig = runtime::config::parse(&text).unwrap();
         let defaults = UstoreConfig {
             internal_tls: InternalTls::plaintext("x"),
+            session_keys: vec![key],
             ..UstoreConfig::default()
         };
         assert_eq!(c, defaults);
         assert!(runtime::config::parse::<UstoreConfig>("").is_err());
+        let no_keys = runtime::config::parse::<UstoreConfig>(crate::TEST_TLS).unwrap_err();
+        assert!(
+            format!("{no_keys:#}").contains("session-keys"),
+            "{no_keys:#}"
+        );
     }
 
     #[test]

@@ -1,26 +1,34 @@
-//! Session tokens: signed, self-contained, checked by any front door without shared state.
+//! Session tokens: signed by login alone, checked by anyone holding its public keys (the front
+//! doors, the stores) without shared state or shared secrets.
 //!
-//! Format: `v1.<kid>.<payload>.<mac>` where `payload` is base64url (no padding) of the JSON
-//! [`Claims`] and `mac` is base64url of HMAC-SHA256 over `v1.<kid>.<payload>` with the key named
-//! `kid`. Keys rotate by adding a new key id, signing with it, and keeping the old one for
-//! verification until the longest session has expired.
+//! Format: `v2.<kid>.<payload>.<sig>` where `payload` is base64url (no padding) of the JSON
+//! [`Claims`] and `sig` is base64url of the Ed25519 signature over `v2.<kid>.<payload>` by the
+//! key named `kid`. Only the login servers hold private keys ([`SigningKeys`]); front doors and
+//! stores hold [`VerifyingKeys`], so a compromised front door can check sessions but never make
+//! one. Keys rotate by adding a key id: login signs with the new one, and every verifier keeps
+//! the old public key until the longest session signed with it has expired.
 //!
-//! A password change bumps the account's session generation at the store; a token carries the
-//! generation it was issued under, and the front door refuses a token whose generation is older.
+//! A password change bumps the account's session generation at the store, and sign-out records
+//! the session id as revoked there; the store refuses a token whose generation is not the
+//! account's or whose session id is revoked. A new account starts at a generation taken from
+//! the clock, so a re-created address never matches an old owner's token.
 
 use std::collections::BTreeMap;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
-const VERSION: &str = "v1";
-/// Shortest key accepted (bytes).
-pub const MIN_KEY_BYTES: usize = 32;
+const VERSION: &str = "v2";
+/// An Ed25519 private key (seed) and public key are 32 bytes each.
+pub const KEY_BYTES: usize = 32;
+/// Longest token accepted.
+pub const MAX_TOKEN_BYTES: usize = 4096;
 
 /// What a session token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,8 +40,32 @@ pub struct Claims {
     /// Issued and expiry times, seconds since the Unix epoch.
     pub iat: u64,
     pub exp: u64,
-    /// A random session id: names the session in logs, and seeds its CSRF token.
+    /// A random session id: names the session in logs and in the store's list of revoked
+    /// sessions.
     pub sid: String,
+    /// The session's CSRF token, random: every form of the session carries it. Only holders of
+    /// the token (which travels in an HttpOnly cookie or a Bearer header) can read it.
+    pub csrf: String,
+}
+
+impl Claims {
+    /// Fresh claims for `user` at generation `gen`, valid for `ttl_secs` from `now`.
+    pub fn new(user: &str, gen: u64, now: u64, ttl_secs: u64) -> Claims {
+        Claims {
+            user: user.to_string(),
+            gen,
+            iat: now,
+            exp: now.saturating_add(ttl_secs),
+            sid: new_sid(),
+            csrf: new_sid(),
+        }
+    }
+
+    /// Whether `value` is this session's CSRF token (constant-time comparison).
+    pub fn csrf_matches(&self, value: &str) -> bool {
+        let (a, b) = (self.csrf.as_bytes(), value.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,54 +80,77 @@ pub enum TokenError {
     Expired,
 }
 
-/// The signing keys: key id → secret. Tokens are signed with `current`; any key verifies.
-#[derive(Clone)]
-pub struct Keys {
-    current: String,
-    keys: BTreeMap<String, Vec<u8>>,
+fn check_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 32
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "key id `{id}`: use 1-32 letters, digits, '-' or '_'"
+        ))
+    }
 }
 
-impl std::fmt::Debug for Keys {
+fn key_bytes(id: &str, hex_text: &str, what: &str) -> Result<[u8; KEY_BYTES], String> {
+    let bytes = hex::decode(hex_text).map_err(|e| format!("key `{id}`: {what} not hex: {e}"))?;
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        format!(
+            "key `{id}`: {what} is {} bytes, {KEY_BYTES} needed",
+            b.len()
+        )
+    })
+}
+
+/// The login servers' keys: key id → Ed25519 key pair. Tokens are signed with `current`.
+pub struct SigningKeys {
+    current: String,
+    keys: BTreeMap<String, (Ed25519KeyPair, [u8; KEY_BYTES])>,
+}
+
+impl std::fmt::Debug for SigningKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print secrets.
-        f.debug_struct("Keys")
+        f.debug_struct("SigningKeys")
             .field("current", &self.current)
             .field("ids", &self.keys.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
-impl Keys {
-    /// Keys from `(id, hex secret)` pairs; `current` must be one of them. Ids are short names of
-    /// letters, digits, `-` and `_`; secrets at least [`MIN_KEY_BYTES`] bytes.
-    pub fn new(current: &str, keys: &[(String, String)]) -> Result<Keys, String> {
+/// A new random private key, hex (for a config's `private-key`).
+pub fn generate_private_key() -> String {
+    hex::encode(rand::random::<[u8; KEY_BYTES]>())
+}
+
+/// The public key (hex) of a private key (hex), for the verifiers' configs.
+pub fn public_key_of(private_hex: &str) -> Result<String, String> {
+    let seed = key_bytes("-", private_hex, "private key")?;
+    let pair = Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| e.to_string())?;
+    Ok(hex::encode(pair.public_key().as_ref()))
+}
+
+impl SigningKeys {
+    /// Keys from `(id, hex private key)` pairs; `current` must be one of them. Ids are short
+    /// names of letters, digits, `-` and `_`; a private key is a 32-byte Ed25519 seed.
+    pub fn new(current: &str, keys: &[(String, String)]) -> Result<SigningKeys, String> {
         let mut map = BTreeMap::new();
-        for (id, secret) in keys {
-            let id_ok = !id.is_empty()
-                && id.len() <= 32
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !id_ok {
-                return Err(format!(
-                    "key id `{id}`: use 1-32 letters, digits, '-' or '_'"
-                ));
-            }
-            let bytes = hex::decode(secret).map_err(|e| format!("key `{id}`: not hex: {e}"))?;
-            if bytes.len() < MIN_KEY_BYTES {
-                return Err(format!(
-                    "key `{id}`: {} bytes, at least {MIN_KEY_BYTES} needed",
-                    bytes.len()
-                ));
-            }
-            if map.insert(id.clone(), bytes).is_some() {
+        for (id, private) in keys {
+            check_id(id)?;
+            let seed = key_bytes(id, private, "private key")?;
+            let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
+                .map_err(|e| format!("key `{id}`: {e}"))?;
+            if map.insert(id.clone(), (pair, seed)).is_some() {
                 return Err(format!("key id `{id}` appears twice"));
             }
         }
         if !map.contains_key(current) {
             return Err(format!("the current key `{current}` is not among the keys"));
         }
-        Ok(Keys {
+        Ok(SigningKeys {
             current: current.to_string(),
             keys: map,
         })
@@ -105,43 +160,120 @@ impl Keys {
         &self.current
     }
 
-    fn mac(&self, kid: &str, msg: &[u8]) -> Option<HmacSha256> {
-        let key = self.keys.get(kid)?;
-        let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-        m.update(msg);
-        Some(m)
+    /// The public halves, for checking what these keys sign.
+    pub fn verifying(&self) -> VerifyingKeys {
+        VerifyingKeys {
+            keys: self
+                .keys
+                .iter()
+                .map(|(id, (pair, _))| {
+                    let mut public = [0u8; KEY_BYTES];
+                    public.copy_from_slice(pair.public_key().as_ref());
+                    (id.clone(), public)
+                })
+                .collect(),
+        }
     }
 
     /// Sign `claims` with the current key.
     pub fn issue(&self, claims: &Claims) -> String {
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims encode"));
         let signed = format!("{VERSION}.{}.{payload}", self.current);
-        let mac = self
-            .mac(&self.current, signed.as_bytes())
-            .expect("current key exists")
-            .finalize()
-            .into_bytes();
-        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac))
+        let (pair, _) = &self.keys[&self.current];
+        let sig = pair.sign(signed.as_bytes());
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    /// A MAC key of this login's own, derived from a private key (for values login alone makes
+    /// and checks, such as its sign-in form's CSRF field).
+    fn mac(seed: &[u8; KEY_BYTES], msg: &[u8]) -> HmacSha256 {
+        let key = Sha256::new()
+            .chain_update(b"megamail login mac\0")
+            .chain_update(seed)
+            .finalize();
+        let mut m = HmacSha256::new_from_slice(&key).expect("HMAC takes any key length");
+        m.update(msg);
+        m
+    }
+
+    /// A value bound to `sid` for `purpose`, that only a holder of these keys can make:
+    /// HMAC under the current key over `purpose \0 sid`, base64url.
+    pub fn derive(&self, purpose: &str, sid: &str) -> String {
+        let (_, seed) = &self.keys[&self.current];
+        let mac = Self::mac(seed, format!("{purpose}\0{sid}").as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `value` is what [`SigningKeys::derive`] gives for `purpose` and `sid` under any
+    /// key (constant-time comparison).
+    pub fn check_derived(&self, purpose: &str, sid: &str, value: &str) -> bool {
+        let Ok(raw) = URL_SAFE_NO_PAD.decode(value) else {
+            return false;
+        };
+        let msg = format!("{purpose}\0{sid}");
+        self.keys
+            .values()
+            .any(|(_, seed)| Self::mac(seed, msg.as_bytes()).verify_slice(&raw).is_ok())
+    }
+}
+
+/// What front doors and stores hold: key id → Ed25519 public key. They check tokens; they
+/// cannot make one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VerifyingKeys {
+    keys: BTreeMap<String, [u8; KEY_BYTES]>,
+}
+
+impl std::fmt::Debug for VerifyingKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyingKeys")
+            .field("ids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl VerifyingKeys {
+    /// Keys from `(id, hex public key)` pairs, at least one.
+    pub fn new(keys: &[(String, String)]) -> Result<VerifyingKeys, String> {
+        if keys.is_empty() {
+            return Err("at least one session key is needed".into());
+        }
+        let mut map = BTreeMap::new();
+        for (id, public) in keys {
+            check_id(id)?;
+            let bytes = key_bytes(id, public, "public key")?;
+            if map.insert(id.clone(), bytes).is_some() {
+                return Err(format!("key id `{id}` appears twice"));
+            }
+        }
+        Ok(VerifyingKeys { keys: map })
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
     }
 
     /// Check a token's signature and expiry against `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
-        if token.len() > 4096 {
+        if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed);
         }
-        let (signed, mac) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let (signed, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let mut parts = signed.splitn(3, '.');
         let (Some(VERSION), Some(kid), Some(payload)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
-        let mac = URL_SAFE_NO_PAD
-            .decode(mac)
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
             .map_err(|_| TokenError::Malformed)?;
-        let m = self
-            .mac(kid, signed.as_bytes())
+        let public = self
+            .keys
+            .get(kid)
             .ok_or_else(|| TokenError::UnknownKey(kid.to_string()))?;
-        m.verify_slice(&mac).map_err(|_| TokenError::BadSignature)?;
+        UnparsedPublicKey::new(&ED25519, public)
+            .verify(signed.as_bytes(), &sig)
+            .map_err(|_| TokenError::BadSignature)?;
         let json = URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| TokenError::Malformed)?;
@@ -150,31 +282,6 @@ impl Keys {
             return Err(TokenError::Expired);
         }
         Ok(claims)
-    }
-
-    /// A value bound to one session for a given purpose (e.g. the CSRF token of session `sid`):
-    /// HMAC with the current key over `purpose \0 sid`, base64url.
-    pub fn derive(&self, purpose: &str, sid: &str) -> String {
-        let msg = format!("{purpose}\0{sid}");
-        let mac = self
-            .mac(&self.current, msg.as_bytes())
-            .expect("current key exists")
-            .finalize()
-            .into_bytes();
-        URL_SAFE_NO_PAD.encode(mac)
-    }
-
-    /// Whether `value` is what [`Keys::derive`] gives for `purpose` and `sid` under any key
-    /// (constant-time comparison).
-    pub fn check_derived(&self, purpose: &str, sid: &str, value: &str) -> bool {
-        let Ok(raw) = URL_SAFE_NO_PAD.decode(value) else {
-            return false;
-        };
-        let msg = format!("{purpose}\0{sid}");
-        self.keys.keys().any(|kid| {
-            self.mac(kid, msg.as_bytes())
-                .is_some_and(|m| m.verify_slice(&raw).is_ok())
-        })
     }
 }
 
@@ -188,82 +295,109 @@ pub fn new_sid() -> String {
 mod tests {
     use super::*;
 
-    fn keys(current: &str) -> Keys {
-        Keys::new(
+    const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn signing(current: &str) -> SigningKeys {
+        SigningKeys::new(
             current,
-            &[
-                ("k1".into(), "11".repeat(32)),
-                ("k2".into(), "22".repeat(32)),
-            ],
+            &[("k1".into(), K1.into()), ("k2".into(), K2.into())],
         )
         .unwrap()
     }
 
     fn claims() -> Claims {
         Claims {
-            user: "alice@megamail.test".into(),
-            gen: 3,
-            iat: 1000,
             exp: 2000,
-            sid: new_sid(),
+            ..Claims::new("alice@megamail.test", 3, 1000, 1000)
         }
     }
 
     #[test]
     fn a_token_round_trips_and_rotation_keeps_old_tokens_valid() {
         let c = claims();
-        let old = keys("k1").issue(&c);
-        assert!(old.starts_with("v1.k1."));
-        assert_eq!(keys("k1").verify(&old, 1500).unwrap(), c);
+        let old = signing("k1").issue(&c);
+        assert!(old.starts_with("v2.k1."));
+        let verifiers = signing("k2").verifying();
+        assert_eq!(verifiers.verify(&old, 1500).unwrap(), c);
         // After rotation to k2 the k1 token still verifies, and new tokens use k2.
-        assert_eq!(keys("k2").verify(&old, 1500).unwrap(), c);
-        assert!(keys("k2").issue(&c).starts_with("v1.k2."));
+        assert!(signing("k2").issue(&c).starts_with("v2.k2."));
+        // Verifiers built from the public keys in a config agree.
+        let from_config = VerifyingKeys::new(&[
+            ("k1".into(), public_key_of(K1).unwrap()),
+            ("k2".into(), public_key_of(K2).unwrap()),
+        ])
+        .unwrap();
+        assert_eq!(from_config, verifiers);
+        // A verifier that no longer holds k1 refuses its tokens.
+        let only_k2 = VerifyingKeys::new(&[("k2".into(), public_key_of(K2).unwrap())]).unwrap();
+        assert_eq!(
+            only_k2.verify(&old, 1500),
+            Err(TokenError::UnknownKey("k1".into()))
+        );
     }
 
     #[test]
     fn tampering_expiry_and_unknown_keys_are_refused() {
-        let k = keys("k1");
+        let k = signing("k1");
+        let v = k.verifying();
         let t = k.issue(&claims());
-        assert_eq!(k.verify(&t, 2000), Err(TokenError::Expired));
-        let (signed, mac) = t.rsplit_once('.').unwrap();
+        assert_eq!(v.verify(&t, 2000), Err(TokenError::Expired));
+        let (_, sig) = t.rsplit_once('.').unwrap();
         let mut forged = claims();
         forged.user = "mallory@megamail.test".into();
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
-        let swapped = format!("v1.k1.{payload}.{mac}");
-        assert_eq!(k.verify(&swapped, 1500), Err(TokenError::BadSignature));
-        let other = Keys::new("k9", &[("k9".into(), "99".repeat(32))]).unwrap();
-        let t9 = other.issue(&claims());
+        let swapped = format!("v2.k1.{payload}.{sig}");
+        assert_eq!(v.verify(&swapped, 1500), Err(TokenError::BadSignature));
+        // A key of another login, under a known id, does not verify.
+        let other = SigningKeys::new("k1", &[("k1".into(), "99".repeat(32))]).unwrap();
         assert_eq!(
-            k.verify(&t9, 1500),
-            Err(TokenError::UnknownKey("k9".into()))
+            v.verify(&other.issue(&claims()), 1500),
+            Err(TokenError::BadSignature)
         );
+        let (signed, _) = t.rsplit_once('.').unwrap();
         for bad in [
             "",
-            "v1",
-            "v1.k1.x",
-            "v2.k1.e30.AAAA",
+            "v2",
+            "v2.k1.x",
+            "v1.k1.e30.AAAA",
             &format!("{signed}.!!"),
+            &format!("{signed}.{}", "A".repeat(MAX_TOKEN_BYTES)),
         ] {
-            assert!(k.verify(bad, 1500).is_err(), "{bad}");
+            assert!(v.verify(bad, 1500).is_err(), "{bad}");
         }
     }
 
     #[test]
-    fn derived_values_are_bound_to_the_session_and_purpose() {
-        let k = keys("k1");
-        let v = k.derive("csrf", "s1");
-        assert!(k.check_derived("csrf", "s1", &v));
-        assert!(keys("k2").check_derived("csrf", "s1", &v));
-        assert!(!k.check_derived("csrf", "s2", &v));
+    fn csrf_values_are_per_session_and_login_derivations_need_its_keys() {
+        let a = claims();
+        let b = claims();
+        assert_ne!(a.csrf, b.csrf);
+        assert!(a.csrf_matches(&a.csrf.clone()));
+        assert!(!a.csrf_matches(&b.csrf));
+        assert!(!a.csrf_matches(""));
+        let k = signing("k1");
+        let v = k.derive("login-csrf", "s1");
+        assert!(k.check_derived("login-csrf", "s1", &v));
+        assert!(signing("k2").check_derived("login-csrf", "s1", &v));
+        assert!(!k.check_derived("login-csrf", "s2", &v));
         assert!(!k.check_derived("other", "s1", &v));
-        assert!(!k.check_derived("csrf", "s1", "not-base64!"));
+        assert!(!k.check_derived("login-csrf", "s1", "not-base64!"));
+        let other = SigningKeys::new("k1", &[("k1".into(), "99".repeat(32))]).unwrap();
+        assert!(!other.check_derived("login-csrf", "s1", &v));
     }
 
     #[test]
     fn bad_key_sets_are_named() {
-        assert!(Keys::new("k1", &[("k1".into(), "ab".into())]).is_err());
-        assert!(Keys::new("k1", &[("k1".into(), "zz".repeat(32))]).is_err());
-        assert!(Keys::new("kx", &[("k1".into(), "11".repeat(32))]).is_err());
-        assert!(Keys::new("a b", &[("a b".into(), "11".repeat(32))]).is_err());
+        let one = |id: &str, key: &str| vec![(id.to_string(), key.to_string())];
+        assert!(SigningKeys::new("k1", &one("k1", "ab")).is_err());
+        assert!(SigningKeys::new("k1", &one("k1", &"zz".repeat(32))).is_err());
+        assert!(SigningKeys::new("kx", &one("k1", K1)).is_err());
+        assert!(SigningKeys::new("a b", &one("a b", K1)).is_err());
+        assert!(VerifyingKeys::new(&[]).is_err());
+        assert!(VerifyingKeys::new(&one("k1", "ab")).is_err());
+        let twice = [("k1".into(), K1.into()), ("k1".into(), K2.into())];
+        assert!(VerifyingKeys::new(&twice).is_err());
+        assert!(!format!("{:?}", signing("k1")).contains("1111"));
     }
 }

@@ -8,22 +8,20 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use role_config::FrontdoorConfig;
-use session::token::{Claims, Keys};
+use session::token::{Claims, SigningKeys};
 use xfs::ops;
 
 use crate::hcu::LocalHcu;
 use crate::support::eventually;
 use crate::{free_addr, Proc};
 
-/// The session key of every test front door.
-pub const KEY_ID: &str = "fd-1";
-pub const KEY_SECRET: &str = "f00df00df00df00df00df00df00df00df00df00df00df00df00df00df00df00d";
 /// Where a test front door sends browsers without a session (nothing listens there).
 pub const LOGIN_URL: &str = "http://127.0.0.1:9/login";
 
-/// The keys a test front door checks sessions with.
-pub fn keys() -> Keys {
-    Keys::new(KEY_ID, &[(KEY_ID.into(), KEY_SECRET.into())]).expect("test key")
+/// The keys tests mint sessions with, as login does (a test front door holds their public
+/// half).
+pub fn keys() -> SigningKeys {
+    crate::web::keys()
 }
 
 /// A running front door.
@@ -32,7 +30,7 @@ pub struct FrontDoor {
     pub addr: SocketAddr,
     /// `http://addr`, no trailing slash.
     pub base: String,
-    pub keys: Keys,
+    pub keys: SigningKeys,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -63,11 +61,7 @@ impl FrontDoor {
             login_url: LOGIN_URL.into(),
             mserv: hcu.mserv.addrs(),
             smtp_relay: hcu.smtp_addr.to_string(),
-            current_key: KEY_ID.into(),
-            keys: vec![role_config::KeyConfig {
-                id: KEY_ID.into(),
-                secret: KEY_SECRET.into(),
-            }],
+            session_keys: crate::web::public_keys(),
             cookie_secure: false,
             session_check_secs: 2,
             store_timeout_ms: 3000,
@@ -106,9 +100,10 @@ impl FrontDoor {
     pub fn csrf(&self, token: &str) -> String {
         let c = self
             .keys
+            .verifying()
             .verify(token, now_secs())
             .expect("a valid test token");
-        self.keys.derive("csrf", &c.sid)
+        c.csrf
     }
 
     /// A GET with the session in a Bearer header.
@@ -293,11 +288,8 @@ impl Drop for FrontDoor {
 /// Claims for `user` at generation `gen`, expiring at `exp`.
 pub fn claims(user: &str, gen: u64, exp: u64) -> Claims {
     Claims {
-        user: user.into(),
-        gen,
-        iat: now_secs(),
         exp,
-        sid: session::token::new_sid(),
+        ..Claims::new(user, gen, now_secs(), 0)
     }
 }
 

@@ -62,6 +62,23 @@ pub fn ensure_built() {
         if release {
             cmd.arg("--release");
         }
+        // What cargo set for this test binary (its package's name and directory) is not the
+        // environment of a build: build scripts that watch those variables (ring's does) would
+        // run again, and everything above them would be rebuilt, at every test binary.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let per_crate = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p));
+            if per_crate || key == "CARGO_PRIMARY_PACKAGE" || key == "OUT_DIR" {
+                cmd.env_remove(key.as_ref());
+            }
+        }
         let status = cmd.status().expect("running cargo build");
         assert!(status.success(), "building the role binaries failed");
     });
@@ -344,6 +361,7 @@ impl Ustore {
             admin: admin_config(admin),
             faults: opts.faults,
             backup_roots: vec![dir.to_path_buf()],
+            session_keys: web::public_keys(),
             ..Default::default()
         };
         let mut proc = Proc::start("ustore", &opts.name, dir, &config_text(&cfg), admin)?;

@@ -17,21 +17,27 @@ use crate::hcu::LocalHcu;
 use crate::support::metrics;
 use crate::{free_addr, Proc};
 
-/// The session key every test login server and test check uses.
+/// The session signing key of every test login server (and of the tests that mint sessions the
+/// way login does); every test front door and store holds its public half.
 pub const KEY_ID: &str = "test-1";
-pub const KEY_SECRET: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
+pub const PRIVATE_KEY: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
 
-/// The one session key of the tests, as a config names it.
+/// The one session key of the tests, as login's config names it.
 pub fn test_key() -> role_config::KeyConfig {
     role_config::KeyConfig {
         id: KEY_ID.into(),
-        secret: KEY_SECRET.into(),
+        private_key: PRIVATE_KEY.into(),
     }
 }
 
+/// Its public half, as a front door's or a store's config names it.
+pub fn public_keys() -> Vec<role_config::PublicKeyConfig> {
+    vec![test_key().public().expect("the test key")]
+}
+
 /// The keys a test login server signs with.
-pub fn keys() -> session::token::Keys {
-    session::token::Keys::new(KEY_ID, &[(KEY_ID.into(), KEY_SECRET.into())]).expect("test key")
+pub fn keys() -> session::token::SigningKeys {
+    role_config::keys::signing_keys(KEY_ID, &[test_key()]).expect("test key")
 }
 
 /// How a test login server is configured.

@@ -45,6 +45,11 @@ fn store_ops() -> Vec<Op> {
             target: t(),
             at_ms: 1,
         },
+        Op::EndSession {
+            target: t(),
+            sid: "s".into(),
+            until: 1,
+        },
         Op::UpdateAccount {
             target: t(),
             display_name: Some("x".into()),
@@ -392,7 +397,7 @@ async fn every_role_meets_the_index_table_cell_by_cell() {
         for op in index_ops() {
             let name = op.name();
             let allowed = mserv_client::access::permitted(role, &op);
-            let got = ep.call(op, "", Duration::from_secs(3)).await;
+            let got = ep.call(op, "", None, Duration::from_secs(3)).await;
             let refused = matches!(got, Ok(Err(MservError::Forbidden { .. })));
             assert_eq!(
                 refused, !allowed,

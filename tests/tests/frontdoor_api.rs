@@ -391,12 +391,17 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
         frontdoor::session_gen(&hcu, ALICE).await.unwrap(),
         now_secs() - 5,
     ));
-    let other_keys = session::token::Keys::new("k9", &[("k9".into(), "99".repeat(32))]).unwrap();
-    let unknown_key = other_keys.issue(&claims(ALICE, 99, now_secs() + 3600));
+    let gen = frontdoor::session_gen(&hcu, ALICE).await.unwrap();
+    let key =
+        |id: &str| session::token::SigningKeys::new(id, &[(id.into(), "99".repeat(32))]).unwrap();
+    let unknown_key = key("k9").issue(&claims(ALICE, gen, now_secs() + 3600));
+    // Whoever holds no private key of login's cannot make a session, even naming login's key.
+    let self_made = key(megamail_tests::web::KEY_ID).issue(&claims(ALICE, gen, now_secs() + 3600));
     for (what, bad) in [
         ("wrong signature", forged.as_str()),
         ("expired", expired.as_str()),
         ("unknown key", unknown_key.as_str()),
+        ("not signed by login", self_made.as_str()),
         ("garbage", "not-a-token"),
     ] {
         let r = fd.get(bad, "/api/v1/folders").await.unwrap();
@@ -489,8 +494,8 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
     assert_eq!(r.status(), 404);
     assert_eq!(inbox_state(&fd, &bob).await, bob_msgs);
 
-    // A password change (through this front door) ends the sessions issued before it; the
-    // browser that changed it gets a fresh cookie.
+    // A password change (through this front door) ends every session of the account, the
+    // browser's own too: only login makes sessions, so it is sent to sign in again.
     let old_session = fd.token(&hcu, ALICE).await.unwrap();
     let change = |current| {
         [
@@ -507,14 +512,11 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
         .post("/settings/password", &change("old secret words"))
         .await;
     assert_eq!(r.status(), 303);
+    let to = r.headers()["location"].to_str().unwrap();
+    assert!(to.ends_with("/?password_changed=1"), "{to}");
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
-    let fresh = cookie
-        .strip_prefix("mm_session=")
-        .and_then(|c| c.split(';').next())
-        .unwrap()
-        .to_string();
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        cookie.starts_with("mm_session=;") && cookie.contains("Max-Age=0"),
         "{cookie}"
     );
     for old in [&alice, &old_session] {
@@ -529,6 +531,8 @@ async fn bad_sessions_csrf_and_other_mailboxes_are_refused() {
         .await;
         assert_eq!(r.status(), 401);
     }
+    // A session login issues at the new generation works.
+    let fresh = fd.token(&hcu, ALICE).await.unwrap();
     assert!(inbox_state(&fd, &fresh).await[0].2, "still flagged");
     assert_eq!(
         fd.page(&fresh, "/folder/Inbox").await.unwrap().status(),

@@ -290,6 +290,7 @@ async fn a_store_survives_length_bombs_and_counts_them() {
             id: 1,
             deadline_ms: 5000,
             trace,
+            session: None,
             op: Op::Deliver {
                 target: Target::new("nobody@example.test", 0, 1),
                 delivery: Delivery {
@@ -405,6 +406,7 @@ async fn an_index_replica_survives_length_bombs_and_counts_them() {
         id: 1,
         deadline_ms: 5000,
         trace: String::new(),
+        session: None,
         op: Op::Lookup {
             user: String::from_utf8(name.clone()).unwrap(),
         },
@@ -414,6 +416,7 @@ async fn an_index_replica_survives_length_bombs_and_counts_them() {
         id: 2,
         deadline_ms: 5000,
         trace: String::new(),
+        session: None,
         op: Op::Write {
             cmd: Command::CreateUser {
                 user: String::from_utf8(other.clone()).unwrap(),

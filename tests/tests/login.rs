@@ -158,6 +158,7 @@ async fn a_json_sign_in_issues_a_verified_session_and_records_the_login() {
     assert_eq!(body["front_door"], env.fd.base.as_str());
     let token = body["token"].as_str().unwrap();
     let claims = keys()
+        .verifying()
         .verify(token, now_secs())
         .expect("the token verifies");
     assert_eq!(claims.user, ALICE);
@@ -188,6 +189,7 @@ async fn a_json_sign_in_issues_a_verified_session_and_records_the_login() {
     let (status, _, body) = json_sign_in(&http, &env.login, ALICE, "a whole new password").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let claims = keys()
+        .verifying()
         .verify(body["token"].as_str().unwrap(), now_secs())
         .unwrap();
     assert_eq!(claims.gen, new_gen);
@@ -264,13 +266,13 @@ async fn a_form_sign_in_redirects_to_the_front_door_with_the_session_cookie() {
         line,
         format!("mm_session={token}; Path=/; HttpOnly; SameSite=Lax; Secure")
     );
-    let claims = keys().verify(&token, now_secs()).unwrap();
+    let claims = keys().verifying().verify(&token, now_secs()).unwrap();
     assert_eq!(claims.user, ALICE);
 
     // Logout clears the cookie, but only with the session's CSRF value (what the front doors'
     // forms carry) and no foreign Origin: a page elsewhere cannot sign the user out.
     let session = format!("mm_session={token}");
-    let csrf = keys().derive("csrf", &claims.sid);
+    let csrf = claims.csrf.clone();
     let logout = |csrf: &str, origin: Option<&str>| {
         let mut req = http
             .post(env.login.url("/logout"))
@@ -303,8 +305,33 @@ async fn a_form_sign_in_redirects_to_the_front_door_with_the_session_cookie() {
     let res = http.post(env.login.url("/logout")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(set_cookie(res.headers(), "mm_session"), None);
+    // What a front door may do with the session, asked of the store itself.
+    let mailbox = env.hcu.mailbox(ALICE).await.unwrap();
+    let door = xfs::StorePool::new(
+        mailbox.pool.addr(),
+        std::sync::Arc::new(xfs::ClientConfig {
+            identity: megamail_tests::support::pki::identity(xfs::Role::Frontdoor, "frontdoor-1"),
+            ..Default::default()
+        }),
+    );
+    let folders = || xfs::ops::ListFolders {
+        target: mailbox.target.clone(),
+    };
+    let timeout = std::time::Duration::from_secs(5);
+    door.run_as(folders(), Some(&token), "", timeout)
+        .await
+        .expect("the session works before the sign-out");
     let res = logout(&csrf, Some(&env.fd.base)).await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    // Ended at the store: a copy of the token opens nothing, through any front door.
+    let got = door.run_as(folders(), Some(&token), "", timeout).await;
+    assert!(
+        matches!(
+            got,
+            Err(xfs::CallError::Remote(xfs::XfsError::SessionRefused { .. }))
+        ),
+        "a signed-out session: {got:?}"
+    );
     assert_eq!(res.headers()[LOCATION], "/?signed_out=1");
     let line = set_cookie(res.headers(), "mm_session").unwrap();
     assert!(

@@ -612,6 +612,7 @@ async fn health_metrics_bad_frames_and_a_clean_stop() {
         id: 1,
         deadline_ms: 1000,
         trace: String::new(),
+        session: None,
         op: mserv::proto::Op::Ping,
     }))
     .unwrap();

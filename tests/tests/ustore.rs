@@ -776,6 +776,7 @@ async fn bad_frames_close_only_their_connection() {
         id: 1,
         deadline_ms: 1000,
         trace: String::new(),
+        session: None,
         op: Op::Ping,
     }))
     .unwrap();
@@ -842,6 +843,7 @@ async fn pipelined_requests_on_one_connection_all_answer() {
                 id,
                 deadline_ms: 5000,
                 trace: format!("t{id}"),
+                session: None,
                 op: Op::Deliver {
                     target: target("erin@example.test"),
                     delivery: delivery(&format!("p{id}"), mail("p", &id.to_string())),

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod metrics;
 pub mod segment;
 pub mod server;
+pub mod sessions;
 pub mod store;
 
 use std::path::Path;
@@ -75,6 +76,10 @@ pub async fn run_with(
         max_frame: cfg.max_frame_bytes,
         transport,
         backup_roots: cfg.backup_roots.clone(),
+        sessions: sessions::Sessions::new(
+            cfg.verifying_keys()
+                .map_err(|e| anyhow::anyhow!("session-keys: {e}"))?,
+        ),
     });
     let sweep = tokio::spawn(sweep_deleted(
         store.clone(),

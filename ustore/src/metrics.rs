@@ -229,3 +229,14 @@ pub fn register() {
     LazyLock::force(&CONNECTIONS);
     LazyLock::force(&BLOCK_CACHE);
 }
+
+/// Sessions checked for operations that act for a user, by outcome: `ok`, `missing`,
+/// `bad_token` (not signed by login, malformed or expired), `other_user` (another user's
+/// mailbox, or another session's sign-out), `ended` (an older generation, or signed out).
+pub static SESSIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "ustore_sessions_total",
+        "sessions checked for operations that act for a signed-in user, by outcome",
+        &["outcome"],
+    )
+});

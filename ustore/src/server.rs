@@ -15,6 +15,7 @@ use xfs::serve::{self, ConnLimits};
 use xfs::{Caller, Reply, Request, ServerHello, XfsError};
 
 use crate::metrics;
+use crate::sessions::{self, Sessions};
 use crate::store::Store;
 
 /// What a shed caller is told to wait.
@@ -29,6 +30,8 @@ pub struct Ctx {
     pub transport: xfs::Transport,
     /// The only directories checkpoints, backups and restores may use.
     pub backup_roots: Vec<PathBuf>,
+    /// The check of the user's session on operations that act for one.
+    pub sessions: Sessions,
 }
 
 /// Close the connections the kernel queued on `listener` before the store could serve (the port
@@ -89,12 +92,20 @@ impl serve::Service for Ctx {
         })
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        _caller: Arc<Caller>,
-        req: Request,
-    ) -> Result<Reply, XfsError> {
-        process(&self, req).await
+    async fn handle(self: Arc<Self>, caller: Arc<Caller>, req: Request) -> Result<Reply, XfsError> {
+        let session = if xfs::access::needs_session(caller.role, &req.op) {
+            match self.sessions.check(&req, runtime::time::now_secs()).await {
+                Ok(claims) => Some(claims),
+                Err(e) => {
+                    tracing::warn!(peer = %caller.addr, role = %caller.role, name = %caller.name,
+                        op = req.op.name(), trace = %req.trace, error = %e, "session refused");
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        process(&self, req, session).await
     }
 
     fn frame_error(&self, peer: SocketAddr, kind: &'static str, error: &str) {
@@ -111,12 +122,16 @@ impl serve::Service for Ctx {
     }
 }
 
-async fn process(ctx: &Ctx, req: Request) -> Result<Reply, XfsError> {
+/// The session an operation acts for, checked by [`Sessions::check`]; the store checks the
+/// account's generation and sign-outs before the operation runs.
+type Acting = Option<Arc<session::token::Claims>>;
+
+async fn process(ctx: &Ctx, req: Request, session: Acting) -> Result<Reply, XfsError> {
     let started = Instant::now();
     let _in_flight = metrics::OPS.begin();
     let op = req.op.name();
     let user = req.op.target().map(|t| t.user.clone()).unwrap_or_default();
-    let result = run_op(ctx, req.op, started, req.deadline_ms).await;
+    let result = run_op(ctx, req.op, session, started, req.deadline_ms).await;
     let elapsed = started.elapsed();
     let outcome = match &result {
         Ok(_) => Ok("ok"),
@@ -143,6 +158,7 @@ async fn process(ctx: &Ctx, req: Request) -> Result<Reply, XfsError> {
 async fn run_op(
     ctx: &Ctx,
     op: xfs::Op,
+    session: Acting,
     received: Instant,
     deadline_ms: u32,
 ) -> Result<Reply, XfsError> {
@@ -167,6 +183,14 @@ async fn run_op(
         let _permit = permit;
         if deadline.is_some_and(|d| Instant::now() > d) {
             return Err(XfsError::DeadlineExceeded);
+        }
+        // Signing out an ended session again is harmless; everything else needs a live one.
+        if let (Some(claims), Some(target)) = (&session, op.target()) {
+            if !matches!(op, xfs::Op::EndSession { .. }) {
+                let checked = store.check_session(target, claims.gen, &claims.sid);
+                sessions::record(&checked);
+                checked?;
+            }
         }
         store.execute(op)
     })

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rocksdb::statistics::Ticker;
 use runtime::admission::Admission;
 use runtime::faults::Faults;
-use xfs::{Op, Reply, StoreStats, XfsError};
+use xfs::{Op, Reply, StoreStats, Target, XfsError};
 
 use crate::segment::{Segment, SegmentOptions};
 
@@ -87,6 +87,14 @@ impl Store {
                 seg.execute(op)
             }
         }
+    }
+
+    /// `Ok` when a session of `target.user` at generation `gen` with id `sid` may act on the
+    /// mailbox (see `Segment::check_session`). Blocking.
+    pub fn check_session(&self, target: &Target, gen: u64, sid: &str) -> Result<(), XfsError> {
+        crate::segment::validate_user(&target.user)?;
+        self.segment(target.segment)?
+            .check_session(&target.user, gen, sid)
     }
 
     pub fn stats(&self) -> StoreStats {

@@ -3,8 +3,9 @@
 //! counts it. The table in ARCHITECTURE.md is this one; `tests/tests/access.rs` tries every cell
 //! against a running store.
 //!
-//! A front door's operations on a mailbox are further bound to a signed-in user: the store checks
-//! the session token they carry (the store's own check, after this one).
+//! A front door's operations on a mailbox are further bound to a signed-in user: each carries
+//! the user's session token and the store checks it itself, after this table ([`needs_session`]).
+//! Ending a session needs that session from any caller but an operator.
 
 use crate::proto::Op;
 use crate::tls::Role;
@@ -23,7 +24,11 @@ pub fn permitted(role: Role, op: &Op) -> bool {
         ),
         Login => matches!(
             op,
-            Op::Ping | Op::StoreStats | Op::GetAuth { .. } | Op::RecordLogin { .. }
+            Op::Ping
+                | Op::StoreStats
+                | Op::GetAuth { .. }
+                | Op::RecordLogin { .. }
+                | Op::EndSession { .. }
         ),
         Frontdoor => match op {
             // A user's own settings, never the quota an operator sets.
@@ -32,6 +37,7 @@ pub fn permitted(role: Role, op: &Op) -> bool {
             | Op::StoreStats
             | Op::GetAccount { .. }
             | Op::GetAuth { .. }
+            | Op::EndSession { .. }
             | Op::Deliver { .. }
             | Op::ListFolders { .. }
             | Op::ListFolder { .. }
@@ -48,6 +54,17 @@ pub fn permitted(role: Role, op: &Op) -> bool {
             | Op::Changes { .. } => true,
             _ => false,
         },
+    }
+}
+
+/// Whether a caller of `role` asking for `op` must carry a session of the mailbox's user: every
+/// front-door operation on a mailbox, and any caller's `EndSession` but an operator's.
+pub fn needs_session(role: Role, op: &Op) -> bool {
+    match (role, op) {
+        (Role::Operator, _) => false,
+        (_, Op::EndSession { .. }) => true,
+        (Role::Frontdoor, op) => op.target().is_some(),
+        _ => false,
     }
 }
 

@@ -199,6 +199,17 @@ impl StorePool {
         trace: &str,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
+        self.call_as(op, None, trace, timeout).await
+    }
+
+    /// [`StorePool::call_with`] for a signed-in user: the store checks `session` itself.
+    pub async fn call_as(
+        &self,
+        op: Op,
+        session: Option<&str>,
+        trace: &str,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
         let started = Instant::now();
         let op_name = op.name();
         if let Some(faults) = &self.cfg.faults {
@@ -210,11 +221,15 @@ impl StorePool {
             }
         }
         let left = timeout.saturating_sub(started.elapsed());
-        let result = self.pool.call(op, trace, left).await.map_err(|e| match e {
-            // Report the caller's whole timeout, not what was left of it.
-            ConnError::Timeout { addr, .. } => CallError::Timeout { addr, timeout },
-            other => other.into(),
-        })?;
+        let result = self
+            .pool
+            .call(op, trace, session, left)
+            .await
+            .map_err(|e| match e {
+                // Report the caller's whole timeout, not what was left of it.
+                ConnError::Timeout { addr, .. } => CallError::Timeout { addr, timeout },
+                other => other.into(),
+            })?;
         if let Some(faults) = &self.cfg.faults {
             if faults.apply("xfs.reply", op_name).await.is_some() {
                 return Err(CallError::ConnectionLost {
@@ -238,7 +253,18 @@ impl StorePool {
         trace: &str,
         timeout: Duration,
     ) -> Result<C::Output, CallError> {
-        let reply = self.call_with(call.into(), trace, timeout).await?;
+        self.run_as(call, None, trace, timeout).await
+    }
+
+    /// [`StorePool::run_with`] for a signed-in user: the store checks `session` itself.
+    pub async fn run_as<C: Call>(
+        &self,
+        call: C,
+        session: Option<&str>,
+        trace: &str,
+        timeout: Duration,
+    ) -> Result<C::Output, CallError> {
+        let reply = self.call_as(call.into(), session, trace, timeout).await?;
         C::output(reply).map_err(|other| CallError::Protocol {
             addr: self.addr().to_string(),
             why: format!("{} answered with {other:?}", C::NAME),

@@ -23,7 +23,7 @@ use crate::tls::{self, Identity, Role, Transport};
 
 pub use crate::envelope::Protocol;
 use crate::envelope::{
-    ClientFrame, ClientFrameOf, ClientHello, Request, ServerFrame, ServerFrameOf,
+    ClientFrame, ClientFrameOf, ClientHello, Request, ServerFrame, ServerFrameOf, SessionToken,
 };
 
 /// How connections are made and kept.
@@ -178,12 +178,13 @@ impl<P: Protocol> Pool<P> {
         &self.cfg
     }
 
-    /// Send `op` (carrying `trace` where the protocol has one) and wait at most `timeout` for
-    /// the answer.
+    /// Send `op` (carrying `trace` for the server's logs, and the session of the user the call
+    /// acts for, if any) and wait at most `timeout` for the answer.
     pub async fn call(
         &self,
         op: P::Op,
         trace: &str,
+        session: Option<&str>,
         timeout: Duration,
     ) -> Result<P::Answer, ConnError> {
         let started = Instant::now();
@@ -211,6 +212,7 @@ impl<P: Protocol> Pool<P> {
                     id,
                     deadline_ms,
                     trace: trace.to_string(),
+                    session: session.map(|s| SessionToken(s.to_string())),
                     op: op.take().expect("op encoded once"),
                 });
                 buf = Some(Bytes::from(

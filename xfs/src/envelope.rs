@@ -54,7 +54,21 @@ pub struct Request<Op> {
     pub deadline_ms: u32,
     /// Request id carried across tiers (front door or smtp-in → store) for the logs.
     pub trace: String,
+    /// The signed-in user's session, when the caller acts for one (a front door's operations on
+    /// a mailbox): the server checks it itself.
+    pub session: Option<SessionToken>,
     pub op: Op,
+}
+
+/// A user's session token as a request carries it. Never printed: a log line with a request in
+/// it must not hand out the session.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionToken(pub String);
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionToken(..)")
+    }
 }
 
 /// The answer to the request with the same id.

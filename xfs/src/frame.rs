@@ -163,6 +163,7 @@ mod tests {
             id: 7,
             deadline_ms: 1000,
             trace: "r-1".into(),
+            session: Some(crate::envelope::SessionToken("v2.k1.p.s".into())),
             op: Op::Deliver {
                 target: Target::new("alice@example.test", 1, 3),
                 delivery: Delivery {

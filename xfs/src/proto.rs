@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version carried in both hellos. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The folders every mailbox has; they cannot be renamed or deleted.
 pub const SYSTEM_FOLDERS: [&str; 5] = ["Inbox", "Sent", "Drafts", "Junk", "Trash"];
@@ -439,6 +439,13 @@ operations! {
         target: Target,
         at_ms: u64,
     } -> () { Reply::Done => () }
+    /// Sign-out: the session `sid` is refused by this mailbox until `until` (seconds since the
+    /// epoch, when its token expires). The request must carry that session (idempotent).
+    EndSession "end_session" {
+        target: Target,
+        sid: String,
+        until: u64,
+    } -> () { Reply::Done => () }
     /// Change any of the given fields; a new password hash bumps the session generation.
     UpdateAccount "update_account" {
         target: Target,
@@ -620,6 +627,7 @@ impl Op {
             | Op::GetAccount { target }
             | Op::GetAuth { target }
             | Op::RecordLogin { target, .. }
+            | Op::EndSession { target, .. }
             | Op::UpdateAccount { target, .. }
             | Op::Deliver { target, .. }
             | Op::ListFolders { target }
@@ -708,9 +716,13 @@ pub enum XfsError {
     DeadlineExceeded,
     #[error("store unavailable: {why}")]
     Unavailable { why: String },
-    /// The caller's role may not ask for this operation, or its session does not allow it.
+    /// The caller's role may not ask for this operation.
     #[error("forbidden: a {role} may not {op}")]
     Forbidden { op: String, role: String },
+    /// The operation needs a session of the mailbox's user, and the one it carries is missing,
+    /// not signed by login, another user's, of an older generation, expired or signed out.
+    #[error("session refused: {why}")]
+    SessionRefused { why: String },
 }
 
 impl XfsError {
@@ -719,6 +731,7 @@ impl XfsError {
         match self {
             XfsError::NoSuchUser => "no_such_user",
             XfsError::Forbidden { .. } => "forbidden",
+            XfsError::SessionRefused { .. } => "session_refused",
             XfsError::Moved { .. } => "moved",
             XfsError::Frozen { .. } => "frozen",
             XfsError::Busy { .. } => "busy",

@@ -112,8 +112,10 @@ pub(super) async fn folder_page(
     // One store call: the page brings the folder list with it. Only when the page fails is the
     // list asked for on its own (a missing folder still shows the others).
     let listing = mb.list(&name, page * size, size).await;
-    if let Err(StoreError::Busy) = listing {
-        return error_page(&ctx, &s, Error::Busy).await;
+    match listing {
+        Err(StoreError::Busy) => return error_page(&ctx, &s, Error::Busy).await,
+        Err(StoreError::SessionEnded(_)) => return error_page(&ctx, &s, Error::SessionEnded).await,
+        _ => {}
     }
     let folders = match &listing {
         Ok(l) => Ok(crate::mailbox::in_order(l.folders.clone())),

@@ -153,6 +153,9 @@ async fn render(
 
 /// An error as a page.
 async fn error_page(ctx: &Ctx, s: &Session, e: Error) -> Response {
+    if matches!(e, Error::SessionEnded) {
+        return signed_out(ctx);
+    }
     let (title, text) = match &e {
         Error::NotFound(what) => ("Not found", format!("Not found: {what}.")),
         Error::Csrf => (
@@ -174,6 +177,17 @@ async fn error_page(ctx: &Ctx, s: &Session, e: Error) -> Response {
         return html_response(e.status(), layout::page(title, &chrome, &notices, main));
     }
     render(ctx, s, e.status(), title, notices, main).await
+}
+
+/// The answer to a page whose session the store refused mid-request: to sign in again, the
+/// cookie cleared.
+pub(super) fn signed_out(ctx: &Ctx) -> Response {
+    let mut resp = redirect(&ctx.cfg.login_url);
+    resp.headers_mut().insert(
+        axum::http::header::SET_COOKIE,
+        crate::auth::clear_cookie(ctx),
+    );
+    resp
 }
 
 /// A form POST: its session (else the redirect to sign in) and its fields, checked against the

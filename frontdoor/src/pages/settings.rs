@@ -11,10 +11,10 @@ use maud::{html, Markup};
 
 use super::layout::{self, csrf_field, Notice};
 use super::{error_page, redirect, render, NoticeQuery, WebForm};
-use crate::auth::{self, AccountHint, Session, WebSession};
+use crate::auth::{self, Session, WebSession};
 use crate::error::Error;
 use crate::password::{self, HashError, Verdict};
-use crate::Ctx;
+use crate::{metrics, Ctx};
 
 /// Longest display name accepted, in characters.
 const MAX_DISPLAY_NAME: usize = 100;
@@ -94,10 +94,7 @@ pub(super) async fn settings_name(
         .await
     {
         Ok(()) => {
-            if let Some(mut h) = ctx.accounts.get(&s.user).await {
-                h.display_name = name;
-                auth::remember(&ctx, &s.user, h).await;
-            }
+            auth::renamed(&ctx, &s, name).await;
             redirect("/settings?n=name_saved")
         }
         Err(e) => error_page(&ctx, &s, e.into()).await,
@@ -163,29 +160,28 @@ pub(super) async fn settings_password(
     if let Err(e) = mb.update_account(None, Some(hash)).await {
         return error_page(&ctx, &s, e.into()).await;
     }
-    // The store bumped the generation; read it back (or count the bump ourselves).
-    let new_gen = match mb.auth().await {
-        Ok(a) => a.session_gen,
-        Err(_) => auth_rec.session_gen + 1,
-    };
-    auth::remember(
-        &ctx,
-        &s.user,
-        AccountHint {
-            session_gen: new_gen,
-            display_name: auth_rec.display_name,
-            read_at: std::time::Instant::now(),
-        },
-    )
-    .await;
-    let cookie = auth::reissue(&ctx, &s, new_gen);
-    tracing::info!(user = %s.user, gen = new_gen, trace = %s.trace, "password changed");
-    let mut resp = redirect("/settings?n=password_changed");
-    resp.headers_mut().insert(SET_COOKIE, cookie);
+    // The store moved the generation on: every session of the account, this one too, has
+    // ended. Only login makes sessions, so the user signs in again with the new password.
+    tracing::info!(user = %s.user, trace = %s.trace, "password changed");
+    let to = format!(
+        "{}/?password_changed=1",
+        ctx.cfg.login_url.trim_end_matches('/')
+    );
+    let mut resp = redirect(&to);
+    resp.headers_mut()
+        .insert(SET_COOKIE, auth::clear_cookie(&ctx));
     resp
 }
 
-pub(super) async fn logout(State(ctx): State<Arc<Ctx>>, WebForm(_, _): WebForm) -> Response {
+pub(super) async fn logout(State(ctx): State<Arc<Ctx>>, WebForm(s, _): WebForm) -> Response {
+    // The store refuses this session from now on: a copy of the token is worth nothing.
+    if let Err(e) = auth::end(&ctx, &s).await {
+        tracing::warn!(user = %s.user, sid = %s.claims.sid, error = %e, trace = %s.trace,
+            "sign-out not recorded at the store; the session stays valid until it expires");
+        metrics::AUTH
+            .with_label_values(&["signout_unrecorded"])
+            .inc();
+    }
     // The sign-in page then says the user signed out.
     let to = format!("{}/?signed_out=1", ctx.cfg.login_url.trim_end_matches('/'));
     let mut resp = redirect(&to);

@@ -135,7 +135,7 @@ impl Segment {
     pub(super) fn begin_import(&self, target: &Target, from: &str) -> Result<Reply, XfsError> {
         let user = target.user.as_str();
         let _guard = self.lock(user);
-        match self.get_rec::<AccountRec>(CF_ACCOUNT, &keys::account(user))? {
+        match self.stored_account(user)? {
             Some(acc) => match acc.state {
                 AccountState::Importing { .. } => Ok(Reply::Done),
                 other => Err(XfsError::AlreadyExists {
@@ -189,7 +189,7 @@ impl Segment {
             keys::checked(&r.value, cf)?;
             if cf == CF_ACCOUNT {
                 // The source's account, but still not live here.
-                let mut a: AccountRec = keys::decode(&r.value, CF_ACCOUNT)?;
+                let mut a = AccountRec::decode(&r.value)?;
                 a.state = AccountState::Importing { from: from.clone() };
                 batch.put_cf(self.cf(cf), &r.key, keys::encode(&a));
             } else {

@@ -28,6 +28,7 @@ impl Segment {
             Op::GetAccount { target } => self.get_account(&target.user),
             Op::GetAuth { target } => self.get_auth(&target.user),
             Op::RecordLogin { target, at_ms } => self.record_login(&target.user, at_ms),
+            Op::EndSession { target, sid, until } => self.end_session(&target.user, &sid, until),
             Op::UpdateAccount {
                 target,
                 display_name,

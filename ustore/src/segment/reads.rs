@@ -100,7 +100,10 @@ impl Segment {
 
     /// The account record in whatever state, a deleted one included.
     pub(super) fn stored_account(&self, user: &str) -> Result<Option<AccountRec>, XfsError> {
-        self.get_rec(CF_ACCOUNT, &keys::account(user))
+        match self.get(CF_ACCOUNT, &keys::account(user))? {
+            Some(v) => AccountRec::decode(&v).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The account, fenced by [`check_state`].
@@ -218,6 +221,11 @@ mod tests {
             Op::RecordLogin {
                 target: target(),
                 at_ms: 99,
+            },
+            Op::EndSession {
+                target: target(),
+                sid: "s".into(),
+                until: u64::MAX,
             },
             Op::UpdateAccount {
                 target: target(),

@@ -24,6 +24,55 @@ pub(super) struct AccountRec {
     pub modseq: u64,
     pub next_msg: u64,
     pub next_folder: u32,
+    /// Signed-out sessions of this generation: `(session id, until)`, refused until `until`
+    /// (seconds since the epoch, when their tokens expire); expired entries are dropped on the
+    /// next sign-out. Kept in the account so a moved or restored mailbox carries it.
+    pub ended_sessions: Vec<(String, u64)>,
+}
+
+/// An account record as stores wrote it before sign-outs were kept (no `ended_sessions`).
+#[derive(Deserialize)]
+struct AccountRecV1 {
+    display_name: String,
+    password_hash: String,
+    created_ms: u64,
+    last_login_ms: u64,
+    quota_bytes: u64,
+    used_bytes: u64,
+    messages: u64,
+    state: AccountState,
+    session_gen: u64,
+    epoch: u64,
+    modseq: u64,
+    next_msg: u64,
+    next_folder: u32,
+}
+
+impl AccountRec {
+    /// Decode a stored account record, of this layout or the one before it.
+    pub fn decode(bytes: &[u8]) -> Result<AccountRec, XfsError> {
+        let current = crate::keys::decode::<AccountRec>(bytes, crate::keys::CF_ACCOUNT);
+        let Err(e) = current else { return current };
+        let Ok(v1) = crate::keys::decode::<AccountRecV1>(bytes, crate::keys::CF_ACCOUNT) else {
+            return Err(e);
+        };
+        Ok(AccountRec {
+            display_name: v1.display_name,
+            password_hash: v1.password_hash,
+            created_ms: v1.created_ms,
+            last_login_ms: v1.last_login_ms,
+            quota_bytes: v1.quota_bytes,
+            used_bytes: v1.used_bytes,
+            messages: v1.messages,
+            state: v1.state,
+            session_gen: v1.session_gen,
+            epoch: v1.epoch,
+            modseq: v1.modseq,
+            next_msg: v1.next_msg,
+            next_folder: v1.next_folder,
+            ended_sessions: Vec::new(),
+        })
+    }
 }
 
 /// `folder`: a folder's name, uid allocation and counts.
@@ -81,6 +130,7 @@ impl AccountRec {
             modseq: 0,
             next_msg: 1,
             next_folder: FIRST_USER_FOLDER,
+            ended_sessions: Vec::new(),
         }
     }
 

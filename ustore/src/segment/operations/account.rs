@@ -12,6 +12,16 @@ use crate::segment::{now_ms, Segment};
 
 /// Largest page of accounts a `ListAccounts` answers.
 pub const MAX_ACCOUNT_PAGE: u32 = 10_000;
+/// Signed-out sessions an account remembers until their tokens expire. One more ends every
+/// session of the account instead (the generation moves on and the list starts again), so the
+/// record stays small however often its user signs out.
+pub const MAX_ENDED_SESSIONS: usize = 256;
+
+/// The first session generation of a new account: the creation time in microseconds, so an
+/// address deleted and created again never starts at a generation an old owner's token holds.
+fn first_generation(now_ms: u64) -> u64 {
+    now_ms.saturating_mul(1000)
+}
 
 impl Segment {
     /// A new mailbox at `target.epoch` with the system folders; a soft-deleted one of the same
@@ -42,6 +52,7 @@ impl Segment {
             display_name: new.display_name,
             password_hash: new.password_hash,
             quota_bytes: new.quota_bytes,
+            session_gen: first_generation(now),
             ..AccountRec::new(AccountState::Active, target.epoch, now)
         };
         let mut tx = Tx::new(self, user, acc, Default::default(), batch, now);
@@ -93,6 +104,54 @@ impl Segment {
         })
     }
 
+    /// Sign-out: refuse the session `sid` until `until` (seconds since the epoch).
+    pub(in crate::segment) fn end_session(
+        &self,
+        user: &str,
+        sid: &str,
+        until: u64,
+    ) -> Result<Reply, XfsError> {
+        let now = now_ms() / 1000;
+        self.mutate(user, |tx| {
+            let ended = &mut tx.acc.ended_sessions;
+            ended.retain(|(_, until)| *until > now);
+            if until > now && !ended.iter().any(|(s, _)| s == sid) {
+                if ended.len() >= MAX_ENDED_SESSIONS {
+                    tx.acc.session_gen += 1;
+                    ended.clear();
+                } else {
+                    ended.push((sid.to_string(), until));
+                }
+            }
+            Ok(Reply::Done)
+        })
+    }
+
+    /// `Ok` when a session of `user` at generation `gen` with id `sid` may act on the mailbox:
+    /// the account's generation, and not signed out.
+    pub fn check_session(&self, user: &str, gen: u64, sid: &str) -> Result<(), XfsError> {
+        let acc = self.account(user)?;
+        let refused = |why: &str| {
+            Err(XfsError::SessionRefused {
+                why: why.to_string(),
+            })
+        };
+        if acc.session_gen != gen {
+            return refused(
+                "the session ended: the password was changed, or the address is another account",
+            );
+        }
+        let now = now_ms() / 1000;
+        if acc
+            .ended_sessions
+            .iter()
+            .any(|(s, until)| s == sid && *until > now)
+        {
+            return refused("the session was signed out");
+        }
+        Ok(())
+    }
+
     /// Change the given fields; a new password hash bumps the session generation.
     pub(in crate::segment) fn update_account(
         &self,
@@ -108,6 +167,7 @@ impl Segment {
             if let Some(h) = password_hash {
                 tx.acc.password_hash = h;
                 tx.acc.session_gen += 1;
+                tx.acc.ended_sessions.clear();
             }
             if let Some(q) = quota_bytes {
                 tx.acc.quota_bytes = q;
@@ -149,7 +209,7 @@ impl Segment {
             let user = String::from_utf8(k.into_vec()).map_err(|_| XfsError::Corrupt {
                 what: "an account key is not UTF-8".into(),
             })?;
-            let acc: AccountRec = keys::decode(&v, CF_ACCOUNT)?;
+            let acc = AccountRec::decode(&v)?;
             out.push(AccountBrief {
                 user,
                 created_ms: acc.created_ms,
@@ -165,8 +225,11 @@ impl Segment {
 mod tests {
     use xfs::{AccountInfo, FolderInfo, Op, Reply, Target, XfsError, SYSTEM_FOLDERS};
 
+    use super::MAX_ENDED_SESSIONS;
+    use crate::keys;
     use crate::segment::fixture::{expect_reply, mail, t, Fixture, ALICE, BOB};
     use crate::segment::now_ms;
+    use crate::segment::records::AccountRec;
 
     #[test]
     fn create_account_answers_the_new_account_with_the_system_folders() {
@@ -186,7 +249,7 @@ mod tests {
                 used_bytes: 0,
                 messages: 0,
                 state: xfs::AccountState::Active,
-                session_gen: 1,
+                session_gen: a.created_ms * 1000,
                 epoch: 1,
                 modseq: 1,
             }
@@ -277,13 +340,13 @@ mod tests {
     #[test]
     fn get_auth_answers_what_login_checks() {
         let f = Fixture::new();
-        f.create(ALICE);
+        let gen = f.create(ALICE).session_gen;
         assert_eq!(
             f.ok(Op::GetAuth { target: t(ALICE) }),
             Reply::Auth(xfs::AuthRecord {
                 password_hash: "$argon2id$hash".into(),
                 display_name: "Alice A.".into(),
-                session_gen: 1,
+                session_gen: gen,
                 state: xfs::AccountState::Active,
             })
         );
@@ -317,7 +380,7 @@ mod tests {
     #[test]
     fn update_account_changes_only_the_given_fields_and_a_password_bumps_the_generation() {
         let f = Fixture::new();
-        f.create(ALICE);
+        let gen = f.create(ALICE).session_gen;
         let update = |d: Option<&str>, p: Option<&str>, q: Option<u64>| Op::UpdateAccount {
             target: t(ALICE),
             display_name: d.map(str::to_string),
@@ -333,7 +396,7 @@ mod tests {
                 a.quota_bytes,
                 a.modseq
             ),
-            ("Alice B.", 1, 0, 2)
+            ("Alice B.", gen, 0, 2)
         );
         f.ok(update(None, Some("new-hash"), Some(10_000)));
         let a = f.account(ALICE);
@@ -344,12 +407,12 @@ mod tests {
                 a.quota_bytes,
                 a.modseq
             ),
-            ("Alice B.", 2, 10_000, 3)
+            ("Alice B.", gen + 1, 10_000, 3)
         );
         let auth = expect_reply!(f.ok(Op::GetAuth { target: t(ALICE) }), Reply::Auth(a) => a);
         assert_eq!(
             (auth.password_hash.as_str(), auth.session_gen),
-            ("new-hash", 2)
+            ("new-hash", gen + 1)
         );
         let kinds: Vec<_> = f
             .changes(ALICE, 1, 10)
@@ -428,5 +491,105 @@ mod tests {
             }),
             XfsError::BadRequest { .. }
         ));
+    }
+
+    #[test]
+    fn sessions_end_at_sign_out_at_a_password_change_and_with_the_account() {
+        let f = Fixture::new();
+        let gen = f.create(ALICE).session_gen;
+        let seg = f.seg();
+        let later = now_ms() / 1000 + 3600;
+        let end = |sid: &str, until| Op::EndSession {
+            target: t(ALICE),
+            sid: sid.into(),
+            until,
+        };
+        assert_eq!(seg.check_session(ALICE, gen, "s1"), Ok(()));
+        assert!(matches!(
+            seg.check_session(ALICE, gen - 1, "s1"),
+            Err(XfsError::SessionRefused { .. })
+        ));
+        assert_eq!(f.ok(end("s1", later)), Reply::Done);
+        assert_eq!(f.ok(end("s1", later)), Reply::Done, "idempotent");
+        assert!(matches!(
+            seg.check_session(ALICE, gen, "s1"),
+            Err(XfsError::SessionRefused { .. })
+        ));
+        assert_eq!(seg.check_session(ALICE, gen, "s2"), Ok(()));
+        // A sign-out whose token has already expired is not remembered.
+        f.ok(end("old", 1));
+        assert_eq!(seg.check_session(ALICE, gen, "old"), Ok(()));
+        // A password change ends every session, and forgets the list.
+        f.ok(Op::UpdateAccount {
+            target: t(ALICE),
+            display_name: None,
+            password_hash: Some("h2".into()),
+            quota_bytes: None,
+        });
+        assert!(seg.check_session(ALICE, gen, "s2").is_err());
+        assert_eq!(seg.check_session(ALICE, gen + 1, "s1"), Ok(()));
+        // Past the limit of remembered sign-outs, every session ends instead.
+        for i in 0..MAX_ENDED_SESSIONS {
+            f.ok(end(&format!("x{i}"), later));
+        }
+        assert!(seg.check_session(ALICE, gen + 1, "x0").is_err());
+        assert_eq!(seg.check_session(ALICE, gen + 1, "live"), Ok(()));
+        f.ok(end("one-more", later));
+        assert!(seg.check_session(ALICE, gen + 1, "live").is_err());
+        assert_eq!(seg.check_session(ALICE, gen + 2, "live"), Ok(()));
+        // Deleted and created again: the old generation never matches.
+        f.ok(Op::DeleteAccount { target: t(ALICE) });
+        assert_eq!(
+            seg.check_session(ALICE, gen + 2, "live"),
+            Err(XfsError::NoSuchUser)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let again = f.create(ALICE).session_gen;
+        assert!(again > gen + 2, "{again} after {gen}");
+        assert!(seg.check_session(ALICE, gen + 2, "live").is_err());
+    }
+
+    #[test]
+    fn an_account_record_of_the_layout_before_sign_outs_still_reads() {
+        #[derive(serde::Serialize)]
+        struct V1 {
+            display_name: String,
+            password_hash: String,
+            created_ms: u64,
+            last_login_ms: u64,
+            quota_bytes: u64,
+            used_bytes: u64,
+            messages: u64,
+            state: xfs::AccountState,
+            session_gen: u64,
+            epoch: u64,
+            modseq: u64,
+            next_msg: u64,
+            next_folder: u32,
+        }
+        let old = keys::encode(&V1 {
+            display_name: "Old".into(),
+            password_hash: "h".into(),
+            created_ms: 5,
+            last_login_ms: 6,
+            quota_bytes: 7,
+            used_bytes: 8,
+            messages: 9,
+            state: xfs::AccountState::Active,
+            session_gen: 10,
+            epoch: 11,
+            modseq: 12,
+            next_msg: 13,
+            next_folder: 14,
+        });
+        let acc = AccountRec::decode(&old).unwrap();
+        assert_eq!(
+            (acc.display_name.as_str(), acc.session_gen, acc.next_folder),
+            ("Old", 10, 14)
+        );
+        assert!(acc.ended_sessions.is_empty());
+        let current = keys::encode(&acc);
+        assert_eq!(AccountRec::decode(&current).unwrap().modseq, 12);
+        assert!(AccountRec::decode(&current[..current.len() - 1]).is_err());
     }
 }
