@@ -13,7 +13,7 @@ use clap::Parser;
 
 use crate::config::{self, RoleConfig};
 use crate::shutdown::{self, Shutdown};
-use crate::{admin, faults, logging, VERSION};
+use crate::{admin, faults, logging, memory, VERSION};
 
 /// Exit status of `--check-config` with a bad config.
 const BAD_CONFIG: u8 = 2;
@@ -38,10 +38,11 @@ pub struct Args {
 ///
 /// Parses [`Args`], loads and validates the config, reads the admin port's operator secret and
 /// checks the fault points the role would start with (`--check-config` stops there: "config ok"
-/// and 0, or the error and 2), sets up logging from `cfg.log()`, builds a multi-thread tokio runtime, creates
-/// the root [`Shutdown`] wired to SIGTERM/SIGINT, and runs `run(cfg, shutdown)` under the admin
-/// settings of `cfg.admin()` ([`admin::with_settings`]). Once `run` returns
-/// the shutdown is triggered and tracked tasks get a short time to finish.
+/// and 0, or the error and 2), fixes the allocator's mapping threshold
+/// ([`memory::map_large_allocations`]), sets up logging from `cfg.log()`, builds a multi-thread
+/// tokio runtime, creates the root [`Shutdown`] wired to SIGTERM/SIGINT, and runs
+/// `run(cfg, shutdown)` under the admin settings of `cfg.admin()` ([`admin::with_settings`]).
+/// Once `run` returns the shutdown is triggered and tracked tasks get a short time to finish.
 ///
 /// A config error or an error from `run` is printed with its chain to stderr and gives
 /// `ExitCode::FAILURE`; success gives `ExitCode::SUCCESS`.
@@ -96,6 +97,7 @@ where
         return ExitCode::SUCCESS;
     }
 
+    memory::map_large_allocations();
     logging::init(cfg.log());
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

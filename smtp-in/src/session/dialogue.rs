@@ -1002,6 +1002,37 @@ async fn an_idle_client_times_out_with_421_at_the_command_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_command_line_that_never_ends_is_cut_at_the_command_timeout() {
+    let mut cfg = config();
+    cfg.command_timeout_secs = 300;
+    let (mut c, _) = start(cfg, users()).await;
+    c.ehlo().await;
+    let t0 = Instant::now();
+    // A byte a second and never a line feed: each byte arrives well within the timeout, but the
+    // timeout is for the whole line.
+    let (rd, wr) = (&mut c.rd, &mut c.wr);
+    let trickle = async {
+        while wr.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    let mut line = String::new();
+    let replied = tokio::time::timeout(WAIT, async {
+        tokio::select! {
+            r = rd.read_line(&mut line) => r.expect("read"),
+            () = trickle => panic!("the server closed without a reply"),
+        }
+    });
+    replied.await.expect("a reply while the line goes on");
+    assert_eq!(
+        line,
+        "421 4.4.2 mx.megamail.test Error: timeout exceeded\r\n"
+    );
+    assert_eq!(t0.elapsed().as_secs(), 300);
+    c.closed().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stalled_data_times_out_with_421_and_nothing_is_stored() {
     let mut cfg = config();
     cfg.data_timeout_secs = 60;
