@@ -88,6 +88,7 @@ path = "$dir/store-$s/seg-1"
 level = "warn"
 CFG
     tls_section ustore "store-$s" >>"$dir/store-$s.toml"
+    session_keys_section >>"$dir/store-$s.toml"
     start "store-$s" "$bin/ustore" --config "$dir/store-$s.toml"
     stores+=(--store "store-$s=127.0.0.1:$port")
     wait_port "$port"

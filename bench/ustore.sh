@@ -29,6 +29,7 @@ path = "$dir/seg-1"
 level = "warn"
 CFG
 tls_section ustore bench-store >> "$dir/ustore.toml"
+session_keys_section >> "$dir/ustore.toml"
 # shellcheck disable=SC2207 # the arguments are words
 client_tls=($(tls_client_args))
 "$bin/ustore" --config "$dir/ustore.toml" &
