@@ -2,4 +2,5 @@
 //! them, to local mailboxes with the store's idempotent delivery and to the rest of the world
 //! over SMTP.
 
+pub mod client;
 pub mod wire;
