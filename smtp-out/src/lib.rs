@@ -3,4 +3,5 @@
 //! over SMTP.
 
 pub mod client;
+pub mod mx;
 pub mod wire;
