@@ -161,7 +161,10 @@ async fn every_operation_round_trips() {
         panic!()
     };
     assert_eq!(auth.display_name, "Alice");
-    assert_eq!(auth.session_gen, 1);
+    // A new account's generation is its creation time in microseconds: a re-created address
+    // never matches an old owner's sessions.
+    let created_gen = auth.session_gen;
+    assert!(created_gen > 1_700_000_000_000_000, "{created_gen}");
     pool.call(Op::RecordLogin {
         target: t(),
         at_ms: 1234,
@@ -181,7 +184,11 @@ async fn every_operation_round_trips() {
     };
     assert_eq!(acc.last_login_ms, 1234);
     assert_eq!(acc.display_name, "Alice A.");
-    assert_eq!(acc.session_gen, 2, "a password change bumps the generation");
+    assert_eq!(
+        acc.session_gen,
+        created_gen + 1,
+        "a password change bumps the generation"
+    );
     assert_eq!(acc.quota_bytes, 10_000_000);
     let Reply::Auth(auth) = pool.call(Op::GetAuth { target: t() }).await.unwrap() else {
         panic!()
@@ -981,7 +988,12 @@ async fn sigterm_drains_and_exits_cleanly_and_a_bad_config_fails_the_start() {
     let good = store.dir.join("good.toml");
     std::fs::write(
         &good,
-        "name = \"s\"\n[internal-tls]\nname = \"s\"\nplaintext = true\n",
+        format!(
+            "name = \"s\"\n[internal-tls]\nname = \"s\"\nplaintext = true\n\
+             [[session-keys]]\nid = \"{}\"\npublic-key = \"{}\"\n",
+            megamail_tests::web::KEY_ID,
+            megamail_tests::web::public_keys()[0].public_key
+        ),
     )
     .unwrap();
     let out = std::process::Command::new(&bin)
