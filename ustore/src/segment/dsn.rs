@@ -175,7 +175,9 @@ fn status_of(reply: &str, class: char) -> String {
             && parts.next().is_none()
     });
     match found {
-        Some(code) if code.starts_with(class) => code.to_string(),
+        // A failure after temporary errors (its lifetime ran out) keeps their 4.x.x, as
+        // Postfix reports it.
+        Some(code) if code.starts_with(['4', '5']) => code.to_string(),
         _ => format!("{class}.0.0"),
     }
 }
@@ -262,7 +264,8 @@ mod tests {
         let long = "ж".repeat(2000);
         assert_eq!(clean(&long, MAX_REPLY).len(), MAX_REPLY);
         assert_eq!(clean("ab\u{0}c", 10), "ab c");
-        assert_eq!(status_of("451 4.4.1 later", '5'), "5.0.0");
+        assert_eq!(status_of("4.4.7 given up after 5 days", '5'), "4.4.7");
+        assert_eq!(status_of("250 2.0.0 odd", '5'), "5.0.0");
         assert_eq!(status_of("5.1.2 null MX", '5'), "5.1.2");
         assert_eq!(status_of("550 5.1.1x", '5'), "5.0.0");
     }
