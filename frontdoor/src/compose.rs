@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use xfs::{Delivery, Flags, MsgId, Submission};
 
 use crate::auth::{now_ms, Session};
-use crate::text::starts_with_ignore_ascii_case;
 use crate::mailbox::StoreError;
+use crate::text::starts_with_ignore_ascii_case;
 use crate::{metrics, Ctx};
 
 /// Recipients one message may have (To, Cc and Bcc together).

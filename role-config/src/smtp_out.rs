@@ -111,7 +111,9 @@ impl Validate for SmtpOutConfig {
         }
         for d in &self.local_domains {
             if d.is_empty() || d != &d.to_lowercase() || d.contains('@') || d.contains(' ') {
-                errs.push(format!("local-domains: `{d}` must be a lowercase domain name"));
+                errs.push(format!(
+                    "local-domains: `{d}` must be a lowercase domain name"
+                ));
             }
         }
         if self.mserv.is_empty() {
@@ -159,7 +161,10 @@ impl Validate for SmtpOutConfig {
             ],
         );
         if self.lease_secs > 3600 {
-            errs.push(format!("lease-secs: {} is over the store's hour", self.lease_secs));
+            errs.push(format!(
+                "lease-secs: {} is over the store's hour",
+                self.lease_secs
+            ));
         }
         if self.retry_max_secs < self.retry_first_secs {
             errs.push(format!(

@@ -37,7 +37,7 @@ pub enum Verdict {
 
 /// A session with one server, with or without TLS.
 enum Session {
-    Plain(Client<TcpStream>),
+    Plain(Box<Client<TcpStream>>),
     Tls(Box<Client<TlsStream<TcpStream>>>),
 }
 
@@ -155,7 +155,7 @@ impl Remote {
     async fn open(&self, host: &Host, addr: SocketAddr) -> Result<Session, String> {
         let plain = self.connect(addr).await?;
         if !plain.extensions().starttls {
-            return Ok(Session::Plain(plain));
+            return Ok(Session::Plain(Box::new(plain)));
         }
         let name = ServerName::try_from(host.name.clone())
             .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
@@ -164,7 +164,7 @@ impl Remote {
             Err(e) => {
                 tracing::info!(host = %host.name, %addr, error = %e,
                     "STARTTLS failed; trying again without TLS");
-                Ok(Session::Plain(self.connect(addr).await?))
+                Ok(Session::Plain(Box::new(self.connect(addr).await?)))
             }
         }
     }

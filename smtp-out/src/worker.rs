@@ -164,7 +164,7 @@ impl Worker {
         let domain = domain_of(&first.rcpt);
         let verdicts: Vec<Verdict> = if let Err(e) = self.faults.inject("smtp-out.send").await {
             vec![Verdict::Deferred(format!("4.3.0 {e}")); batch.len()]
-        } else if self.cfg.local_domains.iter().any(|d| *d == domain) {
+        } else if self.cfg.local_domains.contains(&domain) {
             let mut out = Vec::with_capacity(batch.len());
             for l in &batch {
                 out.push(self.deliver_local(l).await);

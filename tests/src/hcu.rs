@@ -241,9 +241,9 @@ impl LocalHcu {
         self.smtp = Some(p);
         if self.smtp_out.is_none() {
             let admin = free_addr();
-            if let Some(cfg) = self
-                .opts
-                .smtp_out_config(self.dir.path(), admin, &self.mserv.addrs())
+            if let Some(cfg) =
+                self.opts
+                    .smtp_out_config(self.dir.path(), admin, &self.mserv.addrs())
             {
                 let mut p = Proc::start("smtp-out", "out-1", self.dir.path(), &cfg, admin)?;
                 p.wait_healthy(Duration::from_secs(60)).await?;

@@ -616,7 +616,10 @@ async fn with_the_users_store_down_pages_say_so_and_sending_is_refused_for_now()
     let r = fd.browser(&alice).compose(&form, None).await;
     assert_eq!(r.status(), 502);
     let page = r.text().await.unwrap();
-    assert!(page.contains("Not sent: the message could not be sent just now"), "{page}");
+    assert!(
+        page.contains("Not sent: the message could not be sent just now"),
+        "{page}"
+    );
     // Bob's mailbox, on the other store, is served all along.
     for n in 1..=2 {
         let raw = mail("x@remote.test", BOB, &format!("for bob {n}"), "hi");
