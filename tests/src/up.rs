@@ -167,7 +167,7 @@ impl Up {
             }
             let ok = self.data.join("endpoints.json").exists() && {
                 let rows = self.status();
-                rows.len() == 10 && rows.iter().all(|r| r["state"] == "ok")
+                rows.len() == 12 && rows.iter().all(|r| r["state"] == "ok")
             };
             async move {
                 if ok {
