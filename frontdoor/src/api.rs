@@ -487,19 +487,10 @@ async fn send(
             .set_flags(&[orig], Flags::ANSWERED, Flags::NONE)
             .await;
     }
-    let (copy, warning) = match sent.copy {
-        Ok(id) => (Some(id), None),
-        Err(why) => (
-            None,
-            Some(format!(
-                "sent, but the copy could not be saved in Sent: {why}"
-            )),
-        ),
-    };
     Ok(Json(json!({
         "message_id": sent.message_id,
-        "sent_copy": copy,
-        "warning": warning,
+        "sent_copy": sent.copy,
+        "queued": sent.queued,
     }))
     .into_response())
 }

@@ -1,17 +1,17 @@
-//! Sending: a draft becomes an RFC 5322 message built with `lettre`, handed to the outbound relay
-//! over SMTP from the user's own address, and then filed in the user's Sent folder — the exact
-//! bytes sent, delivered with an id that is their sha256, so a retried copy is stored once.
-//!
-//! The relay taking the message is what "sent" means: the Sent copy is a second step that may
-//! fail on its own (the user's store down) without undoing the send, and the user is told.
+//! Sending: a draft becomes an RFC 5322 message built with `lettre`, and one `Submit` to the
+//! user's store files it in Sent and queues it for every recipient in one synced batch (the
+//! outbound workers deliver it from there). The submission's id is the message's sha256, so a
+//! retried send is stored and queued once. "Sent" means durable in the user's own store: there
+//! is no state where the message went out but its Sent copy is missing, or the reverse.
 
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
-use lettre::{Address, AsyncTransport, Message};
+use lettre::{Address, Message};
 use sha2::{Digest, Sha256};
-use xfs::{Delivery, Flags, MsgId};
+use xfs::{Delivery, Flags, MsgId, Submission};
 
 use crate::auth::{now_ms, Session};
+use crate::mailbox::StoreError;
 use crate::text::starts_with_ignore_ascii_case;
 use crate::{metrics, Ctx};
 
@@ -46,8 +46,10 @@ pub struct Draft {
 #[derive(Debug, Clone)]
 pub struct Sent {
     pub message_id: String,
-    /// The copy in Sent: its id, or why it could not be filed.
-    pub copy: Result<MsgId, String>,
+    /// The copy in Sent.
+    pub copy: MsgId,
+    /// Recipients queued.
+    pub queued: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,10 +57,10 @@ pub enum SendError {
     /// The draft cannot be sent as it is (the user can fix it).
     #[error("{0}")]
     Invalid(String),
-    /// The relay refused it for good.
-    #[error("the mail server refused the message: {0}")]
+    /// The user's store refused it for good (the mailbox is full).
+    #[error("the message was not sent: {0}")]
     Refused(String),
-    /// The relay could not be reached or failed for now.
+    /// The user's store could not be reached or failed for now.
     #[error("the message could not be sent just now ({0}); please try again")]
     Failed(String),
 }
@@ -157,65 +159,61 @@ fn angle(id: &str) -> String {
     format!("<{id}>")
 }
 
-/// Send a draft for the signed-in user and file the copy in Sent.
+/// Send a draft for the signed-in user: file the copy in Sent and queue it for every recipient.
 pub async fn send(ctx: &Ctx, session: &Session, draft: &Draft) -> Result<Sent, SendError> {
     let (msg, message_id) = build(&session.user, &session.display_name, draft)?;
     let mut bytes = msg.formatted();
     if !bytes.ends_with(b"\r\n") {
         bytes.extend_from_slice(b"\r\n");
     }
-    // The SMTP client ends the data with `CRLF . CRLF` after the bytes it is given, so it gets
-    // them without their last line break: the relay then receives exactly the Sent copy.
-    let wire = bytes.strip_suffix(b"\r\n").unwrap_or(&bytes);
-    let envelope = msg.envelope().clone();
-    let relayed = match ctx.faults.inject("frontdoor.smtp").await {
+    let rcpts: Vec<String> = msg.envelope().to().iter().map(|a| a.to_string()).collect();
+    let submission = Submission {
+        sent: Delivery {
+            id: Sha256::digest(&bytes).into(),
+            folder: Some(SENT.into()),
+            internal_date_ms: now_ms(),
+            flags: Flags::SEEN,
+            summary: crate::mime::summarize(&bytes),
+            body: bytes.into(),
+        },
+        from: session.user.clone(),
+        rcpts,
+    };
+    let queued = submission.rcpts.len();
+    let submitted = match ctx.faults.inject("frontdoor.send").await {
         Err(e) => Err(SendError::Failed(e.to_string())),
-        Ok(()) => ctx
-            .smtp
-            .send_raw(&envelope, wire)
+        Ok(()) => session
+            .mailbox(ctx)
+            .submit(submission)
             .await
-            .map(drop)
-            .map_err(|e| {
-                if e.is_permanent() {
-                    SendError::Refused(e.to_string())
-                } else {
-                    SendError::Failed(e.to_string())
+            .map_err(|e| match e {
+                StoreError::Quota => {
+                    SendError::Refused("your mailbox is full; delete some mail first".into())
                 }
+                StoreError::BadRequest(why) => SendError::Invalid(why),
+                other => SendError::Failed(other.to_string()),
             }),
     };
-    if let Err(e) = relayed {
-        let label = match e {
-            SendError::Refused(_) => "refused",
-            _ => "failed",
-        };
-        metrics::SENDS.with_label_values(&[label]).inc();
-        tracing::warn!(user = %session.user, error = %e, trace = %session.trace, "send failed");
-        return Err(e);
-    }
-    let delivery = Delivery {
-        id: Sha256::digest(&bytes).into(),
-        folder: Some(SENT.into()),
-        internal_date_ms: now_ms(),
-        flags: Flags::SEEN,
-        summary: crate::mime::summarize(&bytes),
-        body: bytes.into(),
-    };
-    let copy = session
-        .mailbox(ctx)
-        .deliver(delivery)
-        .await
-        .map_err(|e| e.to_string());
-    match &copy {
-        Ok(_) => metrics::SENDS.with_label_values(&["sent"]).inc(),
+    let copy = match submitted {
+        Ok(msg) => msg,
         Err(e) => {
-            metrics::SENDS.with_label_values(&["sent_no_copy"]).inc();
-            tracing::warn!(user = %session.user, error = %e, trace = %session.trace,
-                "sent, but the copy could not be filed in Sent");
+            let label = match e {
+                SendError::Refused(_) | SendError::Invalid(_) => "refused",
+                SendError::Failed(_) => "failed",
+            };
+            metrics::SENDS.with_label_values(&[label]).inc();
+            tracing::warn!(user = %session.user, error = %e, trace = %session.trace, "send failed");
+            return Err(e);
         }
-    }
-    tracing::info!(user = %session.user, %message_id, recipients = envelope.to().len(),
-        trace = %session.trace, "message sent");
-    Ok(Sent { message_id, copy })
+    };
+    metrics::SENDS.with_label_values(&["sent"]).inc();
+    tracing::info!(user = %session.user, %message_id, recipients = queued,
+        trace = %session.trace, "message submitted");
+    Ok(Sent {
+        message_id,
+        copy,
+        queued,
+    })
 }
 
 /// "Re: subject" (once). The prefix is looked for on characters: a subject is any Unicode.

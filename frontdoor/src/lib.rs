@@ -28,8 +28,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use lettre::transport::smtp::extension::ClientId;
-use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use runtime::faults::Faults;
 use runtime::health::Health;
 use runtime::role::Role;
@@ -55,7 +53,6 @@ pub struct Ctx {
     pub password_throttle: session::throttle::Throttle,
     /// The bounded pool password checks and hashes run on (login's `Hashing`).
     pub hashing: session::password::Hashing,
-    pub smtp: AsyncSmtpTransport<Tokio1Executor>,
     pub store_timeout: Duration,
     /// The origin (scheme, host, port) of the sign-in page, allowed as a form target (sign-out
     /// redirects there).
@@ -75,23 +72,6 @@ fn origin_of(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     format!("{scheme}://{host}")
-}
-
-/// The name this server gives in its SMTP greeting: the public URL's host.
-fn client_id(public_url: &str) -> ClientId {
-    let origin = origin_of(public_url);
-    let hostport = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
-    let host = match hostport.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => hostport,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(a)) => ClientId::Ipv4(a),
-        Ok(std::net::IpAddr::V6(a)) => ClientId::Ipv6(a),
-        Err(_) if !host.is_empty() => ClientId::Domain(host.to_string()),
-        Err(_) => ClientId::Domain("frontdoor.invalid".into()),
-    }
 }
 
 /// Build the shared state from a checked config.
@@ -123,12 +103,6 @@ pub fn context(
         request_timeout: store_timeout,
         ..xfs::ClientConfig::for_role(identity, 2, faults.call_faults())
     });
-    let (host, port) = cfg.relay_host_port().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-        .port(port)
-        .hello_name(client_id(&cfg.public_url))
-        .timeout(Some(Duration::from_secs(cfg.smtp_timeout_secs)))
-        .build();
     let confirmed = moka::future::Cache::builder()
         .max_capacity(1_000_000)
         // Older than the grace period, an entry is of no use.
@@ -144,7 +118,6 @@ pub fn context(
         faults,
         health,
         confirmed,
-        smtp,
         store_timeout,
         cfg,
     })
@@ -226,7 +199,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn origins_and_greeting_names() {
+    fn origins() {
         assert_eq!(
             origin_of("http://127.0.0.1:8080/login?x"),
             "http://127.0.0.1:8080"
@@ -235,13 +208,5 @@ mod tests {
             origin_of("https://mail.example.test"),
             "https://mail.example.test"
         );
-        assert!(matches!(
-            client_id("http://127.0.0.1:8081"),
-            ClientId::Ipv4(_)
-        ));
-        assert!(matches!(
-            client_id("https://mail.example.test/x"),
-            ClientId::Domain(d) if d == "mail.example.test"
-        ));
     }
 }

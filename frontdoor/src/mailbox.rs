@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use mserv_client::RouteError;
 use xfs::{
-    ops, AuthRecord, Call, CallError, Delivery, Flags, FolderInfo, FolderPage, IndexEntry, Message,
-    MsgId, SearchQuery, Target, XfsError,
+    ops, AuthRecord, Call, CallError, Flags, FolderInfo, FolderPage, IndexEntry, Message, MsgId,
+    QueueEntry, SearchQuery, Submission, Target, XfsError,
 };
 
 use crate::{metrics, Ctx};
@@ -343,14 +343,25 @@ impl<'a> Mailbox<'a> {
         .await
     }
 
-    /// Store a message (idempotent by its delivery id); its id.
-    pub async fn deliver(&self, delivery: Delivery) -> Result<MsgId, StoreError> {
-        self.call(|target| ops::Deliver {
+    /// Send: file the Sent copy and queue its recipients (idempotent by the copy's delivery
+    /// id); the Sent copy's id.
+    pub async fn submit(&self, submission: Submission) -> Result<MsgId, StoreError> {
+        self.call(|target| ops::Submit {
             target,
-            delivery: delivery.clone(),
+            submission: submission.clone(),
         })
         .await
-        .map(|d| d.msg)
+        .map(|s| s.msg)
+    }
+
+    /// The mailbox's outbound queue entries (pending and recently finished), oldest first.
+    pub async fn queue(&self) -> Result<Vec<QueueEntry>, StoreError> {
+        self.call(|target| ops::MailboxQueue {
+            target,
+            after: None,
+            limit: 1000,
+        })
+        .await
     }
 }
 

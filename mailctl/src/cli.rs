@@ -46,6 +46,9 @@ pub enum Cmd {
     /// Register, drain or list stores.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// The outbound queue: list, show, retry or delete entries (named USER/ID).
+    #[command(subcommand)]
+    Queue(QueueCmd),
     /// Every process: up, healthy, overloaded, raft role, load, version.
     Status,
     /// A synthetic end-to-end transaction (SMTP in, seen through a front door), timed.
@@ -192,6 +195,32 @@ pub enum StoreCmd {
     Drain { name: String },
     /// Stores with their state and user counts.
     List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCmd {
+    /// Pending entries of every store, or every entry of one user (finished ones too).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        /// Only recipients in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// One entry in full.
+    Show { id: String },
+    /// Make an entry (or every pending entry of `--user`) due now.
+    Retry {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        user: Option<String>,
+    },
+    /// Give an entry up; with `--bounce` the sender gets a delivery status report.
+    Delete {
+        id: String,
+        #[arg(long)]
+        bounce: bool,
+    },
 }
 
 /// A `STORE[:SEGMENT]` argument: the store, and the segment if one is given.

@@ -51,6 +51,13 @@ impl Default for Supervisor {
     }
 }
 
+/// An outbound worker: it serves nothing but its admin port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WorkerLayout {
+    pub admin: SocketAddr,
+}
+
 /// One HCU on one machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -69,6 +76,13 @@ pub struct Layout {
     pub frontdoor: Vec<Listen>,
     pub login: Option<Listen>,
     pub smtp_in: Option<Listen>,
+    /// Outbound workers (`smtp-out`), named `out-1`, `out-2`, ...
+    #[serde(default)]
+    pub smtp_out: Vec<WorkerLayout>,
+    /// The DNS servers the outbound workers ask for mail exchangers; none: the machine's own
+    /// (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub resolvers: Vec<SocketAddr>,
     /// Where backups may go besides the data directory (the stores refuse checkpoints,
     /// backups and restores anywhere else).
     #[serde(default)]
@@ -98,6 +112,9 @@ impl Layout {
         }
         if let Some(s) = &self.smtp_in {
             push("smtp-in".into(), s);
+        }
+        for (i, w) in self.smtp_out.iter().enumerate() {
+            v.push((format!("smtp-out {} admin", i + 1), w.admin));
         }
         for s in &self.ustore {
             v.push((format!("{} listen", s.name), s.listen));

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod migrate;
 pub mod plan;
 pub mod probe;
+pub mod queue;
 pub mod status;
 pub mod stores;
 pub mod up;
@@ -42,6 +43,7 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
         Cmd::Up { .. } | Cmd::Certs(_) | Cmd::SessionKey(_) => unreachable!("handled by main"),
         Cmd::User(cmd) => users::run(&hcu, cmd, j).await,
         Cmd::Store(cmd) => stores::run(&hcu, cmd, j).await,
+        Cmd::Queue(cmd) => queue::run(&hcu, cmd, j).await,
         Cmd::Status => status::run(&hcu, j).await,
         Cmd::Probe => probe::run(&hcu, j).await,
         Cmd::Migrate(args) => migrate::run(&hcu, &cli.data, args, j).await,

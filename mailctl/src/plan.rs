@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use role_config::{
     FrontdoorConfig, KeyConfig, LoginConfig, MservConfig, PeerConfig, PublicKeyConfig,
-    SegmentConfig, SmtpInConfig, UstoreConfig,
+    SegmentConfig, SmtpInConfig, SmtpOutConfig, UstoreConfig,
 };
 use runtime::config::AdminConfig;
 use xfs::tls::issue::Authority;
@@ -245,6 +245,29 @@ pub fn processes(
         let text = role_config::to_toml(&cfg, &written_for("smtp-in"));
         push("smtp-in".into(), "smtp-in", 2, smtp, text);
     }
+    let resolvers = if layout.resolvers.is_empty() {
+        system_resolvers()
+    } else {
+        layout.resolvers.clone()
+    };
+    for (i, w) in layout.smtp_out.iter().enumerate() {
+        let name = format!("out-{}", i + 1);
+        let cfg = SmtpOutConfig {
+            internal_tls: pki.identity(Role::SmtpOut, &name)?,
+            hostname: layout.hostname.clone(),
+            mserv: mserv.clone(),
+            local_domains: layout.domains.clone(),
+            resolvers: resolvers.clone(),
+            admin: admin(w.admin),
+            ..SmtpOutConfig::default()
+        };
+        let text = role_config::to_toml(&cfg, &written_for(&name));
+        let l = Listen {
+            listen: w.admin,
+            admin: w.admin,
+        };
+        push(name, "smtp-out", 2, &l, text);
+    }
     let login_url = layout
         .login
         .as_ref()
@@ -272,11 +295,6 @@ pub fn processes(
             public_url: format!("http://{}", f.listen),
             login_url: login_url.clone().unwrap_or_default(),
             mserv: mserv.clone(),
-            smtp_relay: layout
-                .smtp_in
-                .as_ref()
-                .map(|s| s.listen.to_string())
-                .unwrap_or_default(),
             cookie_secure: false,
             session_keys: keys.public()?,
             admin: admin(f.admin),
@@ -286,6 +304,22 @@ pub fn processes(
         push(name, "frontdoor", 2, f, text);
     }
     Ok(out)
+}
+
+/// The machine's DNS servers, from `/etc/resolv.conf` (port 53); loopback's if it names none.
+fn system_resolvers() -> Vec<std::net::SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let found: Vec<std::net::SocketAddr> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .collect();
+    if found.is_empty() {
+        vec![std::net::SocketAddr::from(([127, 0, 0, 1], 53))]
+    } else {
+        found
+    }
 }
 
 /// The endpoints of a layout run from `data`, for an operator holding `operator_tls`.

@@ -20,8 +20,6 @@ pub struct FrontdoorConfig {
     pub login_url: String,
     /// Member index replicas (any order).
     pub mserv: Vec<String>,
-    /// The outbound SMTP relay (`host:port`) every sent message goes through.
-    pub smtp_relay: String,
     /// The public keys of login's session signing keys (`[[session-keys]]`): the current one
     /// and older ones whose sessions are still honoured. A front door checks sessions; only
     /// login can make one.
@@ -44,8 +42,6 @@ pub struct FrontdoorConfig {
     pub store_refresh_secs: u64,
     /// Largest request body (a compose form with its attachments).
     pub max_upload_bytes: usize,
-    /// Longest the relay may take to accept one message.
-    pub smtp_timeout_secs: u64,
     /// Connections served at once; the next one waits in the listen backlog.
     pub max_connections: usize,
     /// A client must send its request headers within this time.
@@ -66,7 +62,6 @@ impl Default for FrontdoorConfig {
             public_url: "http://127.0.0.1:8081".into(),
             login_url: "http://127.0.0.1:8080".into(),
             mserv: vec!["127.0.0.1:7201".into()],
-            smtp_relay: "127.0.0.1:2525".into(),
             session_keys: Vec::new(),
             cookie_secure: true,
             page_size: 50,
@@ -76,7 +71,6 @@ impl Default for FrontdoorConfig {
             route_cache_secs: 60,
             store_refresh_secs: 10,
             max_upload_bytes: 25 << 20,
-            smtp_timeout_secs: 30,
             max_connections: 4096,
             header_timeout_secs: 10,
             drain_timeout_secs: 10,
@@ -95,22 +89,6 @@ impl FrontdoorConfig {
     /// The session keys, checked.
     pub fn verifying_keys(&self) -> Result<session::token::VerifyingKeys, String> {
         keys::verifying_keys(&self.session_keys)
-    }
-
-    /// The relay's host and port.
-    pub fn relay_host_port(&self) -> Result<(String, u16), String> {
-        let (host, port) = self
-            .smtp_relay
-            .rsplit_once(':')
-            .ok_or_else(|| format!("smtp-relay: `{}` is not host:port", self.smtp_relay))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("smtp-relay: `{port}` is not a port"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("smtp-relay: `{}` has no host", self.smtp_relay));
-        }
-        Ok((host.to_string(), port))
     }
 }
 
@@ -131,9 +109,6 @@ impl Validate for FrontdoorConfig {
         if self.mserv.is_empty() {
             errs.push("mserv: at least one member index replica is needed".into());
         }
-        if let Err(e) = self.relay_host_port() {
-            errs.push(e);
-        }
         keys::check_public(&self.session_keys, &mut errs);
         require_nonzero(
             &mut errs,
@@ -141,7 +116,6 @@ impl Validate for FrontdoorConfig {
                 ("page-size", u64::from(self.page_size)),
                 ("store-timeout-ms", self.store_timeout_ms),
                 ("store-refresh-secs", self.store_refresh_secs),
-                ("smtp-timeout-secs", self.smtp_timeout_secs),
                 ("max-connections", self.max_connections as u64),
                 ("header-timeout-secs", self.header_timeout_secs),
             ],
@@ -171,7 +145,6 @@ mod tests {
         let cfg: FrontdoorConfig = runtime::config::parse(text).unwrap();
         assert_eq!(cfg.session_keys[0].id, "k1");
         assert!(cfg.verifying_keys().is_ok());
-        assert_eq!(cfg.relay_host_port().unwrap(), ("127.0.0.1".into(), 2525));
         assert!(cfg.cookie_secure);
     }
 
@@ -186,14 +159,14 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let text = format!(
-            "public-url = \"ftp://x\"\nsmtp-relay = \"nohost\"\npage-size = 0\n\
+            "public-url = \"ftp://x\"\npage-size = 0\n\
              [[session-keys]]\nid = \"k1\"\npublic-key = \"{}\"\n",
             "ab".repeat(31)
         );
         let err = runtime::config::parse::<FrontdoorConfig>(&text)
             .unwrap_err()
             .to_string();
-        for name in ["public-url", "smtp-relay", "page-size", "session-keys"] {
+        for name in ["public-url", "page-size", "session-keys"] {
             assert!(err.contains(name), "{name}: {err}");
         }
         assert!(runtime::config::parse::<FrontdoorConfig>("open-relay = true\n").is_err());

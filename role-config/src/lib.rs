@@ -29,6 +29,7 @@ pub mod keys;
 pub mod login;
 pub mod mserv;
 pub mod smtp_in;
+pub mod smtp_out;
 pub mod ustore;
 
 pub use frontdoor::FrontdoorConfig;
@@ -36,6 +37,7 @@ pub use keys::{KeyConfig, PublicKeyConfig};
 pub use login::LoginConfig;
 pub use mserv::{MservConfig, PeerConfig};
 pub use smtp_in::{SmtpInConfig, TlsConfig};
+pub use smtp_out::SmtpOutConfig;
 pub use ustore::{SegmentConfig, UstoreConfig};
 
 /// A config as its role reads it: TOML, with a first comment line saying who wrote it.

@@ -17,7 +17,8 @@
 //! | `ustore.op.<op>` | the store's XFS server, after admission, before the operation runs | `XfsError::Unavailable` |
 //! | `ustore.disk.write` | the store, right before a segment commits an operation's write batch | `XfsError::Unavailable`; the batch is not written, so the operation left nothing behind |
 //! | `frontdoor.store` | the front door's mailbox calls to the user's store | the page or API call answers 503 (store unavailable) |
-//! | `frontdoor.smtp` | the front door's hand-off of a composed message to the relay | the send fails and is reported; nothing is filed in Sent |
+//! | `frontdoor.send` | the front door's submission of a composed message to the sender's store | the send fails and is reported; nothing is filed or queued |
+//! | `smtp-out.send` | an outbound worker's delivery attempt | the attempt is deferred (retried on the schedule) |
 //! | `smtp.deliver` | smtp-in, each copy's delivery to a store | that copy is retried with backoff until `deliver-timeout-secs`, then `451` |
 //! | `login.store` | login's calls to the user's store | the call is unavailable: the sign-in answers 503, never 401 |
 //! | `mserv.op.<op>` | the member index server, before an operation | the operation fails with an unavailable error |
@@ -153,6 +154,10 @@ impl Rules {
                 points.extend(XFS_CLIENT);
                 points.push(Point::Exact("smtp.deliver"));
             }
+            "smtp-out" => {
+                points.extend(XFS_CLIENT);
+                points.push(Point::Exact("smtp-out.send"));
+            }
             "login" => {
                 points.extend(XFS_CLIENT);
                 points.extend(web);
@@ -163,7 +168,7 @@ impl Rules {
                 points.extend(web);
                 points.extend([
                     Point::Exact("frontdoor.store"),
-                    Point::Exact("frontdoor.smtp"),
+                    Point::Exact("frontdoor.send"),
                 ]);
             }
             _ => {}
@@ -601,7 +606,7 @@ mod tests {
             "xfs.call.fetch",
             "xfs.reply.move",
             "http.request",
-            "frontdoor.smtp",
+            "frontdoor.send",
         ] {
             assert!(fd.check(ok, spec(0, 0.5)).is_ok(), "{ok}");
         }

@@ -60,7 +60,6 @@ impl FrontDoor {
             public_url: format!("http://{addr}"),
             login_url: LOGIN_URL.into(),
             mserv: hcu.mserv.addrs(),
-            smtp_relay: hcu.smtp_addr.to_string(),
             session_keys: crate::web::public_keys(),
             cookie_secure: false,
             session_check_secs: 2,

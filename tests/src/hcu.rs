@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mserv::{Placement, Policy, StoreInfo, StoreState};
-use role_config::SmtpInConfig;
+use role_config::{SmtpInConfig, SmtpOutConfig};
 use runtime::config::FaultsConfig;
 use xfs::{CallError, IndexEntry, NewAccount, Op, Reply, StorePool, Target, XfsError, INBOX};
 
@@ -57,6 +57,10 @@ pub struct HcuOpts {
     pub store_max_in_flight: usize,
     /// Every store's fault points, set from the start.
     pub store_faults: FaultsConfig,
+    /// The outbound worker's config, started with smtp-in (its index replicas, admin port and
+    /// certificate are filled in). By default it polls every 50 ms, retries after a second,
+    /// treats `domains` as local and has no DNS server that answers (remote domains defer).
+    pub smtp_out: Option<SmtpOutConfig>,
 }
 
 impl Default for HcuOpts {
@@ -80,6 +84,18 @@ impl Default for HcuOpts {
             smtp_faults: FaultsConfig::new(),
             store_max_in_flight: UstoreOpts::default().max_in_flight,
             store_faults: FaultsConfig::new(),
+            smtp_out: Some(SmtpOutConfig {
+                hostname: "out.megamail.test".into(),
+                resolvers: vec![free_addr()],
+                dns_timeout_ms: 500,
+                poll_ms: 50,
+                retry_first_secs: 1,
+                retry_max_secs: 2,
+                connect_timeout_secs: 5,
+                command_timeout_secs: 10,
+                drain_timeout_secs: 5,
+                ..SmtpOutConfig::default()
+            }),
         }
     }
 }
@@ -92,6 +108,23 @@ impl HcuOpts {
             segments_per_store: 1,
             ..Default::default()
         }
+    }
+
+    /// The outbound worker's config for these options (`None` without one).
+    pub fn smtp_out_config(
+        &self,
+        dir: &std::path::Path,
+        admin: SocketAddr,
+        mserv: &[String],
+    ) -> Option<String> {
+        let cfg = self.smtp_out.clone()?;
+        Some(crate::config_text(&SmtpOutConfig {
+            mserv: mserv.to_vec(),
+            local_domains: self.domains.clone(),
+            internal_tls: crate::support::pki::internal_tls(dir, xfs::Role::SmtpOut, "out-1"),
+            admin: crate::admin_config(admin),
+            ..cfg
+        }))
     }
 
     /// smtp-in's config for these options.
@@ -131,6 +164,8 @@ pub struct LocalHcu {
     pub stores: Vec<Ustore>,
     /// The smtp-in process, once started.
     pub smtp: Option<Proc>,
+    /// The outbound worker, started with smtp-in when the options have one.
+    pub smtp_out: Option<Proc>,
     /// Where smtp-in listens for SMTP and for admin HTTP (fixed before it starts).
     pub smtp_addr: SocketAddr,
     pub smtp_admin: SocketAddr,
@@ -179,6 +214,7 @@ impl LocalHcu {
             mserv,
             stores,
             smtp: None,
+            smtp_out: None,
             smtp_addr: free_addr(),
             smtp_admin: free_addr(),
             client,
@@ -203,6 +239,17 @@ impl LocalHcu {
         let mut p = Proc::start("smtp-in", "smtp-in", self.dir.path(), &cfg, self.smtp_admin)?;
         p.wait_healthy(Duration::from_secs(60)).await?;
         self.smtp = Some(p);
+        if self.smtp_out.is_none() {
+            let admin = free_addr();
+            if let Some(cfg) =
+                self.opts
+                    .smtp_out_config(self.dir.path(), admin, &self.mserv.addrs())
+            {
+                let mut p = Proc::start("smtp-out", "out-1", self.dir.path(), &cfg, admin)?;
+                p.wait_healthy(Duration::from_secs(60)).await?;
+                self.smtp_out = Some(p);
+            }
+        }
         Ok(())
     }
 

@@ -21,14 +21,14 @@ pub struct Up {
 }
 
 pub fn layout(dir: &Path) -> PathBuf {
-    // Twenty distinct free ports (a port freed by one probe may be handed out again).
+    // Distinct free ports (a port freed by one probe may be handed out again).
     let mut ports = std::collections::BTreeSet::new();
-    while ports.len() < 20 {
+    while ports.len() < 26 {
         ports.insert(free_addr());
     }
     let mut ports = ports.into_iter();
     let mut next = || ports.next().expect("enough ports");
-    use mailctl::layout::{Layout, Listen, StoreLayout, Supervisor};
+    use mailctl::layout::{Layout, Listen, StoreLayout, Supervisor, WorkerLayout};
     let mut listen = || Listen {
         listen: next(),
         admin: next(),
@@ -47,6 +47,16 @@ pub fn layout(dir: &Path) -> PathBuf {
         frontdoor: vec![listen(), listen()],
         login: Some(listen()),
         smtp_in: Some(listen()),
+        // Two outbound workers; no DNS server answers them, so only local mail goes out.
+        smtp_out: vec![
+            WorkerLayout {
+                admin: listen().admin,
+            },
+            WorkerLayout {
+                admin: listen().admin,
+            },
+        ],
+        resolvers: vec![listen().admin],
         backup_roots: Vec::new(),
         internal_plaintext: false,
         ustore: (1..=2)
@@ -157,7 +167,7 @@ impl Up {
             }
             let ok = self.data.join("endpoints.json").exists() && {
                 let rows = self.status();
-                rows.len() == 10 && rows.iter().all(|r| r["state"] == "ok")
+                rows.len() == 12 && rows.iter().all(|r| r["state"] == "ok")
             };
             async move {
                 if ok {

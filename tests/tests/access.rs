@@ -17,8 +17,8 @@ use mserv_client::proto::{Command, Op as IndexOp, RaftRpc};
 use mserv_client::{MservError, Policy, StoreInfo, StoreState};
 use xfs::conn::{ConnError, Pool, PoolConfig};
 use xfs::{
-    CallError, Delivery, ExportPart, Flags, Identity, NewAccount, Op, Role, SearchQuery, StorePool,
-    Summary, Target, XfsError,
+    CallError, Delivery, ExportPart, Flags, Identity, NewAccount, Op, Outcome, Role, SearchQuery,
+    StorePool, Submission, Summary, Target, XfsError,
 };
 
 fn target() -> Target {
@@ -72,6 +72,54 @@ fn store_ops() -> Vec<Op> {
                 summary: Summary::default(),
                 body: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
             },
+        },
+        Op::Submit {
+            target: t(),
+            submission: Submission {
+                sent: Delivery {
+                    id: [2; 32],
+                    folder: None,
+                    internal_date_ms: 1,
+                    flags: Flags::SEEN,
+                    summary: Summary::default(),
+                    body: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
+                },
+                from: "nobody@example.test".into(),
+                rcpts: vec!["someone@remote.example".into()],
+            },
+        },
+        Op::LeaseQueue {
+            worker: "w".into(),
+            max: 1,
+            lease_ms: 1,
+        },
+        Op::ReportQueue {
+            target: t(),
+            id: 1,
+            token: 1,
+            mta: "x".into(),
+            outcome: Outcome::Delivered {
+                reply: "250".into(),
+            },
+        },
+        Op::MailboxQueue {
+            target: t(),
+            after: None,
+            limit: 1,
+        },
+        Op::ListQueue {
+            segment: 0,
+            after: None,
+            limit: 1,
+        },
+        Op::RetryQueue {
+            target: t(),
+            id: None,
+        },
+        Op::CancelQueued {
+            target: t(),
+            id: 1,
+            bounce: false,
         },
         Op::ListFolders { target: t() },
         Op::ListFolder {

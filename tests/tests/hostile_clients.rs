@@ -1,6 +1,7 @@
 //! Hostile clients against a whole HCU (`mailctl up`: 3 mserv, 2 ustore, 2 frontdoor, 1 login,
-//! 1 smtp-in and the supervisor). Every listening port, each process's service port and admin
-//! port and the supervisor's admin port (19 in all), is attacked by clients that hold no
+//! 1 smtp-in, 2 smtp-out and the supervisor). Every listening port, each process's service port
+//! and admin port (an outbound worker has only the latter) and the supervisor's admin port (21
+//! in all), is attacked by clients that hold no
 //! credentials and come from 127.0.0.2 to 127.0.0.250:
 //!
 //! - garbage: 64 KiB of random bytes, an HTTP request line of 1 MiB, a TLS ClientHello record
@@ -101,7 +102,13 @@ fn ports(e: &Value) -> Vec<Port> {
     )];
     for p in e["processes"].as_array().expect("processes") {
         let name = p["name"].as_str().expect("name");
-        let (speaks, post) = match p["role"].as_str().expect("role") {
+        let role = p["role"].as_str().expect("role");
+        if role == "smtp-out" {
+            // An outbound worker serves nothing but its admin port.
+            ports.push(admin(format!("{name} admin"), addr(&p["admin"])));
+            continue;
+        }
+        let (speaks, post) = match role {
             "mserv" => (Speaks::Tls(xfs::Role::Mserv), "/"),
             "ustore" => (Speaks::Tls(xfs::Role::Ustore), "/"),
             "smtp-in" => (Speaks::Smtp, "/"),
@@ -879,7 +886,7 @@ async fn hostile_clients_on_every_port_leave_every_other_user_served() {
     let started = Instant::now();
     let e = up.endpoints();
     let ports = ports(&e);
-    assert_eq!(ports.len(), 19, "{ports:?}");
+    assert_eq!(ports.len(), 21, "{ports:?}");
     let ca = up.data.join("certs").join("ca.pem");
     assert!(ca.exists(), "no {}", ca.display());
     let supervisor = addr(&e["supervisor_admin"]);

@@ -1,10 +1,11 @@
-//! `mailctl up` runs a whole HCU (3 mserv, 2 ustore, 2 frontdoor, 1 login, 1 smtp-in) as real
-//! processes; the other mailctl commands run against it, as an operator would type them.
+//! `mailctl up` runs a whole HCU (3 mserv, 2 ustore, 2 frontdoor, 1 login, 1 smtp-in,
+//! 2 smtp-out) as real processes; the other mailctl commands run against it, as an operator would type them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use megamail_tests::free_addr;
+use megamail_tests::support::eventually;
 use megamail_tests::support::mail::smtplib;
 use megamail_tests::support::metrics::scrape;
 use megamail_tests::up::{self, addr, mailctl, ok, url_addr, Up};
@@ -24,6 +25,7 @@ async fn up_runs_every_role_and_a_new_user_gets_mail_through_smtp_and_the_api() 
         ("frontdoor", 2),
         ("login", 1),
         ("smtp-in", 1),
+        ("smtp-out", 2),
     ] {
         assert_eq!(roles.iter().filter(|r| **r == role).count(), n, "{role}");
     }
@@ -89,14 +91,90 @@ async fn up_runs_every_role_and_a_new_user_gets_mail_through_smtp_and_the_api() 
     let login = url_addr(e["login_url"].as_str().unwrap());
     let (status, session) = up::sign_in(login, "carol@megamail.test", "second-password").await;
     assert_eq!(status, 200);
+    let session = session.unwrap();
     let a = session
-        .unwrap()
         .get("/api/v1/folders/Inbox/messages?offset=0&limit=10")
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&a.body);
     assert_eq!(a.status, 200, "{text}");
     assert!(text.contains("via mailctl up"), "{text}");
+
+    // Sending: the outbound workers deliver to a local user at once; a remote recipient waits
+    // in carol's queue (no DNS server answers here) until an operator gives it up.
+    let send = serde_json::json!({"to": ["carol@megamail.test", "x@remote.test"],
+        "subject": "queued here", "text": "hi"});
+    let a = session.post_json("/api/v1/send", &send).await.unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let entry = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let out = ok(&mailctl(
+                &up.data,
+                &["--json", "queue", "list", "--user", "carol@megamail.test"],
+                None,
+            ));
+            let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+            let remote = rows.iter().find(|r| r["rcpt"] == "x@remote.test").cloned();
+            let local = rows
+                .iter()
+                .find(|r| r["rcpt"] == "carol@megamail.test")
+                .cloned();
+            match (local, remote) {
+                (Some(l), Some(r))
+                    if l["state"] == "delivered" && r["attempts"].as_u64() >= Some(1) =>
+                {
+                    Ok(r)
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(entry["state"], "queued", "{entry}");
+    let id = entry["id"].as_str().unwrap().to_string();
+    let pending = ok(&mailctl(
+        &up.data,
+        &["queue", "list", "--domain", "remote.test"],
+        None,
+    ));
+    assert!(
+        pending.contains(&id) && pending.contains("x@remote.test"),
+        "{pending}"
+    );
+    let shown = ok(&mailctl(&up.data, &["queue", "show", &id], None));
+    assert!(shown.contains("to        x@remote.test"), "{shown}");
+    ok(&mailctl(
+        &up.data,
+        &["queue", "delete", &id, "--bounce"],
+        None,
+    ));
+    let pending = ok(&mailctl(&up.data, &["queue", "list"], None));
+    assert!(!pending.contains(&id), "{pending}");
+    assert!(!mailctl(&up.data, &["queue", "delete", &id], None)
+        .status
+        .success());
+    let inbox = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || async {
+            let a = session
+                .get("/api/v1/folders/Inbox/messages?offset=0&limit=10")
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&a.body).to_string();
+            if text.contains("Undelivered Mail Returned to Sender") && text.contains("queued here")
+            {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
+    assert!(inbox.is_ok(), "{inbox:?}");
 
     // Stores: list, drain (new users avoid it), add refuses a store that does not answer.
     ok(&mailctl(&up.data, &["store", "drain", "store-1"], None));
@@ -135,6 +213,7 @@ async fn every_role_killed_with_9_is_restarted_and_the_probe_passes_again() {
         "store-1",
         "store-2",
         "smtp-in",
+        "out-1",
         "login",
         "frontdoor-1",
         "frontdoor-2",
@@ -168,7 +247,7 @@ async fn sigterm_stops_every_child_and_frees_every_port() {
         .filter_map(|r| r["pid"].as_i64())
         .map(|p| p as i32)
         .collect();
-    assert_eq!(pids.len(), 10);
+    assert_eq!(pids.len(), 12);
     let st = up.terminate();
     assert!(st.success(), "{st}:\n{}", up.log());
     for pid in pids {

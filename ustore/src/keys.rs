@@ -15,9 +15,12 @@ pub const CF_MSGLOC: &str = "msgloc"; // user\0 msg → LocRec (where a message 
 pub const CF_BODY: &str = "body"; // user\0 msg → crc | raw bytes (blob files, compressed)
 pub const CF_DEDUPE: &str = "dedupe"; // user\0 delivery id → DedupeRec
 pub const CF_CHANGES: &str = "changes"; // user\0 modseq → Change (the per-mailbox change log)
+pub const CF_QUEUE: &str = "queue"; // user\0 queue id → QueueRec (outbound, still to deliver)
+pub const CF_SENDLOG: &str = "sendlog"; // user\0 queue id → QueueRec (outbound, finished)
 
-pub const ALL_CFS: [&str; 7] = [
-    CF_ACCOUNT, CF_FOLDER, CF_INDEX, CF_MSGLOC, CF_BODY, CF_DEDUPE, CF_CHANGES,
+pub const ALL_CFS: [&str; 9] = [
+    CF_ACCOUNT, CF_FOLDER, CF_INDEX, CF_MSGLOC, CF_BODY, CF_DEDUPE, CF_CHANGES, CF_QUEUE,
+    CF_SENDLOG,
 ];
 
 /// `user\0`: the start of a mailbox's range.
@@ -79,6 +82,20 @@ pub fn dedupe(user: &str, id: &[u8; 32]) -> Vec<u8> {
 
 pub fn change(user: &str, modseq: u64) -> Vec<u8> {
     msg(user, modseq)
+}
+
+/// Keys of `queue` and `sendlog`.
+pub fn queued(user: &str, id: u64) -> Vec<u8> {
+    msg(user, id)
+}
+
+/// The user and the id of a `queue` or `sendlog` key.
+pub fn parse_queued(key: &[u8]) -> Option<(String, u64)> {
+    let nul = key.iter().position(|b| *b == 0)?;
+    let id = key.get(nul + 1..)?;
+    let id = u64::from_be_bytes(id.try_into().ok()?);
+    let user = std::str::from_utf8(&key[..nul]).ok()?;
+    Some((user.to_string(), id))
 }
 
 /// `crc32 | bincode(record)`, with the one record codec every role shares (`xfs::codec`).

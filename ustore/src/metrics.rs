@@ -51,6 +51,16 @@ pub fn count_page_reads<T>(page: impl FnOnce() -> T) -> T {
     out
 }
 
+/// The outbound queue: entries queued by submissions, leased to workers, and finished or put
+/// back by their reports, by event.
+pub static QUEUE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "ustore_queue_events_total",
+        "outbound queue entries by event: queued, leased, delivered, deferred, failed, cancelled",
+        &["event"],
+    )
+});
+
 pub static FRAME_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "ustore_frame_errors_total",

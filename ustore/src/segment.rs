@@ -21,6 +21,7 @@ use rocksdb::{Options, DB};
 use runtime::faults::Faults;
 use xfs::XfsError;
 
+mod dsn;
 mod migrate;
 mod opening;
 mod operations;
@@ -64,7 +65,8 @@ impl Segment {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        // Every column family is created at open; a missing one is a programming error.
+        // Every column family is created at open; a missing one is a programming error (only a
+        // checkpoint of an older layout, opened read-only, lacks some, and it is never written).
         self.db.cf_handle(name).expect("column family opened")
     }
 }

@@ -74,6 +74,28 @@ impl Store {
                 self.segment(segment)?
                     .list_accounts(after.as_deref(), limit)?,
             )),
+            Op::LeaseQueue {
+                worker,
+                max,
+                lease_ms,
+            } => {
+                let mut leases = Vec::new();
+                for seg in self.segments.values() {
+                    let left = max.saturating_sub(leases.len() as u32);
+                    if left == 0 {
+                        break;
+                    }
+                    leases.extend(seg.lease_queue(&worker, left, lease_ms)?);
+                }
+                Ok(Reply::Leases(leases))
+            }
+            Op::ListQueue {
+                segment,
+                after,
+                limit,
+            } => Ok(Reply::Queue(
+                self.segment(segment)?.list_queue(after, limit)?,
+            )),
             Op::BackupAccount { dir, user } => {
                 crate::segment::backup_account(Path::new(&dir), &user)
             }

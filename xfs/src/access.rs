@@ -22,6 +22,16 @@ pub fn permitted(role: Role, op: &Op) -> bool {
             op,
             Op::Ping | Op::StoreStats | Op::GetAccount { .. } | Op::Deliver { .. }
         ),
+        // Outbound workers lease, deliver locally and report; they read no mailbox.
+        SmtpOut => matches!(
+            op,
+            Op::Ping
+                | Op::StoreStats
+                | Op::GetAccount { .. }
+                | Op::Deliver { .. }
+                | Op::LeaseQueue { .. }
+                | Op::ReportQueue { .. }
+        ),
         Login => matches!(
             op,
             Op::Ping
@@ -39,6 +49,8 @@ pub fn permitted(role: Role, op: &Op) -> bool {
             | Op::GetAuth { .. }
             | Op::EndSession { .. }
             | Op::Deliver { .. }
+            | Op::Submit { .. }
+            | Op::MailboxQueue { .. }
             | Op::ListFolders { .. }
             | Op::ListFolder { .. }
             | Op::Fetch { .. }

@@ -6,12 +6,14 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version carried in both hellos. A peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The folders every mailbox has; they cannot be renamed or deleted.
 pub const SYSTEM_FOLDERS: [&str; 5] = ["Inbox", "Sent", "Drafts", "Junk", "Trash"];
 /// The folder a delivery lands in unless it names another.
 pub const INBOX: &str = "Inbox";
+/// The folder a submission files its copy in.
+pub const SENT: &str = "Sent";
 
 /// A message id, unique and stable within one mailbox (it survives moves between folders).
 pub type MsgId = u64;
@@ -97,6 +99,103 @@ pub struct Delivery {
     /// The message as stored. Shared, not copied: one message's copies for many recipients, and
     /// every attempt at delivering one, hold the same bytes.
     pub body: bytes::Bytes,
+}
+
+/// A queue entry's id, unique within its mailbox (it moves with the mailbox).
+pub type QueueId = u64;
+
+/// One message a user sends: the copy filed in Sent and one queue entry per recipient, written
+/// in one synced batch (sent means durable).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submission {
+    /// The Sent copy; its id is the submission's idempotency key (a repeat queues nothing).
+    pub sent: Delivery,
+    /// The envelope sender: the user's address or one of its aliases; empty for a null sender
+    /// (no delivery status notification is ever sent for it).
+    pub from: String,
+    /// Every recipient (To, Cc and Bcc), each queued on its own.
+    pub rcpts: Vec<String>,
+}
+
+/// What a submission answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub msg: MsgId,
+    pub uid: u32,
+    /// One queue entry per recipient, in the submission's order.
+    pub queued: Vec<QueueId>,
+    /// True when this submission was seen before: nothing new was stored or queued.
+    pub duplicate: bool,
+}
+
+/// Where one recipient of a sent message stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueState {
+    /// Waiting for its next attempt (at `QueueEntry::next_attempt_ms`).
+    Queued,
+    /// A worker is delivering it; the lease runs out at `until_ms`, and then another may.
+    Leased { worker: String, until_ms: u64 },
+    /// Taken by the recipient's server (or stored in a local mailbox).
+    Delivered { at_ms: u64 },
+    /// Given up: refused for good, or its lifetime ran out.
+    Failed { at_ms: u64 },
+}
+
+impl QueueState {
+    /// Whether the entry is still to be delivered.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, QueueState::Queued | QueueState::Leased { .. })
+    }
+}
+
+/// One recipient of one sent message, as the queue keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub user: String,
+    pub id: QueueId,
+    /// The Sent copy it was submitted with (which may have been deleted since).
+    pub sent_msg: MsgId,
+    pub from: String,
+    pub rcpt: String,
+    pub size: u64,
+    pub queued_ms: u64,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    /// The last answer of the recipient's side (or why it could not be reached).
+    pub last_reply: Option<String>,
+    /// A delay warning was sent to the sender.
+    pub warned: bool,
+    pub state: QueueState,
+}
+
+/// A due entry leased to a worker: deliver it and report with `token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub entry: QueueEntry,
+    /// The mailbox's segment and epoch at this store, for the report's target.
+    pub segment: u32,
+    pub epoch: u64,
+    /// This lease; a report with another token (the lease ran out and was given to another
+    /// worker) is refused.
+    pub token: u64,
+    /// The message as it was submitted.
+    pub body: bytes::Bytes,
+}
+
+/// How an attempt at one queue entry ended, as its worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The recipient's server took it (its reply), or it was stored in a local mailbox.
+    Delivered { reply: String },
+    /// Not this time: try again at `retry_at_ms`. With `warn`, the sender is told it is late
+    /// (once per entry).
+    Deferred {
+        reply: String,
+        retry_at_ms: u64,
+        warn: bool,
+    },
+    /// Given up; the sender gets a delivery status notification saying why.
+    Failed { reply: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -459,6 +558,54 @@ operations! {
     } -> Delivered {
         Reply::Delivered { msg, folder, uid, duplicate } => Delivered { msg, folder, uid, duplicate }
     }
+    /// Send: file `submission.sent` in Sent and queue one entry per recipient, in one synced
+    /// batch (idempotent by the Sent copy's delivery id).
+    Submit "submit" {
+        target: Target,
+        submission: Submission,
+    } -> Submitted {
+        Reply::Submitted { msg, uid, queued, duplicate } => Submitted { msg, uid, queued, duplicate }
+    }
+    /// A worker takes up to `max` due entries of this store (any mailbox), each leased for
+    /// `lease_ms`: queued ones whose next attempt is due, and leased ones whose lease ran out.
+    LeaseQueue "lease_queue" {
+        worker: String,
+        max: u32,
+        lease_ms: u32,
+    } -> Vec<Lease> { Reply::Leases(l) => l }
+    /// A worker's outcome for an entry it leased. `mta` names the reporting server in a
+    /// delivery status notification.
+    ReportQueue "report_queue" {
+        target: Target,
+        id: QueueId,
+        token: u64,
+        mta: String,
+        outcome: Outcome,
+    } -> () { Reply::Done => () }
+    /// A mailbox's queue entries, pending ones and those finished within the store's
+    /// retention, in id order after `after` (a user's Sent view, an operator's listing).
+    MailboxQueue "mailbox_queue" {
+        target: Target,
+        after: Option<QueueId>,
+        limit: u32,
+    } -> Vec<QueueEntry> { Reply::Queue(q) => q }
+    /// Every pending entry of a segment, in (user, id) order after `after`.
+    ListQueue "list_queue" {
+        segment: u32,
+        after: Option<(String, QueueId)>,
+        limit: u32,
+    } -> Vec<QueueEntry> { Reply::Queue(q) => q }
+    /// Make pending entries due now: one (`id`), or all of the mailbox's. The count made due.
+    RetryQueue "retry_queue" {
+        target: Target,
+        id: Option<QueueId>,
+    } -> u64 { Reply::Count(n) => n }
+    /// Give a pending entry up: with `bounce`, the sender gets a delivery status notification.
+    CancelQueued "cancel_queued" {
+        target: Target,
+        id: QueueId,
+        bounce: bool,
+    } -> () { Reply::Done => () }
     ListFolders "list_folders" {
         target: Target,
     } -> Vec<FolderInfo> { Reply::Folders(f) => f }
@@ -621,7 +768,9 @@ impl Op {
             | Op::StoreStats
             | Op::Checkpoint { .. }
             | Op::ListAccounts { .. }
-            | Op::BackupAccount { .. } => None,
+            | Op::BackupAccount { .. }
+            | Op::LeaseQueue { .. }
+            | Op::ListQueue { .. } => None,
             Op::CreateAccount { target, .. }
             | Op::DeleteAccount { target }
             | Op::GetAccount { target }
@@ -630,6 +779,11 @@ impl Op {
             | Op::EndSession { target, .. }
             | Op::UpdateAccount { target, .. }
             | Op::Deliver { target, .. }
+            | Op::Submit { target, .. }
+            | Op::ReportQueue { target, .. }
+            | Op::MailboxQueue { target, .. }
+            | Op::RetryQueue { target, .. }
+            | Op::CancelQueued { target, .. }
             | Op::ListFolders { target }
             | Op::ListFolder { target, .. }
             | Op::Fetch { target, .. }
@@ -687,6 +841,15 @@ pub enum Reply {
     Export(ExportChunk),
     Digest(MailboxDigest),
     Accounts(Vec<AccountBrief>),
+    Submitted {
+        msg: MsgId,
+        uid: u32,
+        queued: Vec<QueueId>,
+        /// True when this submission was seen before: nothing new was stored or queued.
+        duplicate: bool,
+    },
+    Leases(Vec<Lease>),
+    Queue(Vec<QueueEntry>),
 }
 
 /// The errors a caller must handle.

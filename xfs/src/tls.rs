@@ -40,16 +40,18 @@ pub enum Role {
     Frontdoor,
     Login,
     SmtpIn,
+    SmtpOut,
     Operator,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Ustore,
         Role::Mserv,
         Role::Frontdoor,
         Role::Login,
         Role::SmtpIn,
+        Role::SmtpOut,
         Role::Operator,
     ];
 
@@ -60,6 +62,7 @@ impl Role {
             Role::Frontdoor => "frontdoor",
             Role::Login => "login",
             Role::SmtpIn => "smtp-in",
+            Role::SmtpOut => "smtp-out",
             Role::Operator => "operator",
         }
     }

@@ -242,12 +242,8 @@ pub(super) async fn compose_send(
                     .set_flags(&[orig], Flags::ANSWERED, Flags::NONE)
                     .await;
             }
-            let code = if sent.copy.is_ok() {
-                "sent"
-            } else {
-                "sent_nocopy"
-            };
-            redirect(&with_notice(&layout::folder_url(xfs::INBOX, 0), code))
+            tracing::debug!(copy = sent.copy, queued = sent.queued, "sent");
+            redirect(&with_notice(&layout::folder_url(xfs::INBOX, 0), "sent"))
         }
         Err(e) => {
             let status = match e {

@@ -74,10 +74,6 @@ pub const UNAVAILABLE: &str = "Your mailbox is temporarily unavailable. Your mai
 pub fn notice_for(code: &str) -> Option<Notice> {
     let n = match code {
         "sent" => Notice::info("Message sent."),
-        "sent_nocopy" => Notice::warn(
-            "Message sent, but the copy could not be saved in Sent because your mailbox is \
-             temporarily unavailable.",
-        ),
         "moved" => Notice::info("Moved."),
         "deleted" => Notice::info("Moved to Trash."),
         "expunged" => Notice::info("Deleted for good."),

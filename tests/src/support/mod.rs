@@ -10,13 +10,19 @@
 //! - [`command`]: commands run to their end that must succeed.
 //! - [`faults`]: fault points for a role's config, set from its start.
 //! - [`pki`]: the test authority, each process's certificate, and the harness's own identity.
+//! - [`receiver`]: a scripted SMTP receiver, the remote side of outbound mail.
+//! - [`dns`]: an authoritative DNS server on loopback with the zones a test sets up (the same
+//!   one smtp-out's own tests use).
 
 pub mod command;
+#[path = "../../../smtp-out/tests/support/dns.rs"]
+pub mod dns;
 pub mod mail;
 pub mod mailbox;
 pub mod metrics;
 pub mod pki;
 pub mod poll;
+pub mod receiver;
 
 pub use command::{run_ok, succeeded};
 

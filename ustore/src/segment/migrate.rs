@@ -17,15 +17,19 @@ use super::records::{AccountRec, EntryRec};
 use super::{bad, now_ms, Segment};
 use crate::keys::{
     self, prefix, prefix_end, ALL_CFS, CF_ACCOUNT, CF_BODY, CF_CHANGES, CF_DEDUPE, CF_FOLDER,
-    CF_INDEX, CF_MSGLOC,
+    CF_INDEX, CF_MSGLOC, CF_QUEUE, CF_SENDLOG,
 };
 
 /// The column families of the `Records` part after the account, in export order.
-const RECORD_CFS: [&str; 5] = [CF_FOLDER, CF_INDEX, CF_MSGLOC, CF_DEDUPE, CF_CHANGES];
+const RECORD_CFS: [&str; 7] = [
+    CF_FOLDER, CF_INDEX, CF_MSGLOC, CF_DEDUPE, CF_CHANGES, CF_QUEUE, CF_SENDLOG,
+];
 /// What a digest covers, in order. Bodies are covered by their index entries' crc32 (each body's
 /// own crc is checked when it is imported), so a digest reads no body: it is cheap enough to run
 /// while a mailbox is frozen.
-const DIGEST_CFS: [&str; 4] = [CF_FOLDER, CF_INDEX, CF_MSGLOC, CF_CHANGES];
+const DIGEST_CFS: [&str; 6] = [
+    CF_FOLDER, CF_INDEX, CF_MSGLOC, CF_CHANGES, CF_QUEUE, CF_SENDLOG,
+];
 /// Largest export chunk a caller may ask for.
 const MAX_CHUNK: u32 = 32 << 20;
 

@@ -72,8 +72,16 @@ impl Segment {
         opts.set_max_total_wal_size(256 << 20);
         opts.set_keep_log_file_num(4);
 
+        // Read-only (a checkpoint), only the column families it has: one of an older layout
+        // lacks those added since.
+        let present = if read_only {
+            DB::list_cf(&opts, path)?
+        } else {
+            ALL_CFS.iter().map(|c| c.to_string()).collect()
+        };
         let cfs = ALL_CFS
             .iter()
+            .filter(|name| present.iter().any(|p| p == *name))
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, so, &cache)))
             .collect::<Vec<_>>();
         let db = if read_only {

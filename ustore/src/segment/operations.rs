@@ -13,6 +13,7 @@ use crate::metrics;
 pub(super) mod account;
 mod folders;
 mod messages;
+mod queue;
 mod search;
 mod stats;
 
@@ -37,6 +38,23 @@ impl Segment {
             } => self.update_account(&target.user, display_name, password_hash, quota_bytes),
             Op::AccountRecord { target } => self.account_record(&target.user),
             Op::Deliver { target, delivery } => self.deliver(&target.user, delivery),
+            Op::Submit { target, submission } => self.submit(&target.user, submission),
+            Op::ReportQueue {
+                target,
+                id,
+                token,
+                mta,
+                outcome,
+            } => self.report_queue(&target.user, id, token, &mta, outcome),
+            Op::MailboxQueue {
+                target,
+                after,
+                limit,
+            } => self.mailbox_queue(&target.user, after, limit),
+            Op::RetryQueue { target, id } => self.retry_queue(&target.user, id),
+            Op::CancelQueued { target, id, bounce } => {
+                self.cancel_queued(&target.user, id, bounce, "postmaster")
+            }
             Op::ListFolders { target } => self.list_folders(&target.user),
             Op::ListFolder {
                 target,
@@ -104,6 +122,8 @@ impl Segment {
             | Op::StoreStats
             | Op::Checkpoint { .. }
             | Op::ListAccounts { .. }
+            | Op::LeaseQueue { .. }
+            | Op::ListQueue { .. }
             | Op::BackupAccount { .. } => Err(bad("not a mailbox operation")),
         }
     }

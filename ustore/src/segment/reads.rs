@@ -51,7 +51,11 @@ pub(super) fn check_state(acc: &AccountRec, write: bool) -> Result<(), XfsError>
 
 impl Segment {
     pub(super) fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, XfsError> {
-        self.db.get_cf(self.cf(cf), key).map_err(db_err)
+        // A checkpoint of an older layout may lack a column family: nothing is in it.
+        let Some(handle) = self.db.cf_handle(cf) else {
+            return Ok(None);
+        };
+        self.db.get_cf(handle, key).map_err(db_err)
     }
 
     pub(super) fn get_rec<T: serde::de::DeserializeOwned>(
@@ -81,8 +85,12 @@ impl Segment {
         } else {
             IteratorMode::Start
         };
+        // A checkpoint of an older layout may lack a column family: nothing is in it.
         self.db
-            .iterator_cf_opt(self.cf(cf), ro, mode)
+            .cf_handle(cf)
+            .map(|h| self.db.iterator_cf_opt(h, ro, mode))
+            .into_iter()
+            .flatten()
             .map(|r| r.map_err(db_err))
     }
 

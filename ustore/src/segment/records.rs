@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use xfs::{AccountInfo, AccountState, Flags, FolderInfo, IndexEntry, MsgId, Summary, XfsError};
+use xfs::{
+    AccountInfo, AccountState, Flags, FolderInfo, IndexEntry, MsgId, QueueEntry, QueueId,
+    QueueState, Summary, XfsError,
+};
 
 use super::FIRST_USER_FOLDER;
 
@@ -102,6 +105,56 @@ pub(super) struct EntryRec {
 pub(super) struct LocRec {
     pub folder: u32,
     pub uid: u32,
+}
+
+/// `queue` (pending) and `sendlog` (finished): one recipient of one sent message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct QueueRec {
+    /// The Sent copy it was submitted with (it may be deleted; the entry does not depend on it).
+    pub sent_msg: MsgId,
+    /// Its message, kept in `body` under this id, shared by the submission's entries and
+    /// removed with the last of them to finish.
+    pub body: MsgId,
+    pub body_crc: u32,
+    pub from: String,
+    pub rcpt: String,
+    pub size: u64,
+    pub queued_ms: u64,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_reply: Option<String>,
+    pub warned: bool,
+    pub state: QueueState,
+    /// The current lease's token (0 before the first lease).
+    pub token: u64,
+}
+
+impl QueueRec {
+    pub fn into_entry(self, user: &str, id: QueueId) -> QueueEntry {
+        QueueEntry {
+            user: user.to_string(),
+            id,
+            sent_msg: self.sent_msg,
+            from: self.from,
+            rcpt: self.rcpt,
+            size: self.size,
+            queued_ms: self.queued_ms,
+            attempts: self.attempts,
+            next_attempt_ms: self.next_attempt_ms,
+            last_reply: self.last_reply,
+            warned: self.warned,
+            state: self.state,
+        }
+    }
+
+    /// Whether a worker may take it at `now`: queued and due, or leased and the lease is over.
+    pub fn is_due(&self, now: u64) -> bool {
+        match &self.state {
+            QueueState::Queued => self.next_attempt_ms <= now,
+            QueueState::Leased { until_ms, .. } => *until_ms <= now,
+            QueueState::Delivered { .. } | QueueState::Failed { .. } => false,
+        }
+    }
 }
 
 /// `dedupe`: the first result of a delivery id.

@@ -156,6 +156,28 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_of_the_layout_before_the_outbound_queue_still_restores() {
+        let f = fixture();
+        let dir = checkpoint(&f, "old");
+        // Make it what an older store wrote: no `queue` or `sendlog` column family.
+        {
+            let opts = rocksdb::Options::default();
+            let mut db = rocksdb::DB::open_cf(&opts, &dir, keys::ALL_CFS).unwrap();
+            db.drop_cf(keys::CF_QUEUE).unwrap();
+            db.drop_cf(keys::CF_SENDLOG).unwrap();
+        }
+        let present = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir).unwrap();
+        assert!(!present.iter().any(|c| c == keys::CF_QUEUE), "{present:?}");
+        assert!(matches!(
+            backup_account(&f, &dir, ALICE),
+            Ok(Reply::Account(_))
+        ));
+        let dst = Fixture::new();
+        assert!(matches!(restore(&dst, ALICE, 2, &dir), Ok(Reply::Count(_))));
+        assert_eq!(dst.fetch(ALICE, 2).unwrap().body, body(2));
+    }
+
+    #[test]
     fn a_checkpoint_is_a_consistent_copy_that_opens_read_only() {
         let f = fixture();
         let dir = checkpoint(&f, "cp");

@@ -97,6 +97,13 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// A new id from the mailbox's one sequence (messages, queued bodies, queue entries).
+    pub fn next_id(&mut self) -> u64 {
+        let id = self.acc.next_msg;
+        self.acc.next_msg += 1;
+        id
+    }
+
     pub fn folder_id(&self, name: &str) -> Result<u32, XfsError> {
         find_folder(&self.folders, name).map(|(id, _)| id)
     }

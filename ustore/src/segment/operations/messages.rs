@@ -11,66 +11,13 @@ use crate::segment::Segment;
 impl Segment {
     /// Store one message; a delivery id seen before answers its first result, storing nothing.
     pub(in crate::segment) fn deliver(&self, user: &str, d: Delivery) -> Result<Reply, XfsError> {
-        let dkey = keys::dedupe(user, &d.id);
         self.mutate(user, |tx| {
-            if let Some(prev) = tx.seg.get_rec::<DedupeRec>(CF_DEDUPE, &dkey)? {
-                let folder = tx
-                    .folders
-                    .get(&prev.folder)
-                    .map(|f| f.name.clone())
-                    .unwrap_or_default();
-                return Ok(Reply::Delivered {
-                    msg: prev.msg,
-                    folder,
-                    uid: prev.uid,
-                    duplicate: true,
-                });
-            }
-            let size = d.body.len() as u64;
-            if tx.acc.quota_bytes > 0 && tx.acc.used_bytes + size > tx.acc.quota_bytes {
-                return Err(XfsError::QuotaExceeded {
-                    used: tx.acc.used_bytes,
-                    quota: tx.acc.quota_bytes,
-                });
-            }
-            let folder_name = d.folder.as_deref().unwrap_or(INBOX);
-            let fid = tx.folder_id(folder_name)?;
-            let msg = tx.acc.next_msg;
-            tx.acc.next_msg += 1;
-            let body_crc = crc32fast::hash(&d.body);
-            let entry = EntryRec {
-                msg,
-                size,
-                internal_date_ms: d.internal_date_ms,
-                flags: d.flags,
-                summary: d.summary,
-                body_crc,
-            };
-            let uid = tx.add_entry(fid, &entry)?;
-            let seg = tx.seg;
-            tx.batch
-                .put_cf(seg.cf(CF_BODY), keys::msg(user, msg), encode_body(&d.body));
-            let rec = DedupeRec {
-                msg,
-                folder: fid,
-                uid,
-                at_ms: tx.now,
-            };
-            tx.batch
-                .put_cf(seg.cf(CF_DEDUPE), &dkey, keys::encode(&rec));
-            tx.acc.used_bytes += size;
-            tx.acc.messages += 1;
-            let folder = folder_name_of(&tx.folders, fid);
-            tx.log(ChangeKind::Added {
-                msg,
-                folder: folder.clone(),
-                uid,
-            });
+            let f = tx.file(d)?;
             Ok(Reply::Delivered {
-                msg,
-                folder,
-                uid,
-                duplicate: false,
+                msg: f.msg,
+                folder: f.folder,
+                uid: f.uid,
+                duplicate: f.duplicate,
             })
         })
     }
@@ -173,7 +120,81 @@ fn once_each(msgs: Vec<MsgId>) -> Vec<MsgId> {
     msgs.into_iter().filter(|m| seen.insert(*m)).collect()
 }
 
+/// Where [`Tx::file`] put a message.
+pub(in crate::segment) struct Filed {
+    pub msg: MsgId,
+    pub folder: String,
+    pub uid: u32,
+    /// The delivery id was seen before: nothing new was stored.
+    pub duplicate: bool,
+}
+
 impl Tx<'_> {
+    /// File one message in its folder within the quota, body and all; a delivery id seen
+    /// before answers where its first copy went, storing nothing.
+    pub(in crate::segment) fn file(&mut self, d: Delivery) -> Result<Filed, XfsError> {
+        let user = self.user;
+        let dkey = keys::dedupe(user, &d.id);
+        if let Some(prev) = self.seg.get_rec::<DedupeRec>(CF_DEDUPE, &dkey)? {
+            let folder = self
+                .folders
+                .get(&prev.folder)
+                .map(|f| f.name.clone())
+                .unwrap_or_default();
+            return Ok(Filed {
+                msg: prev.msg,
+                folder,
+                uid: prev.uid,
+                duplicate: true,
+            });
+        }
+        let size = d.body.len() as u64;
+        if self.acc.quota_bytes > 0 && self.acc.used_bytes + size > self.acc.quota_bytes {
+            return Err(XfsError::QuotaExceeded {
+                used: self.acc.used_bytes,
+                quota: self.acc.quota_bytes,
+            });
+        }
+        let folder_name = d.folder.as_deref().unwrap_or(INBOX);
+        let fid = self.folder_id(folder_name)?;
+        let msg = self.next_id();
+        let body_crc = crc32fast::hash(&d.body);
+        let entry = EntryRec {
+            msg,
+            size,
+            internal_date_ms: d.internal_date_ms,
+            flags: d.flags,
+            summary: d.summary,
+            body_crc,
+        };
+        let uid = self.add_entry(fid, &entry)?;
+        let seg = self.seg;
+        self.batch
+            .put_cf(seg.cf(CF_BODY), keys::msg(user, msg), encode_body(&d.body));
+        let rec = DedupeRec {
+            msg,
+            folder: fid,
+            uid,
+            at_ms: self.now,
+        };
+        self.batch
+            .put_cf(seg.cf(CF_DEDUPE), &dkey, keys::encode(&rec));
+        self.acc.used_bytes += size;
+        self.acc.messages += 1;
+        let folder = folder_name_of(&self.folders, fid);
+        self.log(ChangeKind::Added {
+            msg,
+            folder: folder.clone(),
+            uid,
+        });
+        Ok(Filed {
+            msg,
+            folder,
+            uid,
+            duplicate: false,
+        })
+    }
+
     fn set_flags(&mut self, msg: MsgId, add: Flags, remove: Flags) -> Result<Reply, XfsError> {
         let loc = self.seg.loc(self.user, msg)?;
         let mut e = self.seg.entry(self.user, loc, msg)?;

@@ -1,0 +1,3 @@
+//! Servers the integration tests run in process.
+
+pub mod dns;

@@ -1,0 +1,449 @@
+//! Sending to the world through the real parts: a front door's send becomes a `Submit` to the
+//! sender's store, the `smtp-out` worker leases it, finds the mail exchangers through a real
+//! DNS server on loopback (MX and A records of test domains pointing at 127.0.0.2, 127.0.0.3,
+//! ...), and delivers over SMTP to scripted receivers there, or into local mailboxes; refusals,
+//! null MX and expiry come back as RFC 3464 reports in the sender's Inbox, which Python's
+//! `email` package reads as `multipart/report`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use megamail_tests::frontdoor::{wait_inbox, FrontDoor};
+use megamail_tests::hcu::{HcuOpts, LocalHcu};
+use megamail_tests::support::dns::{DnsServer, Zone};
+use megamail_tests::support::eventually;
+use megamail_tests::support::receiver::Receiver;
+use serde_json::{json, Value};
+use xfs::{QueueEntry, QueueState};
+
+const ALICE: &str = "alice@megamail.test";
+const BOB: &str = "bob@megamail.test";
+
+/// The scripted receivers: `remote.example` at 127.0.0.2, `other.example` at 127.0.0.3, and
+/// `hang.example` at 127.0.0.4, which accepts connections and never answers. All on one port,
+/// the worker's `mx-port`.
+struct World {
+    remote: Receiver,
+    other: Receiver,
+    _hang: Receiver,
+    _dns: DnsServer,
+    hcu: LocalHcu,
+    fd: FrontDoor,
+    alice: String,
+}
+
+async fn world() -> World {
+    world_with(|_| {}).await
+}
+
+async fn world_with(tune: impl FnOnce(&mut role_config::SmtpOutConfig)) -> World {
+    let remote = Receiver::start(SocketAddr::from(([127, 0, 0, 2], 0)))
+        .await
+        .unwrap();
+    let port = remote.addr.port();
+    let other = Receiver::start(SocketAddr::from(([127, 0, 0, 3], port)))
+        .await
+        .unwrap();
+    let hang = Receiver::hanging(SocketAddr::from(([127, 0, 0, 4], port)))
+        .await
+        .unwrap();
+    let dns = DnsServer::start(vec![
+        Zone::new("remote.example")
+            .mx("remote.example", 10, "mx.remote.example")
+            .a("mx.remote.example", Ipv4Addr::new(127, 0, 0, 2)),
+        Zone::new("other.example")
+            .mx("other.example", 10, "mx.other.example")
+            .a("mx.other.example", Ipv4Addr::new(127, 0, 0, 3)),
+        Zone::new("hang.example")
+            .mx("hang.example", 10, "mx.hang.example")
+            .a("mx.hang.example", Ipv4Addr::new(127, 0, 0, 4)),
+        Zone::new("nullmx.example").mx("nullmx.example", 0, "."),
+    ])
+    .await;
+    let mut opts = HcuOpts::one_store();
+    let out = opts.smtp_out.as_mut().unwrap();
+    out.resolvers = vec![dns.addr];
+    out.mx_port = port;
+    out.retry_first_secs = 1;
+    out.retry_max_secs = 1;
+    out.lifetime_secs = 8;
+    out.command_timeout_secs = 2;
+    tune(out);
+    let hcu = LocalHcu::start(opts).await.unwrap();
+    hcu.add_users(&[ALICE, BOB]).await.unwrap();
+    let fd = FrontDoor::start(&hcu).await.unwrap();
+    let alice = fd.token(&hcu, ALICE).await.unwrap();
+    World {
+        remote,
+        other,
+        _hang: hang,
+        _dns: dns,
+        hcu,
+        fd,
+        alice,
+    }
+}
+
+impl World {
+    async fn send(&self, to: &[&str], subject: &str) -> Value {
+        let body = json!({"to": to, "subject": subject, "text": "Hello\nfrom alice\n.\nend"});
+        let r = self
+            .fd
+            .post_json(&self.alice, "/api/v1/send", &body)
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Alice's queue entries, as her store keeps them.
+    async fn queue(&self) -> Vec<QueueEntry> {
+        let mb = self.hcu.mailbox(ALICE).await.unwrap();
+        let target = mb.target.clone();
+        mb.run(xfs::ops::MailboxQueue {
+            target,
+            after: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The state of alice's entry for `rcpt`, once it is what `done` wants.
+    async fn wait_state(&self, rcpt: &str, done: impl Fn(&QueueState) -> bool) -> QueueEntry {
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async {
+                let q = self.queue().await;
+                match q.into_iter().find(|e| e.rcpt == rcpt) {
+                    Some(e) if done(&e.state) => Ok(e),
+                    other => Err(format!("{rcpt}: {other:?}")),
+                }
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Alice's delivery status reports, each as Python's `email` package reads it: the content
+    /// types of its parts, and its Final-Recipient and Action fields.
+    async fn reports(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (e, body) in self.hcu.inbox(ALICE).await.unwrap() {
+            if !e.summary.from.contains("MAILER-DAEMON") {
+                continue;
+            }
+            out.push(python_report(&body));
+        }
+        out
+    }
+}
+
+/// `content types | recipient | action | status` of a report, read by Python's `email`.
+fn python_report(body: &[u8]) -> String {
+    let script = r#"
+import email, sys
+m = email.message_from_bytes(sys.stdin.buffer.read())
+assert m.get_content_type() == "multipart/report", m.get_content_type()
+assert m.get_param("report-type") == "delivery-status"
+types = [p.get_content_type() for p in m.walk()]
+status = [p for p in m.walk() if p.get_content_type() == "message/delivery-status"][0]
+blocks = status.get_payload()
+per_rcpt = blocks[1]
+print(",".join(types), per_rcpt["Final-Recipient"], per_rcpt["Action"], per_rcpt["Status"], sep=" | ")
+"#;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = megamail_tests::support::succeeded(&out, "reading a report with Python's email");
+    text.trim().to_string()
+}
+
+/// Whether every line ending in `wire` is CRLF.
+fn crlf_only(wire: &[u8]) -> bool {
+    wire.iter()
+        .enumerate()
+        .all(|(i, b)| *b != b'\n' || (i > 0 && wire[i - 1] == b'\r'))
+        && wire
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b != b'\r' || wire.get(i + 1) == Some(&b'\n'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_reaches_every_remote_domain_and_local_user_once_and_refusals_come_back() {
+    let w = world().await;
+    w.remote.script(
+        "nobody@remote.example",
+        &["550 5.1.1 <nobody@remote.example>: no such user"],
+    );
+    let sent = w
+        .send(
+            &[
+                BOB,
+                "x@remote.example",
+                "y@other.example",
+                "nobody@remote.example",
+            ],
+            "To everyone",
+        )
+        .await;
+    assert_eq!(sent["queued"], 4, "{sent}");
+
+    // The local recipient gets it in his Inbox, with the worker's trace line.
+    wait_inbox(&w.hcu, BOB, 1).await.unwrap();
+    let (_, bob_copy) = w.hcu.inbox(BOB).await.unwrap().remove(0);
+    assert!(bob_copy.starts_with(b"Received: by out.megamail.test"));
+    // Each remote domain gets one transaction with its recipients that were accepted.
+    let x = w
+        .wait_state("x@remote.example", |s| {
+            matches!(s, QueueState::Delivered { .. })
+        })
+        .await;
+    assert!(x.last_reply.as_deref().unwrap().starts_with("250"), "{x:?}");
+    w.wait_state("y@other.example", |s| {
+        matches!(s, QueueState::Delivered { .. })
+    })
+    .await;
+    let nobody = w
+        .wait_state("nobody@remote.example", |s| {
+            matches!(s, QueueState::Failed { .. })
+        })
+        .await;
+    assert!(
+        nobody
+            .last_reply
+            .as_deref()
+            .unwrap()
+            .starts_with("550 5.1.1"),
+        "{nobody:?}"
+    );
+    let remote = w.remote.received();
+    assert_eq!(remote.len(), 1, "{remote:?}");
+    assert_eq!(remote[0].rcpts, vec!["x@remote.example"]);
+    assert_eq!(remote[0].from, ALICE);
+    assert_eq!(w.other.received().len(), 1);
+    assert_eq!(w.other.received()[0].rcpts, vec!["y@other.example"]);
+    // The bytes that left are CRLF-only and dot-stuffed; the message is the Sent copy.
+    let wire = &remote[0].wire;
+    assert!(crlf_only(wire), "{}", String::from_utf8_lossy(wire));
+    assert!(
+        String::from_utf8_lossy(wire).contains("\r\n..\r\n"),
+        "the lone dot is stuffed"
+    );
+    let mb = w.hcu.mailbox(ALICE).await.unwrap();
+    let sent_copy = mb.body(sent["sent_copy"].as_u64().unwrap()).await.unwrap();
+    assert_eq!(remote[0].message, sent_copy);
+
+    // The refusal is one report in alice's Inbox.
+    let reports = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let r = w.reports().await;
+            if r.len() == 1 {
+                Ok(r)
+            } else {
+                Err(r)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reports[0],
+        "multipart/report,text/plain,message/delivery-status,text/plain,text/plain,\
+         text/rfc822-headers | rfc822; nobody@remote.example | failed | 5.1.1"
+    );
+
+    // A greylisting receiver: 451 first, then taken on the retry, once.
+    w.remote.script(
+        "later@remote.example",
+        &["451 4.7.1 greylisted, come back later"],
+    );
+    w.send(&["later@remote.example"], "Greylisted").await;
+    let later = w
+        .wait_state("later@remote.example", |s| {
+            matches!(s, QueueState::Delivered { .. })
+        })
+        .await;
+    assert_eq!(later.attempts, 2, "{later:?}");
+    let got: Vec<_> = w
+        .remote
+        .received()
+        .into_iter()
+        .filter(|r| r.rcpts.contains(&"later@remote.example".to_string()))
+        .collect();
+    assert_eq!(got.len(), 1);
+
+    // A domain that takes no mail (null MX) fails at once, with a report.
+    w.send(&["someone@nullmx.example"], "Null MX").await;
+    let null = w
+        .wait_state("someone@nullmx.example", |s| {
+            matches!(s, QueueState::Failed { .. })
+        })
+        .await;
+    assert_eq!(null.attempts, 1, "{null:?}");
+    assert!(
+        null.last_reply.as_deref().unwrap().contains("null MX"),
+        "{null:?}"
+    );
+
+    // A receiver that hangs does not hold up another domain of the same message; it is given
+    // up once its lifetime is over, and the sender is told.
+    w.send(&["stuck@hang.example", "z@remote.example"], "Hanging")
+        .await;
+    w.wait_state("z@remote.example", |s| {
+        matches!(s, QueueState::Delivered { .. })
+    })
+    .await;
+    let stuck = w
+        .queue()
+        .await
+        .into_iter()
+        .find(|e| e.rcpt == "stuck@hang.example")
+        .unwrap();
+    assert!(stuck.state.is_pending(), "{stuck:?}");
+    let stuck = w
+        .wait_state("stuck@hang.example", |s| {
+            matches!(s, QueueState::Failed { .. })
+        })
+        .await;
+    assert!(
+        stuck
+            .last_reply
+            .as_deref()
+            .unwrap()
+            .starts_with("4.4.7 given up"),
+        "{stuck:?}"
+    );
+    let reports = eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let r = w.reports().await;
+            if r.len() == 3 {
+                Ok(r)
+            } else {
+                Err(r)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.contains("rfc822; someone@nullmx.example | failed | 5.1.2")),
+        "{reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.contains("rfc822; stuck@hang.example | failed | 4.4.7")),
+        "{reports:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_line_feed_stored_in_a_message_leaves_as_crlf() {
+    let t0 = std::time::Instant::now();
+    let w = world().await;
+    println!("world up after {:?}", t0.elapsed());
+    // What a mail client could have stored: bare LF line ends, and a lone dot on a bare-LF line.
+    let body =
+        b"From: alice@megamail.test\nTo: w@remote.example\nSubject: lf\n\nline one\n.\nline two\n";
+    let mb = w.hcu.mailbox(ALICE).await.unwrap();
+    let target = mb.target.clone();
+    mb.run(xfs::ops::Submit {
+        target,
+        submission: xfs::Submission {
+            sent: megamail_tests::support::mail::delivery("bare-lf", "lf", body.to_vec()),
+            from: ALICE.into(),
+            rcpts: vec!["w@remote.example".into()],
+        },
+    })
+    .await
+    .unwrap();
+    w.wait_state("w@remote.example", |s| {
+        matches!(s, QueueState::Delivered { .. })
+    })
+    .await;
+    println!("delivered after {:?}", t0.elapsed());
+    let got = w.remote.received();
+    assert_eq!(got.len(), 1);
+    assert!(
+        crlf_only(&got[0].wire),
+        "{:?}",
+        String::from_utf8_lossy(&got[0].wire)
+    );
+    assert_eq!(
+        got[0].message,
+        b"From: alice@megamail.test\r\nTo: w@remote.example\r\nSubject: lf\r\n\r\nline one\r\n.\r\nline two\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_or_a_store_killed_mid_send_loses_nothing() {
+    let mut w = world_with(|out| out.lease_secs = 2).await;
+    let rcpts: Vec<String> = (0..20).map(|i| format!("r{i}@remote.example")).collect();
+    // Twenty messages, and the worker killed once it has begun sending them.
+    for r in &rcpts {
+        w.send(&[r.as_str()], &format!("to {r}")).await;
+    }
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(5),
+        || async {
+            let n = w.remote.received().len();
+            if n >= 3 {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    w.hcu.smtp_out.as_mut().unwrap().kill9();
+    let before = w.remote.received().len();
+    w.hcu.smtp_out.as_mut().unwrap().restart().await.unwrap();
+    // And a store killed right after a submission it answered.
+    w.send(&["last@remote.example"], "after the store's death")
+        .await;
+    w.hcu.store("store-1").proc.kill9();
+    w.hcu.store("store-1").proc.restart().await.unwrap();
+    for r in rcpts
+        .iter()
+        .chain(std::iter::once(&"last@remote.example".to_string()))
+    {
+        w.wait_state(r, |s| matches!(s, QueueState::Delivered { .. }))
+            .await;
+    }
+    let got = w.remote.received();
+    let mut per_rcpt = std::collections::BTreeMap::<String, usize>::new();
+    for m in &got {
+        for r in &m.rcpts {
+            *per_rcpt.entry(r.clone()).or_default() += 1;
+        }
+    }
+    let duplicates: usize = per_rcpt.values().map(|n| n - 1).sum();
+    println!(
+        "{} messages taken ({before} before the kill), {duplicates} duplicates",
+        got.len()
+    );
+    // Nothing is lost. A duplicate is possible only for a message whose final reply came in
+    // just before the kill (its report died with the worker); the count is printed.
+    assert_eq!(per_rcpt.len(), 21, "{per_rcpt:?}");
+}
