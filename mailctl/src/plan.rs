@@ -409,6 +409,8 @@ mod tests {
                 "ustore",
                 "ustore",
                 "smtp-in",
+                "smtp-out",
+                "smtp-out",
                 "login",
                 "frontdoor",
                 "frontdoor"
@@ -420,6 +422,7 @@ mod tests {
                 "mserv" => parse::<MservConfig>(&p.config).map(|_| ()),
                 "ustore" => parse::<UstoreConfig>(&p.config).map(|_| ()),
                 "smtp-in" => parse::<SmtpInConfig>(&p.config).map(|_| ()),
+                "smtp-out" => parse::<SmtpOutConfig>(&p.config).map(|_| ()),
                 "login" => parse::<LoginConfig>(&p.config).map(|_| ()),
                 "frontdoor" => parse::<FrontdoorConfig>(&p.config).map(|_| ()),
                 other => panic!("no config type for {other}"),

@@ -85,6 +85,10 @@ mod tests {
             }),
             ..SmtpInConfig::default()
         });
+        let mut out = SmtpOutConfig::default();
+        out.routes
+            .insert("*".into(), vec!["relay.example.net:587".into()]);
+        round_trips(out);
         let keys = vec![KeyConfig::generate("k1")];
         let mut faults = runtime::config::FaultsConfig::new();
         faults.insert(

@@ -908,7 +908,7 @@ async fn hostile_clients_on_every_port_leave_every_other_user_served() {
     }
     let first = sign_in(login).await.expect("the user signs in");
     let pids_before = pids(&up);
-    assert_eq!(pids_before.len(), 10, "{pids_before:?}");
+    assert_eq!(pids_before.len(), 12, "{pids_before:?}");
     let restarts_before = restarts(supervisor).await;
 
     // The legitimate user works from here to the end.
