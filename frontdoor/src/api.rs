@@ -257,6 +257,19 @@ async fn message(
         .await?;
     let images = p.images.unwrap_or(false);
     let entry = EntryJson::from(&m.entry);
+    // A message the user sent: where each recipient's delivery stands (queued, retrying at ...,
+    // delivered, failed). Not known for now if the queue cannot be read.
+    let delivery = if m.entry.folder == xfs::SENT {
+        match s.mailbox(&ctx).queue().await {
+            Ok(q) => Some(delivery_states(&q, id)),
+            Err(e) => {
+                tracing::debug!(error = %e, "the delivery states could not be read");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let out = tokio::task::spawn_blocking(move || {
         let parsed = mime::parse(&m.body);
         let cleaned = parsed
@@ -294,7 +307,36 @@ async fn message(
     .map_err(|e| ApiError(Error::Internal(e.to_string())))?;
     let mut out = out;
     out["message"] = serde_json::to_value(entry).unwrap_or_default();
+    if let Some(d) = delivery {
+        out["delivery"] = d;
+    }
     Ok(Json(out).into_response())
+}
+
+/// Each recipient of the sent message `sent` with its delivery state, from the queue.
+fn delivery_states(queue: &[xfs::QueueEntry], sent: MsgId) -> serde_json::Value {
+    use xfs::QueueState;
+    let rows: Vec<serde_json::Value> = queue
+        .iter()
+        .filter(|e| e.sent_msg == sent)
+        .map(|e| {
+            let (state, at) = match &e.state {
+                QueueState::Queued if e.attempts == 0 => ("queued", None),
+                QueueState::Queued => ("retrying", Some(e.next_attempt_ms)),
+                QueueState::Leased { .. } => ("sending", None),
+                QueueState::Delivered { at_ms } => ("delivered", Some(*at_ms)),
+                QueueState::Failed { at_ms } => ("failed", Some(*at_ms)),
+            };
+            json!({
+                "rcpt": e.rcpt,
+                "state": state,
+                "at_ms": at,
+                "attempts": e.attempts,
+                "last_reply": e.last_reply,
+            })
+        })
+        .collect();
+    json!(rows)
 }
 
 async fn raw(

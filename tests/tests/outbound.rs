@@ -245,6 +245,32 @@ async fn one_message_reaches_every_remote_domain_and_local_user_once_and_refusal
     let mb = w.hcu.mailbox(ALICE).await.unwrap();
     let sent_copy = mb.body(sent["sent_copy"].as_u64().unwrap()).await.unwrap();
     assert_eq!(remote[0].message, sent_copy);
+    // The Sent copy, read through the API, says where each recipient stands.
+    let path = format!("/api/v1/messages/{}", sent["sent_copy"]);
+    let r = w.fd.get(&w.alice, &path).await.unwrap();
+    let read: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let states: Vec<(String, String)> = read["delivery"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{read}"))
+        .iter()
+        .map(|d| {
+            (
+                d["rcpt"].as_str().unwrap().into(),
+                d["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (rcpt, state) in [
+        (BOB, "delivered"),
+        ("x@remote.example", "delivered"),
+        ("y@other.example", "delivered"),
+        ("nobody@remote.example", "failed"),
+    ] {
+        assert!(
+            states.contains(&(rcpt.to_string(), state.to_string())),
+            "{rcpt}: {states:?}"
+        );
+    }
 
     // The refusal is one report in alice's Inbox.
     let reports = eventually(
