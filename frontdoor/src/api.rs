@@ -313,26 +313,17 @@ async fn message(
     Ok(Json(out).into_response())
 }
 
-/// Each recipient of the sent message `sent` with its delivery state, from the queue.
+/// Each recipient of the sent message `sent` with its delivery state.
 fn delivery_states(queue: &[xfs::QueueEntry], sent: MsgId) -> serde_json::Value {
-    use xfs::QueueState;
-    let rows: Vec<serde_json::Value> = queue
-        .iter()
-        .filter(|e| e.sent_msg == sent)
-        .map(|e| {
-            let (state, at) = match &e.state {
-                QueueState::Queued if e.attempts == 0 => ("queued", None),
-                QueueState::Queued => ("retrying", Some(e.next_attempt_ms)),
-                QueueState::Leased { .. } => ("sending", None),
-                QueueState::Delivered { at_ms } => ("delivered", Some(*at_ms)),
-                QueueState::Failed { at_ms } => ("failed", Some(*at_ms)),
-            };
+    let rows: Vec<serde_json::Value> = compose::delivery(queue, sent)
+        .into_iter()
+        .map(|d| {
             json!({
-                "rcpt": e.rcpt,
-                "state": state,
-                "at_ms": at,
-                "attempts": e.attempts,
-                "last_reply": e.last_reply,
+                "rcpt": d.rcpt,
+                "state": d.state,
+                "at_ms": d.at_ms,
+                "attempts": d.attempts,
+                "last_reply": d.last_reply,
             })
         })
         .collect();

@@ -216,6 +216,42 @@ pub async fn send(ctx: &Ctx, session: &Session, draft: &Draft) -> Result<Sent, S
     })
 }
 
+/// Where one recipient of a sent message stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryState {
+    pub rcpt: String,
+    /// `queued`, `retrying` (at `at_ms`), `sending`, `delivered` or `failed` (at `at_ms`).
+    pub state: &'static str,
+    pub at_ms: Option<u64>,
+    pub attempts: u32,
+    pub last_reply: Option<String>,
+}
+
+/// The recipients of the sent message `sent` with their states, from the mailbox's queue.
+pub fn delivery(queue: &[xfs::QueueEntry], sent: MsgId) -> Vec<DeliveryState> {
+    use xfs::QueueState;
+    queue
+        .iter()
+        .filter(|e| e.sent_msg == sent)
+        .map(|e| {
+            let (state, at_ms) = match &e.state {
+                QueueState::Queued if e.attempts == 0 => ("queued", None),
+                QueueState::Queued => ("retrying", Some(e.next_attempt_ms)),
+                QueueState::Leased { .. } => ("sending", None),
+                QueueState::Delivered { at_ms } => ("delivered", Some(*at_ms)),
+                QueueState::Failed { at_ms } => ("failed", Some(*at_ms)),
+            };
+            DeliveryState {
+                rcpt: e.rcpt.clone(),
+                state,
+                at_ms,
+                attempts: e.attempts,
+                last_reply: e.last_reply.clone(),
+            }
+        })
+        .collect()
+}
+
 /// "Re: subject" (once). The prefix is looked for on characters: a subject is any Unicode.
 pub fn reply_subject(s: &str) -> String {
     let t = s.trim();

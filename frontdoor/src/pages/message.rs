@@ -38,6 +38,15 @@ pub(super) async fn message_page(
         Err(e) => return error_page(&ctx, &s, e.into()).await,
     };
     let (folders, problem) = sidebar(&ctx, &s).await;
+    // A message the user sent shows where each recipient's delivery stands.
+    let delivery = if m.entry.folder == xfs::SENT {
+        mb.queue()
+            .await
+            .ok()
+            .map(|q| crate::compose::delivery(&q, id))
+    } else {
+        None
+    };
     let images = q.images == Some(1);
     let as_text = q.view.as_deref() == Some("text");
     let entry = m.entry.clone();
@@ -62,6 +71,7 @@ pub(super) async fn message_page(
         cleaned.as_ref(),
         as_text,
         folders.as_deref(),
+        delivery.as_deref(),
     );
     let chrome = Chrome {
         session: &s,
@@ -90,6 +100,7 @@ fn message_html(
     cleaned: Option<&sanitize::Cleaned>,
     as_text: bool,
     folders: Option<&[FolderInfo]>,
+    delivery: Option<&[crate::compose::DeliveryState]>,
 ) -> Markup {
     let id = e.msg;
     let flagged = e.flags.contains(Flags::FLAGGED);
@@ -175,8 +186,37 @@ fn message_html(
                     }
                 }
             }
+            @if let Some(rows) = delivery.filter(|r| !r.is_empty()) {
+                section class="delivery" {
+                    h2 { "Delivery" }
+                    ul {
+                        @for d in rows {
+                            li {
+                                (d.rcpt) ": "
+                                strong { (delivery_label(d)) }
+                                @if let Some(r) = &d.last_reply {
+                                    " " span class="muted" { (r) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             p class="source" { a href={ "/message/" (id) "/raw" } { "View source" } }
         }
+    }
+}
+
+/// How a recipient's delivery reads on the page.
+fn delivery_label(d: &crate::compose::DeliveryState) -> String {
+    let when = |ms: Option<u64>| ms.map(runtime::time::rfc5322_date).unwrap_or_default();
+    match d.state {
+        "queued" => "queued".into(),
+        "retrying" => format!("not delivered yet; trying again at {}", when(d.at_ms)),
+        "sending" => "being delivered".into(),
+        "delivered" => format!("delivered {}", when(d.at_ms)),
+        "failed" => "could not be delivered".into(),
+        other => other.into(),
     }
 }
 
