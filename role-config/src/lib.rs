@@ -54,6 +54,28 @@ pub fn is_http_url(s: &str) -> bool {
     rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
 }
 
+/// Add to `errs` why `hostname` (the name a mail server gives of itself) is not a host name.
+pub(crate) fn check_hostname(hostname: &str, errs: &mut Vec<String>) {
+    let ok = !hostname.is_empty()
+        && hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !ok {
+        errs.push(format!(
+            "hostname: `{hostname}` is not a host name (letters, digits, '.' and '-')"
+        ));
+    }
+}
+
+/// Add to `errs` each of `domains` (the key `field`) that is not a lowercase domain name.
+pub(crate) fn check_domains(field: &str, domains: &[String], errs: &mut Vec<String>) {
+    for d in domains {
+        if d.is_empty() || d != &d.to_lowercase() || d.contains('@') || d.contains(' ') {
+            errs.push(format!("{field}: `{d}` must be a lowercase domain name"));
+        }
+    }
+}
+
 /// The `[internal-tls]` section the config tests add to a file that is otherwise all defaults.
 #[cfg(test)]
 pub(crate) const TEST_TLS: &str = "\n[internal-tls]\nname = \"x\"\nplaintext = true\n";

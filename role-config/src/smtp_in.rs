@@ -108,25 +108,11 @@ impl Validate for SmtpInConfig {
         if let Err(e) = self.internal_tls.validate() {
             errs.push(e);
         }
-        let hostname_ok = !self.hostname.is_empty()
-            && self
-                .hostname
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-        if !hostname_ok {
-            errs.push(format!(
-                "hostname: `{}` is not a host name (letters, digits, '.' and '-')",
-                self.hostname
-            ));
-        }
+        crate::check_hostname(&self.hostname, &mut errs);
         if self.domains.is_empty() {
             errs.push("domains: at least one domain to accept mail for is needed".into());
         }
-        for d in &self.domains {
-            if d.is_empty() || d != &d.to_lowercase() || d.contains('@') || d.contains(' ') {
-                errs.push(format!("domains: `{d}` must be a lowercase domain name"));
-            }
-        }
+        crate::check_domains("domains", &self.domains, &mut errs);
         if self.mserv.is_empty() {
             errs.push("mserv: at least one member index replica is needed".into());
         }

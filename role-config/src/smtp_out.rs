@@ -98,24 +98,8 @@ impl Validate for SmtpOutConfig {
         if let Err(e) = self.internal_tls.validate() {
             errs.push(e);
         }
-        let hostname_ok = !self.hostname.is_empty()
-            && self
-                .hostname
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-        if !hostname_ok {
-            errs.push(format!(
-                "hostname: `{}` is not a host name (letters, digits, '.' and '-')",
-                self.hostname
-            ));
-        }
-        for d in &self.local_domains {
-            if d.is_empty() || d != &d.to_lowercase() || d.contains('@') || d.contains(' ') {
-                errs.push(format!(
-                    "local-domains: `{d}` must be a lowercase domain name"
-                ));
-            }
-        }
+        crate::check_hostname(&self.hostname, &mut errs);
+        crate::check_domains("local-domains", &self.local_domains, &mut errs);
         if self.mserv.is_empty() {
             errs.push("mserv: at least one member index replica is needed".into());
         }

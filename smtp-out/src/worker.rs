@@ -143,12 +143,9 @@ impl Worker {
                 .inc_by(leases.len() as u64);
             let mut places = places;
             for batch in batches(leases) {
-                let n = batch.len() as u32;
-                let mine = places.split(n as usize).unwrap_or_else(|| {
-                    // More entries than places cannot happen (the lease asked for at most that
-                    // many); should it, the batch waits for its own.
-                    places.split(0).expect("an empty split")
-                });
+                // The lease asked for at most the places taken, so each batch finds its own.
+                let n = batch.len().min(places.num_permits());
+                let mine = places.split(n).expect("no more than the places held");
                 let (w, addr) = (self.clone(), addr.clone());
                 shutdown.spawn(async move {
                     let _places = mine;
@@ -162,9 +159,10 @@ impl Worker {
     async fn deliver(&self, store: &str, batch: Vec<Lease>) {
         let first = &batch[0].entry;
         let domain = domain_of(&first.rcpt);
+        let local = self.cfg.local_domains.contains(&domain);
         let verdicts: Vec<Verdict> = if let Err(e) = self.faults.inject("smtp-out.send").await {
             vec![Verdict::Deferred(format!("4.3.0 {e}")); batch.len()]
-        } else if self.cfg.local_domains.contains(&domain) {
+        } else if local {
             let mut out = Vec::with_capacity(batch.len());
             for l in &batch {
                 out.push(self.deliver_local(l).await);
@@ -180,11 +178,7 @@ impl Worker {
             drop(place);
             v
         };
-        let kind = if self.cfg.local_domains.contains(&domain) {
-            "local"
-        } else {
-            "remote"
-        };
+        let kind = if local { "local" } else { "remote" };
         for (lease, verdict) in batch.iter().zip(verdicts) {
             let outcome = self.outcome(&lease.entry, verdict);
             let label = match &outcome {

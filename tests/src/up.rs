@@ -300,6 +300,19 @@ impl ApiSession {
 
 /// `POST /api/v1/session` to the login server at `login`: the status, and the session on 200.
 pub async fn sign_in(login: SocketAddr, user: &str, password: &str) -> (u16, Option<ApiSession>) {
+    request_session(login, user, password, Duration::from_secs(30))
+        .await
+        .expect("login answers")
+}
+
+/// [`sign_in`] within `timeout`, an error instead of a panic when login does not answer or
+/// answers what is not a session.
+pub async fn request_session(
+    login: SocketAddr,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, Option<ApiSession>)> {
     let body = serde_json::json!({"user": user, "password": password}).to_string();
     let a = mailctl::http::request(
         login,
@@ -307,17 +320,22 @@ pub async fn sign_in(login: SocketAddr, user: &str, password: &str) -> (u16, Opt
         "/api/v1/session",
         &[("Content-Type", "application/json")],
         body.as_bytes(),
-        Duration::from_secs(30),
+        timeout,
     )
-    .await
-    .expect("login answers");
+    .await?;
     if a.status != 200 {
-        return (a.status, None);
+        return Ok((a.status, None));
     }
-    let session = a.json().expect("a session is JSON");
-    let session = ApiSession {
-        door: url_addr(session["front_door"].as_str().expect("front_door")),
-        auth: format!("Bearer {}", session["token"].as_str().expect("token")),
+    let session = a.json()?;
+    let field = |name: &str| {
+        session[name]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("the session has no {name}"))
     };
-    (200, Some(session))
+    let session = ApiSession {
+        door: url_addr(&field("front_door")?),
+        auth: format!("Bearer {}", field("token")?),
+    };
+    Ok((200, Some(session)))
 }

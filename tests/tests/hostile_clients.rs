@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use megamail_tests::http_get;
 use megamail_tests::support::mail::send_raw;
-use megamail_tests::up::{addr, mailctl, ok, url_addr, ApiSession, Up};
+use megamail_tests::up::{addr, mailctl, ok, request_session, url_addr, ApiSession, Up};
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -689,25 +689,11 @@ impl Calls {
 
 /// Sign in through login's JSON API.
 async fn sign_in(login: SocketAddr) -> Result<ApiSession, String> {
-    let body = serde_json::json!({"user": USER, "password": PASSWORD}).to_string();
-    let a = mailctl::http::request(
-        login,
-        "POST",
-        "/api/v1/session",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|e| format!("{e:#}"))?;
-    if a.status != 200 {
-        return Err(format!("sign-in answered {}", a.status));
+    match request_session(login, USER, PASSWORD, Duration::from_secs(10)).await {
+        Ok((_, Some(session))) => Ok(session),
+        Ok((status, None)) => Err(format!("sign-in answered {status}")),
+        Err(e) => Err(format!("{e:#}")),
     }
-    let v = a.json().map_err(|e| format!("{e:#}"))?;
-    Ok(ApiSession {
-        door: url_addr(v["front_door"].as_str().ok_or("no front_door")?),
-        auth: format!("Bearer {}", v["token"].as_str().ok_or("no token")?),
-    })
 }
 
 /// Where the legitimate user and the operator go.
