@@ -2,7 +2,7 @@
 //! byte: the rest is the raw stream, or a payload framed with a correct checksum (so the
 //! decoder behind the checksum is reached), or framed with a length that lies.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
@@ -423,6 +423,10 @@ struct Fake;
 
 impl Mailboxes for Fake {
     type Route = ();
+
+    async fn domains(&self) -> Option<Arc<BTreeSet<String>>> {
+        Some(Arc::new(BTreeSet::from(["megamail.test".to_string()])))
+    }
 
     async fn check(&self, addr: &str, _trace: &str) -> Verdict<()> {
         let user = addr.to_lowercase();

@@ -46,6 +46,12 @@ pub enum Cmd {
     /// Register, drain or list stores.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// The mail domains hosted here: mail is accepted for them and their users' mail is signed.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// A hosted domain's DKIM keys: rotate to a new one, activate it once it is published.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
     /// The outbound queue: list, show, retry or delete entries (named USER/ID).
     #[command(subcommand)]
     Queue(QueueCmd),
@@ -195,6 +201,48 @@ pub enum StoreCmd {
     Drain { name: String },
     /// Stores with their state and user counts.
     List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DomainCmd {
+    /// Host a domain (no restart needed); makes its first DKIM key and prints the DNS record.
+    Add {
+        domain: String,
+        /// The key's algorithm: rsa (2048 bits, checked by every verifier) or ed25519.
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// The key's selector [default: mm and the date and time].
+        #[arg(long)]
+        selector: Option<String>,
+    },
+    /// Hosted domains with their keys and the records to publish.
+    List,
+    /// Stop hosting a domain (refused while users have addresses in it).
+    Del { domain: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DkimCmd {
+    /// Make a new key for DOMAIN and print its DNS record. The current key keeps signing until
+    /// `dkim activate`.
+    Rotate {
+        domain: String,
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        #[arg(long)]
+        selector: Option<String>,
+    },
+    /// Sign with the new key from now on, once DNS serves its record (checked first, unless
+    /// --force). The old key is kept until the next activation, for mail signed before it.
+    Activate {
+        domain: String,
+        /// Activate without checking DNS.
+        #[arg(long)]
+        force: bool,
+        /// DNS servers to check with (IP:PORT) [default: those of /etc/resolv.conf].
+        #[arg(long, value_delimiter = ',')]
+        resolver: Vec<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod copy;
 pub mod demo;
+pub mod domains;
 pub mod gc;
 pub mod layout;
 pub mod migrate;
@@ -43,6 +44,8 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
         Cmd::Up { .. } | Cmd::Certs(_) | Cmd::SessionKey(_) => unreachable!("handled by main"),
         Cmd::User(cmd) => users::run(&hcu, cmd, j).await,
         Cmd::Store(cmd) => stores::run(&hcu, cmd, j).await,
+        Cmd::Domain(cmd) => domains::run(&hcu, cmd, j).await,
+        Cmd::Dkim(cmd) => domains::dkim(&hcu, cmd, j).await,
         Cmd::Queue(cmd) => queue::run(&hcu, cmd, j).await,
         Cmd::Status => status::run(&hcu, j).await,
         Cmd::Probe => probe::run(&hcu, j).await,

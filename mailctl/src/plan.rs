@@ -237,7 +237,6 @@ pub fn processes(
             internal_tls: pki.identity(Role::SmtpIn, "smtp-in")?,
             hostname: layout.hostname.clone(),
             listen: smtp.listen,
-            domains: layout.domains.clone(),
             mserv: mserv.clone(),
             admin: admin(smtp.admin),
             ..SmtpInConfig::default()
@@ -256,7 +255,6 @@ pub fn processes(
             internal_tls: pki.identity(Role::SmtpOut, &name)?,
             hostname: layout.hostname.clone(),
             mserv: mserv.clone(),
-            local_domains: layout.domains.clone(),
             resolvers: resolvers.clone(),
             admin: admin(w.admin),
             ..SmtpOutConfig::default()
@@ -307,7 +305,7 @@ pub fn processes(
 }
 
 /// The machine's DNS servers, from `/etc/resolv.conf` (port 53); loopback's if it names none.
-fn system_resolvers() -> Vec<std::net::SocketAddr> {
+pub fn system_resolvers() -> Vec<std::net::SocketAddr> {
     let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let found: Vec<std::net::SocketAddr> = text
         .lines()

@@ -251,6 +251,23 @@ async fn register(hcu: &Hcu, layout: &Layout) -> anyhow::Result<()> {
         .register_cluster(&layout.cluster, doors)
         .await
         .context("registering the cluster's front doors")?;
+    // The layout's domains, each with a DKIM key, the first time; `mailctl domain` and `mailctl
+    // dkim` change them later, and a restart keeps what they did.
+    let hosted = hcu.mserv.list_domains().await?;
+    for d in &layout.domains {
+        if hosted.iter().any(|h| &h.name == d) {
+            continue;
+        }
+        let key = smtp_out::dkim::generate(
+            mserv_client::DkimAlgorithm::Rsa2048,
+            &smtp_out::dkim::selector_for_now(),
+        )
+        .map_err(|e| anyhow::anyhow!("making a DKIM key for {d}: {e}"))?;
+        match hcu.mserv.add_domain(d, Some(key)).await {
+            Ok(()) | Err(mserv_client::MservError::DomainExists { .. }) => {}
+            Err(e) => return Err(e).with_context(|| format!("hosting {d}")),
+        }
+    }
     Ok(())
 }
 

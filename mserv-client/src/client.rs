@@ -21,6 +21,7 @@ use xfs::conn::full_jitter;
 use xfs::conn::{ConnError, PoolConfig};
 
 use crate::conn::{into_mserv, Endpoint};
+use crate::domain::{DkimKey, Domain};
 use crate::metrics;
 use crate::proto::{
     normalize_user, Applied, ClusterInfo, Command, MservError, Op, Placement, Policy, ReplicaId,
@@ -366,6 +367,62 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Host a new domain, with its first DKIM key (active at once).
+    pub async fn add_domain(&self, name: &str, key: Option<DkimKey>) -> Result<(), MservError> {
+        self.write(Command::AddDomain {
+            name: name.to_string(),
+            key,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Stop hosting a domain (refused while users have addresses in it).
+    pub async fn delete_domain(&self, name: &str) -> Result<(), MservError> {
+        self.write(Command::DeleteDomain {
+            name: name.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Add a pending DKIM key to a domain.
+    pub async fn add_dkim_key(&self, domain: &str, key: DkimKey) -> Result<(), MservError> {
+        self.write(Command::AddDkimKey {
+            domain: domain.to_string(),
+            key,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Make a domain's pending key `selector` the one that signs.
+    pub async fn activate_dkim_key(&self, domain: &str, selector: &str) -> Result<(), MservError> {
+        self.write(Command::ActivateDkimKey {
+            domain: domain.to_string(),
+            selector: selector.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The hosted domains, without private keys.
+    pub async fn list_domains(&self) -> Result<Vec<Domain>, MservError> {
+        self.domains(Op::ListDomains).await
+    }
+
+    /// The hosted domains with their private keys (smtp-out and operators only).
+    pub async fn domain_keys(&self) -> Result<Vec<Domain>, MservError> {
+        self.domains(Op::DomainKeys).await
+    }
+
+    async fn domains(&self, op: Op) -> Result<Vec<Domain>, MservError> {
+        match self.call(op, Retry::Read, self.cfg.request_timeout).await? {
+            Reply::Domains(d) => Ok(d),
+            other => Err(unexpected(other)),
+        }
     }
 
     pub async fn list_stores(&self) -> Result<Vec<StoreLoad>, MservError> {

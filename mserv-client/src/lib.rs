@@ -6,11 +6,13 @@
 pub mod access;
 pub mod client;
 pub mod conn;
+pub mod domain;
 pub mod metrics;
 pub mod proto;
 pub mod route;
 
 pub use client::{Client, ClientConfig, Membership};
+pub use domain::{normalize_domain, DkimAlgorithm, DkimKey, Domain, HostedDomains, KeyState};
 pub use proto::{
     normalize_user, ClusterInfo, MservError, Placement, Policy, RaftStatus, ReplicaId, Stats,
     StoreInfo, StoreLoad, StoreState, UserPage,

@@ -12,8 +12,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{DkimKey, Domain};
+
 /// Bumped whenever a frame's encoding changes; a replica refuses a hello from another version.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A replica's id in the Raft membership.
 pub type ReplicaId = u64;
@@ -151,6 +153,27 @@ pub enum Command {
     RegisterCluster {
         cluster: ClusterInfo,
     },
+    /// Host a new domain, with its first DKIM key (made active at once: nothing was signed
+    /// before it). Refused if the domain is hosted already.
+    AddDomain {
+        name: String,
+        key: Option<DkimKey>,
+    },
+    /// Stop hosting a domain. Refused while any user's address is in it.
+    DeleteDomain {
+        name: String,
+    },
+    /// Add a pending key to a domain (replacing a pending one not yet activated).
+    AddDkimKey {
+        domain: String,
+        key: DkimKey,
+    },
+    /// Make the pending key `selector` the one that signs: the active key is retired, and a key
+    /// retired before is dropped.
+    ActivateDkimKey {
+        domain: String,
+        selector: String,
+    },
 }
 
 impl Command {
@@ -164,6 +187,10 @@ impl Command {
             Command::RegisterStore { .. } => "register_store",
             Command::SetStoreState { .. } => "set_store_state",
             Command::RegisterCluster { .. } => "register_cluster",
+            Command::AddDomain { .. } => "add_domain",
+            Command::DeleteDomain { .. } => "delete_domain",
+            Command::AddDkimKey { .. } => "add_dkim_key",
+            Command::ActivateDkimKey { .. } => "activate_dkim_key",
         }
     }
 }
@@ -220,6 +247,10 @@ pub struct Stats {
 pub enum MservError {
     #[error("no such user")]
     NoSuchUser,
+    #[error("no hosted domain {domain}")]
+    NoSuchDomain { domain: String },
+    #[error("domain {domain} is hosted already")]
+    DomainExists { domain: String },
     #[error("user already exists on {} segment {} (epoch {})", placement.store, placement.segment, placement.epoch)]
     AlreadyExists { placement: Placement },
     /// A compare-and-set named an epoch that is no longer the user's.
@@ -259,6 +290,8 @@ impl MservError {
     pub fn kind(&self) -> &'static str {
         match self {
             MservError::NoSuchUser => "no_such_user",
+            MservError::NoSuchDomain { .. } => "no_such_domain",
+            MservError::DomainExists { .. } => "domain_exists",
             MservError::AlreadyExists { .. } => "already_exists",
             MservError::StaleEpoch { .. } => "stale_epoch",
             MservError::NoActiveStore => "no_active_store",
@@ -340,6 +373,10 @@ pub enum Op {
     },
     ListStores,
     ListClusters,
+    /// The hosted domains, by name, without private keys.
+    ListDomains,
+    /// The hosted domains with their private keys (smtp-out signs with them).
+    DomainKeys,
     ListStoreUsers {
         store: String,
         after: Option<String>,
@@ -370,6 +407,8 @@ impl Op {
             Op::Write { cmd, .. } => cmd.name(),
             Op::ListStores => "list_stores",
             Op::ListClusters => "list_clusters",
+            Op::ListDomains => "list_domains",
+            Op::DomainKeys => "domain_keys",
             Op::ListStoreUsers { .. } => "list_store_users",
             Op::Stats => "stats",
             Op::AddReplica { .. } => "add_replica",
@@ -386,6 +425,7 @@ pub enum Reply {
     Applied(Applied),
     Stores(Vec<StoreLoad>),
     Clusters(Vec<ClusterInfo>),
+    Domains(Vec<Domain>),
     Users(UserPage),
     Stats(Box<Stats>),
     /// The membership after a change: voters and learners with their addresses.

@@ -27,6 +27,7 @@ use crate::proto::{
 };
 use crate::storage::{self, LogStore, Shared, StateMachineStore};
 use crate::TypeConfig;
+use mserv_client::Domain;
 use xfs::conn::PoolConfig;
 
 /// A running replica.
@@ -171,6 +172,12 @@ impl Node {
             Op::Lookup { user } => self.lookup(user).map(Reply::Placement),
             Op::ListStores => Ok(Reply::Stores(self.shared.read().stores())),
             Op::ListClusters => Ok(Reply::Clusters(self.shared.read().clusters())),
+            Op::ListDomains => Ok(Reply::Domains(
+                self.shared.read().domains().map(Domain::public).collect(),
+            )),
+            Op::DomainKeys => Ok(Reply::Domains(
+                self.shared.read().domains().cloned().collect(),
+            )),
             Op::ListStoreUsers {
                 store,
                 after,

@@ -10,6 +10,7 @@ use crate::proto::{
     normalize_user, Applied, ClusterInfo, Command, MservError, Placement, Policy, StoreInfo,
     StoreLoad, StoreState, UserPage,
 };
+use mserv_client::domain::{check_selector, normalize_domain, DkimKey, Domain, KeyState};
 
 /// The most users one page of [`State::store_users`] returns.
 pub const MAX_PAGE: u32 = 10_000;
@@ -21,6 +22,8 @@ pub enum Change {
     DeleteUser(String),
     PutStore(StoreInfo),
     PutCluster(ClusterInfo),
+    PutDomain(Domain),
+    DeleteDomain(String),
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -37,6 +40,7 @@ pub struct State {
     by_store: BTreeSet<(String, String)>,
     stores: BTreeMap<String, StoreInfo>,
     clusters: BTreeMap<String, ClusterInfo>,
+    domains: BTreeMap<String, Domain>,
     load: HashMap<String, Load>,
 }
 
@@ -58,6 +62,16 @@ impl State {
     /// Add a cluster read back from storage.
     pub fn load_cluster(&mut self, c: ClusterInfo) {
         self.clusters.insert(c.name.clone(), c);
+    }
+
+    /// Add a domain read back from storage.
+    pub fn load_domain(&mut self, d: Domain) {
+        self.domains.insert(d.name.clone(), d);
+    }
+
+    /// The hosted domains, by name (with their private keys).
+    pub fn domains(&self) -> impl Iterator<Item = &Domain> {
+        self.domains.values()
     }
 
     pub fn lookup(&self, user: &str) -> Option<&Placement> {
@@ -315,6 +329,90 @@ impl State {
                 changes.push(Change::PutCluster(c));
                 Ok(Applied::Done)
             }
+            Command::AddDomain { name, key } => {
+                let name = normalize_domain(name)?;
+                if self.domains.contains_key(&name) {
+                    return Err(MservError::DomainExists { domain: name });
+                }
+                let keys = match key {
+                    Some(k) => vec![DkimKey {
+                        state: KeyState::Active,
+                        ..check_key(k)?
+                    }],
+                    None => Vec::new(),
+                };
+                let d = Domain { name, keys };
+                self.domains.insert(d.name.clone(), d.clone());
+                changes.push(Change::PutDomain(d));
+                Ok(Applied::Done)
+            }
+            Command::DeleteDomain { name } => {
+                let name = normalize_domain(name)?;
+                if !self.domains.contains_key(&name) {
+                    return Err(MservError::NoSuchDomain { domain: name });
+                }
+                let suffix = format!("@{name}");
+                let users = self.users.keys().filter(|u| u.ends_with(&suffix)).count();
+                if users > 0 {
+                    return Err(MservError::BadRequest {
+                        why: format!(
+                            "{users} users still have addresses in {name}: delete or rename them first"
+                        ),
+                    });
+                }
+                self.domains.remove(&name);
+                changes.push(Change::DeleteDomain(name));
+                Ok(Applied::Done)
+            }
+            Command::AddDkimKey { domain, key } => {
+                let key = DkimKey {
+                    state: KeyState::Pending,
+                    ..check_key(key)?
+                };
+                let d = self.domain_mut(domain)?;
+                if d.keys.iter().any(|k| k.selector == key.selector) {
+                    return Err(MservError::BadRequest {
+                        why: format!(
+                            "{} already has a key with selector {}",
+                            d.name, key.selector
+                        ),
+                    });
+                }
+                d.keys.retain(|k| k.state != KeyState::Pending);
+                d.keys.push(key);
+                changes.push(Change::PutDomain(d.clone()));
+                Ok(Applied::Done)
+            }
+            Command::ActivateDkimKey { domain, selector } => {
+                let d = self.domain_mut(domain)?;
+                if !d
+                    .keys
+                    .iter()
+                    .any(|k| k.selector == *selector && k.state == KeyState::Pending)
+                {
+                    return Err(MservError::BadRequest {
+                        why: format!("{} has no pending key with selector {selector}", d.name),
+                    });
+                }
+                d.keys.retain(|k| k.state != KeyState::Retired);
+                for k in &mut d.keys {
+                    k.state = match k.state {
+                        KeyState::Active => KeyState::Retired,
+                        KeyState::Pending if k.selector == *selector => KeyState::Active,
+                        other => other,
+                    };
+                }
+                changes.push(Change::PutDomain(d.clone()));
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    fn domain_mut(&mut self, name: &str) -> Result<&mut Domain, MservError> {
+        let name = normalize_domain(name)?;
+        match self.domains.get_mut(&name) {
+            Some(d) => Ok(d),
+            None => Err(MservError::NoSuchDomain { domain: name }),
         }
     }
 
@@ -380,6 +478,17 @@ impl State {
             }
         }
     }
+}
+
+/// A key as a command carries it, checked: a selector, a private key and a public one.
+fn check_key(key: &DkimKey) -> Result<DkimKey, MservError> {
+    check_selector(&key.selector)?;
+    if key.private_der.is_empty() || key.public_b64.is_empty() {
+        return Err(MservError::BadRequest {
+            why: format!("DKIM key {}: no key material", key.selector),
+        });
+    }
+    Ok(key.clone())
 }
 
 #[cfg(test)]
@@ -739,5 +848,130 @@ mod tests {
             ),
             Err(MservError::BadRequest { .. })
         ));
+    }
+
+    fn key(selector: &str) -> DkimKey {
+        DkimKey {
+            selector: selector.into(),
+            algorithm: mserv_client::DkimAlgorithm::Ed25519,
+            private_der: vec![7; 48],
+            public_b64: "cHVi".into(),
+            // Whatever a command says, the index sets the state.
+            state: KeyState::Retired,
+            created_ms: 1,
+        }
+    }
+
+    fn states(s: &State, domain: &str) -> Vec<(String, KeyState)> {
+        s.domains()
+            .find(|d| d.name == domain)
+            .unwrap()
+            .keys
+            .iter()
+            .map(|k| (k.selector.clone(), k.state))
+            .collect()
+    }
+
+    #[test]
+    fn domains_are_added_rotated_and_deleted() {
+        let mut s = State::new();
+        let add = |name: &str, k: Option<DkimKey>| Command::AddDomain {
+            name: name.into(),
+            key: k,
+        };
+        apply(&mut s, add("Example.TEST", Some(key("k1")))).unwrap();
+        assert_eq!(
+            apply(&mut s, add("example.test", None)),
+            Err(MservError::DomainExists {
+                domain: "example.test".into()
+            })
+        );
+        assert!(matches!(
+            apply(&mut s, add("bad domain", None)),
+            Err(MservError::BadRequest { .. })
+        ));
+        assert_eq!(
+            states(&s, "example.test"),
+            [("k1".into(), KeyState::Active)]
+        );
+
+        // A rotation: the new key waits, the old one signs until the new one is activated.
+        let rotate = |sel: &str| Command::AddDkimKey {
+            domain: "example.test".into(),
+            key: key(sel),
+        };
+        let activate = |sel: &str| Command::ActivateDkimKey {
+            domain: "example.test".into(),
+            selector: sel.into(),
+        };
+        apply(&mut s, rotate("k2")).unwrap();
+        assert!(apply(&mut s, rotate("k1")).is_err(), "a selector reused");
+        assert_eq!(
+            states(&s, "example.test"),
+            [
+                ("k1".into(), KeyState::Active),
+                ("k2".into(), KeyState::Pending)
+            ]
+        );
+        assert!(apply(&mut s, activate("k1")).is_err(), "k1 is not pending");
+        apply(&mut s, activate("k2")).unwrap();
+        assert_eq!(
+            states(&s, "example.test"),
+            [
+                ("k1".into(), KeyState::Retired),
+                ("k2".into(), KeyState::Active)
+            ]
+        );
+        apply(&mut s, rotate("k3")).unwrap();
+        apply(&mut s, activate("k3")).unwrap();
+        assert_eq!(
+            states(&s, "example.test"),
+            [
+                ("k2".into(), KeyState::Retired),
+                ("k3".into(), KeyState::Active)
+            ]
+        );
+        let mut no_material = key("k4");
+        no_material.private_der.clear();
+        assert!(apply(
+            &mut s,
+            Command::AddDkimKey {
+                domain: "example.test".into(),
+                key: no_material
+            }
+        )
+        .is_err());
+        assert!(matches!(
+            apply(
+                &mut s,
+                Command::AddDkimKey {
+                    domain: "other.test".into(),
+                    key: key("x")
+                }
+            ),
+            Err(MservError::NoSuchDomain { .. })
+        ));
+
+        // A domain with users stays.
+        register(&mut s, store("s1", &[0], StoreState::Active));
+        create(&mut s, "a@example.test").unwrap();
+        let del = Command::DeleteDomain {
+            name: "example.test".into(),
+        };
+        assert!(matches!(
+            apply(&mut s, del.clone()),
+            Err(MservError::BadRequest { .. })
+        ));
+        apply(
+            &mut s,
+            Command::DeleteUser {
+                user: "a@example.test".into(),
+            },
+        )
+        .unwrap();
+        let mut changes = Vec::new();
+        s.apply(&del, &mut changes).unwrap();
+        assert_eq!(changes, [Change::DeleteDomain("example.test".into())]);
+        assert_eq!(s.domains().count(), 0);
     }
 }

@@ -41,15 +41,17 @@ use crate::metrics;
 use crate::proto::{Applied, ClusterInfo, Members, MservError, Placement, ReplicaId, StoreInfo};
 use crate::state::{Change, State};
 use crate::TypeConfig;
+use mserv_client::Domain;
 
 const CF_LOG: &str = "log";
 const CF_RAFT: &str = "raft";
 const CF_USERS: &str = "users";
 const CF_STORES: &str = "stores";
 const CF_CLUSTERS: &str = "clusters";
+const CF_DOMAINS: &str = "domains";
 const CF_SM: &str = "sm";
 /// The state machine's record families, in snapshot order.
-const SM_CFS: [&str; 3] = [CF_USERS, CF_STORES, CF_CLUSTERS];
+const SM_CFS: [&str; 4] = [CF_USERS, CF_STORES, CF_CLUSTERS, CF_DOMAINS];
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
@@ -118,9 +120,17 @@ pub fn open(dir: &Path) -> anyhow::Result<(LogStore, StateMachineStore)> {
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
     opts.set_max_total_wal_size(64 << 20);
-    let cfs = [CF_LOG, CF_RAFT, CF_USERS, CF_STORES, CF_CLUSTERS, CF_SM]
-        .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let cfs = [
+        CF_LOG,
+        CF_RAFT,
+        CF_USERS,
+        CF_STORES,
+        CF_CLUSTERS,
+        CF_DOMAINS,
+        CF_SM,
+    ]
+    .into_iter()
+    .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)
         .with_context(|| format!("opening RocksDB in {}", dir.display()))?;
     let db = Arc::new(db);
@@ -183,6 +193,12 @@ fn load_state_machine(db: &DB) -> StorageResult<(State, Option<LogId<ReplicaId>>
         let c: ClusterInfo = decode_record(&v)
             .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
         state.load_cluster(c);
+    }
+    for item in db.iterator_cf(cf(db, CF_DOMAINS)?, IteratorMode::Start) {
+        let (_, v) = item.map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let d: Domain = decode_record(&v)
+            .map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        state.load_domain(d);
     }
     for item in db.iterator_cf(cf(db, CF_USERS)?, IteratorMode::Start) {
         let (k, v) = item.map_err(|e| sto_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
@@ -511,6 +527,8 @@ fn put_change(db: &DB, b: &mut WriteBatch, c: Change) -> StorageResult<()> {
             info.name.as_bytes(),
             encode_record(&info),
         ),
+        Change::PutDomain(d) => b.put_cf(cf(db, CF_DOMAINS)?, d.name.as_bytes(), encode_record(&d)),
+        Change::DeleteDomain(name) => b.delete_cf(cf(db, CF_DOMAINS)?, name.as_bytes()),
         Change::PutCluster(c) => {
             b.put_cf(cf(db, CF_CLUSTERS)?, c.name.as_bytes(), encode_record(&c))
         }
@@ -635,7 +653,8 @@ fn install(
         )
     };
     let body: SnapshotBody = decode_record(&data).map_err(bad)?;
-    if body.families.len() != SM_CFS.len() {
+    // A snapshot from before domains were kept has the first three families only.
+    if body.families.len() != SM_CFS.len() && body.families.len() != 3 {
         return Err(bad(format!(
             "{} record families, expected {}",
             body.families.len(),
@@ -643,10 +662,11 @@ fn install(
         )));
     }
     let mut b = WriteBatch::default();
-    for (name, records) in SM_CFS.iter().zip(&body.families) {
+    let none = Vec::new();
+    for (i, name) in SM_CFS.iter().enumerate() {
         let family = cf(db, name)?;
         b.delete_range_cf(family, [].as_slice(), KEY_END);
-        for (k, v) in records {
+        for (k, v) in body.families.get(i).unwrap_or(&none) {
             b.put_cf(family, k, v);
         }
     }

@@ -81,10 +81,12 @@ impl Hcu {
     ) -> anyhow::Result<Placement> {
         let user = mserv_client::normalize_user(user)?;
         let domain = user.rsplit_once('@').map(|x| x.1).unwrap_or("");
-        if !self.endpoints.domains.iter().any(|d| d == domain) {
+        let hosted = self.mserv.list_domains().await?;
+        if !hosted.iter().any(|d| d.name == domain) {
+            let names: Vec<&str> = hosted.iter().map(|d| d.name.as_str()).collect();
             bail!(
-                "{user}: the domain is not one of this HCU's ({})",
-                self.endpoints.domains.join(", ")
+                "{user}: the domain is not hosted here ({}); `mailctl domain add` hosts it",
+                names.join(", ")
             );
         }
         let pw = password.to_string();

@@ -67,15 +67,6 @@ pub(crate) fn check_hostname(hostname: &str, errs: &mut Vec<String>) {
     }
 }
 
-/// Add to `errs` each of `domains` (the key `field`) that is not a lowercase domain name.
-pub(crate) fn check_domains(field: &str, domains: &[String], errs: &mut Vec<String>) {
-    for d in domains {
-        if d.is_empty() || d != &d.to_lowercase() || d.contains('@') || d.contains(' ') {
-            errs.push(format!("{field}: `{d}` must be a lowercase domain name"));
-        }
-    }
-}
-
 /// The `[internal-tls]` section the config tests add to a file that is otherwise all defaults.
 #[cfg(test)]
 pub(crate) const TEST_TLS: &str = "\n[internal-tls]\nname = \"x\"\nplaintext = true\n";

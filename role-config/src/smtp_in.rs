@@ -25,8 +25,6 @@ pub struct SmtpInConfig {
     pub hostname: String,
     /// Where SMTP is served.
     pub listen: SocketAddr,
-    /// The domains mail is accepted for (lowercase). Anything else is refused: never a relay.
-    pub domains: Vec<String>,
     /// Member index replicas (any order).
     pub mserv: Vec<String>,
     /// Largest message accepted (advertised with SIZE).
@@ -47,7 +45,8 @@ pub struct SmtpInConfig {
     pub deliver_timeout_secs: u64,
     /// How long a cached placement is trusted (a store's `Moved` drops it at once).
     pub route_cache_secs: u64,
-    /// How often the store registry is fetched again.
+    /// How often the store registry and the hosted domains (the only domains mail is accepted
+    /// for: never a relay) are fetched again.
     pub store_refresh_secs: u64,
     /// Message data (DATA and BDAT bytes) all sessions together may hold in memory. A message
     /// whose declared SIZE does not fit is told `452 4.3.1`; a session whose data would pass it
@@ -74,7 +73,6 @@ impl Default for SmtpInConfig {
         SmtpInConfig {
             hostname: "mx.megamail.test".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
-            domains: vec!["megamail.test".into()],
             mserv: vec!["127.0.0.1:7201".into()],
             max_message_bytes: 25 << 20,
             max_recipients: 100,
@@ -109,10 +107,6 @@ impl Validate for SmtpInConfig {
             errs.push(e);
         }
         crate::check_hostname(&self.hostname, &mut errs);
-        if self.domains.is_empty() {
-            errs.push("domains: at least one domain to accept mail for is needed".into());
-        }
-        crate::check_domains("domains", &self.domains, &mut errs);
         if self.mserv.is_empty() {
             errs.push("mserv: at least one member index replica is needed".into());
         }
@@ -179,20 +173,20 @@ mod tests {
     fn the_example_file_parses() {
         let text = include_str!("../../deploy/smtp-in.example.toml");
         let cfg: SmtpInConfig = runtime::config::parse(text).unwrap();
-        assert_eq!(cfg.domains, vec!["megamail.test".to_string()]);
+        assert_eq!(cfg.hostname, "mx.megamail.test");
     }
 
     #[test]
     fn bad_values_are_named() {
-        let err = runtime::config::parse::<SmtpInConfig>(
-            "hostname = \"a b\"\ndomains = [\"Example.test\"]\nmax-line-bytes = 10\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let err =
+            runtime::config::parse::<SmtpInConfig>("hostname = \"a b\"\nmax-line-bytes = 10\n")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("hostname"), "{err}");
-        assert!(err.contains("Example.test"), "{err}");
         assert!(err.contains("max-line-bytes"), "{err}");
         assert!(runtime::config::parse::<SmtpInConfig>("relay = true\n").is_err());
+        // Hosted domains live in the member index now.
+        assert!(runtime::config::parse::<SmtpInConfig>("domains = [\"x.test\"]\n").is_err());
     }
 
     #[test]

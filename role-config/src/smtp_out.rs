@@ -17,9 +17,11 @@ pub struct SmtpOutConfig {
     /// Member index replicas (any order): the stores to lease from, and where local
     /// recipients live.
     pub mserv: Vec<String>,
-    /// The domains hosted here: a recipient in one is delivered into its mailbox with the
-    /// store's idempotent delivery, no SMTP hop, and one the index does not know fails at once.
-    pub local_domains: Vec<String>,
+    /// How often the hosted domains and their DKIM keys are read again from the index. A
+    /// recipient in a hosted domain is delivered into its mailbox with the store's idempotent
+    /// delivery, no SMTP hop (one the index does not know fails at once); what a user of one
+    /// sends is signed with its active key.
+    pub domain_refresh_secs: u64,
     /// DNS servers asked for MX and address records (`ip:port`), in order.
     pub resolvers: Vec<SocketAddr>,
     /// How long one DNS question may take, all tries together.
@@ -64,7 +66,7 @@ impl Default for SmtpOutConfig {
         SmtpOutConfig {
             hostname: "out.megamail.test".into(),
             mserv: vec!["127.0.0.1:7201".into()],
-            local_domains: vec!["megamail.test".into()],
+            domain_refresh_secs: 10,
             resolvers: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
             dns_timeout_ms: 5000,
             mx_port: 25,
@@ -99,7 +101,6 @@ impl Validate for SmtpOutConfig {
             errs.push(e);
         }
         crate::check_hostname(&self.hostname, &mut errs);
-        crate::check_domains("local-domains", &self.local_domains, &mut errs);
         if self.mserv.is_empty() {
             errs.push("mserv: at least one member index replica is needed".into());
         }
@@ -135,6 +136,7 @@ impl Validate for SmtpOutConfig {
             &mut errs,
             &[
                 ("dns-timeout-ms", self.dns_timeout_ms),
+                ("domain-refresh-secs", self.domain_refresh_secs),
                 ("poll-ms", self.poll_ms),
                 ("lease-secs", self.lease_secs),
                 ("retry-first-secs", self.retry_first_secs),
@@ -170,14 +172,14 @@ mod tests {
     fn the_example_file_parses() {
         let text = include_str!("../../deploy/smtp-out.example.toml");
         let cfg: SmtpOutConfig = runtime::config::parse(text).unwrap();
-        assert_eq!(cfg.local_domains, vec!["megamail.test".to_string()]);
+        assert_eq!(cfg.domain_refresh_secs, 10);
         assert_eq!(cfg.retry_first_secs, 300);
     }
 
     #[test]
     fn bad_values_are_named() {
         let err = runtime::config::parse::<SmtpOutConfig>(
-            "hostname = \"a b\"\nlocal-domains = [\"Example.test\"]\nresolvers = []\n\
+            "hostname = \"a b\"\nresolvers = []\n\
              retry-first-secs = 600\nretry-max-secs = 60\nlease-secs = 7200\n\
              [routes]\n\"x.test\" = [\"nohost\"]\n",
         )
@@ -185,7 +187,6 @@ mod tests {
         .to_string();
         for name in [
             "hostname",
-            "Example.test",
             "resolvers",
             "retry-max-secs",
             "lease-secs",

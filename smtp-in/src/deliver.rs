@@ -7,6 +7,7 @@
 //! unsure — the index unreachable, the store down, busy, frozen for a move, or a route that keeps
 //! changing — is a 4xx, and the sender retries.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ pub struct Stores {
 
 struct Shared {
     router: mserv_client::Router,
+    domains: mserv_client::HostedDomains,
     xfs: xfs::Client,
     faults: Arc<Faults>,
     deliver_timeout: Duration,
@@ -59,10 +61,13 @@ impl Stores {
                 Duration::from_secs(cfg.route_cache_secs),
             ),
         );
-        let router = mserv_client::Router::new(
-            Arc::new(mserv_client),
+        let mserv_client = Arc::new(mserv_client);
+        let domains = mserv_client::HostedDomains::names(
+            mserv_client.clone(),
             Duration::from_secs(cfg.store_refresh_secs),
         );
+        let router =
+            mserv_client::Router::new(mserv_client, Duration::from_secs(cfg.store_refresh_secs));
         let xfs = xfs::Client::new(xfs::ClientConfig::for_role(
             identity,
             4,
@@ -71,6 +76,7 @@ impl Stores {
         Stores {
             shared: Arc::new(Shared {
                 router,
+                domains,
                 xfs,
                 faults,
                 deliver_timeout: Duration::from_secs(cfg.deliver_timeout_secs),
@@ -87,6 +93,16 @@ impl Stores {
 
 impl Mailboxes for Stores {
     type Route = Route;
+
+    async fn domains(&self) -> Option<Arc<BTreeSet<String>>> {
+        match self.shared.domains.name_set().await {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tracing::warn!(error = %e, "hosted domains unknown");
+                None
+            }
+        }
+    }
 
     async fn check(&self, addr: &str, trace: &str) -> Verdict<Route> {
         check_rcpt(&self.shared, addr, trace).await

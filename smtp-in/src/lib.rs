@@ -136,7 +136,7 @@ pub async fn run_with(
 
     role.health
         .set_info("hostname", ctx.cfg.hostname.clone().into());
-    tracing::info!(domains = ?ctx.cfg.domains, tls = ctx.tls.is_some(), "accepting mail");
+    tracing::info!(tls = ctx.tls.is_some(), "accepting mail");
     role.ready(listener.local_addr()?);
 
     let sessions = shutdown.child();

@@ -3,7 +3,9 @@
 //! implements it over the member index and the stores; the session's tests implement it in
 //! memory, so the whole SMTP dialogue runs with no sockets and no processes.
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 
 use xfs::Delivery;
 
@@ -11,6 +13,10 @@ use xfs::Delivery;
 pub trait Mailboxes: Send + Sync + 'static {
     /// What an accepted recipient carries from RCPT to its delivery (for the stores: its route).
     type Route: Send + Sync + 'static;
+
+    /// The domains mail is accepted for, lowercase and sorted; `None` when they cannot be known
+    /// now (the index never reached), which defers the recipient.
+    fn domains(&self) -> impl Future<Output = Option<Arc<BTreeSet<String>>>> + Send;
 
     /// Whether the mailbox `addr` names takes mail now. `addr` is well formed and in one of our
     /// domains (the session refuses anything else itself); `trace` names the message for logs.

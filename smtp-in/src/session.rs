@@ -418,9 +418,20 @@ impl<M: Mailboxes> Session<M> {
             let t = format!("555 5.5.4 Unsupported RCPT parameter {p}");
             return self.refuse(conn, &t);
         }
+        let Some(domains) = self.ctx.mailboxes.domains().await else {
+            metrics::RECIPIENTS.with_label_values(&["deferred"]).inc();
+            self.say(
+                conn,
+                "451 4.3.0 Cannot check recipients now, try again later",
+            );
+            return Flow::Continue;
+        };
         let cfg = &self.ctx.cfg;
         let addr = if path.eq_ignore_ascii_case("postmaster") {
-            format!("postmaster@{}", cfg.domains[0])
+            match domains.first() {
+                Some(d) => format!("postmaster@{d}"),
+                None => path.to_string(),
+            }
         } else {
             path.to_string()
         };
@@ -435,7 +446,7 @@ impl<M: Mailboxes> Session<M> {
         }
         let (_, domain) = addr.rsplit_once('@').unwrap_or_default();
         let domain = domain.to_lowercase();
-        if !cfg.domains.contains(&domain) {
+        if !domains.contains(&domain) {
             metrics::RECIPIENTS
                 .with_label_values(&["relay_denied"])
                 .inc();

@@ -1,10 +1,11 @@
 //! Outbound delivery: stateless workers that lease due queue entries from the stores and deliver
 //! them, to local mailboxes with the store's idempotent delivery and to the rest of the world
-//! over SMTP (`client`, `mx`, `wire`, `remote`), reporting each outcome to the store
-//! (`worker`).
+//! over SMTP (`client`, `mx`, `wire`, `remote`), signed for the sender's domain (`dkim`),
+//! reporting each outcome to the store (`worker`).
 
 pub use role_config::smtp_out as config;
 pub mod client;
+pub mod dkim;
 pub mod metrics;
 pub mod mx;
 pub mod remote;
@@ -46,7 +47,12 @@ pub async fn run_with(
         cfg.mserv.clone(),
         mserv_client::ClientConfig::for_role(identity.clone(), Duration::from_secs(60)),
     );
-    let router = mserv_client::Router::new(Arc::new(mserv), Duration::from_secs(10));
+    let mserv = Arc::new(mserv);
+    let domains = mserv_client::HostedDomains::with_keys(
+        mserv.clone(),
+        Duration::from_secs(cfg.domain_refresh_secs),
+    );
+    let router = mserv_client::Router::new(mserv, Duration::from_secs(10));
     let xfs = xfs::Client::new(xfs::ClientConfig::for_role(
         identity,
         4,
@@ -92,6 +98,7 @@ pub async fn run_with(
         cfg,
         name,
         router,
+        domains,
         xfs,
         remote,
         role.faults.clone(),

@@ -31,8 +31,21 @@ pub static REPORTS_LOST: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Messages sent over SMTP by signature: `signed`, `unsigned` (the sender's domain has no active
+/// key) or `failed` (the key could not sign; sent unsigned).
+pub static DKIM: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "smtp_out_dkim_total",
+        "messages sent over SMTP by DKIM result (signed, unsigned, failed)",
+        &["result"],
+    )
+});
+
 /// Make every series visible from the start.
 pub fn register() {
+    for r in ["signed", "unsigned", "failed"] {
+        DKIM.with_label_values(&[r]);
+    }
     LEASES.with_label_values(&["ok"]);
     LEASES.with_label_values(&["error"]);
     for kind in ["local", "remote"] {

@@ -483,6 +483,28 @@ impl Resolver {
         }
     }
 
+    /// The TXT records at `name`, each as its strings joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2);
+    /// none when the name has none or does not exist.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        let mut n = Name::from_utf8(normalize(name)).map_err(|e| format!("{name}: {e}"))?;
+        n.set_fqdn(true);
+        match self.capped(self.dns.txt_lookup(n)).await {
+            Ok(found) => Ok(found
+                .iter()
+                .map(|txt| {
+                    let bytes: Vec<u8> = txt
+                        .txt_data()
+                        .iter()
+                        .flat_map(|s| s.iter().copied())
+                        .collect();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                })
+                .collect()),
+            Err(Failure::NoRecords | Failure::NxDomain) => Ok(Vec::new()),
+            Err(Failure::Temporary(detail)) => Err(format!("TXT lookup of {name}: {detail}")),
+        }
+    }
+
     /// Runs one lookup within the resolver's limit.
     async fn capped<T>(
         &self,

@@ -10,6 +10,18 @@
 /// The DATA payload for `body`: normalized line endings, dot-stuffed, with a final CRLF and the
 /// terminating `.<CRLF>`. An empty body gives just `.<CRLF>`, an empty message.
 pub fn data_bytes(body: &[u8]) -> Vec<u8> {
+    let mut out = lines(body, true);
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// The message as it will arrive: line endings normalized to CRLF and a final CRLF, not
+/// dot-stuffed. What a DKIM signature covers, so that the receiver checks the bytes signed.
+pub fn crlf_lines(body: &[u8]) -> Vec<u8> {
+    lines(body, false)
+}
+
+fn lines(body: &[u8], stuff: bool) -> Vec<u8> {
     // Each line ending can grow by one byte and each line start by one dot; a few percent more
     // than the body is enough for ordinary text.
     let mut out = Vec::with_capacity(body.len() + body.len() / 32 + 8);
@@ -31,7 +43,7 @@ pub fn data_bytes(body: &[u8]) -> Vec<u8> {
                 line_start = true;
             }
             _ => {
-                if line_start && b == b'.' {
+                if stuff && line_start && b == b'.' {
                     out.push(b'.');
                 }
                 out.push(b);
@@ -43,7 +55,6 @@ pub fn data_bytes(body: &[u8]) -> Vec<u8> {
     if !line_start {
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b".\r\n");
     out
 }
 
@@ -107,6 +118,19 @@ mod tests {
             b"..\r\n...x\r\n..y\r\nz.\r\n.\r\n"
         );
         assert_eq!(data_bytes(b".start"), b"..start\r\n.\r\n");
+    }
+
+    #[test]
+    fn what_is_signed_is_what_arrives() {
+        let body = b"Subject: a\n\n.dot\rbare cr\r\nlast";
+        let lines = crlf_lines(body);
+        assert_eq!(
+            lines,
+            b"Subject: a\r\n\r\n.dot\r\nbare cr\r\nlast\r\n".to_vec()
+        );
+        // Normalizing twice changes nothing, so a signed copy goes out as it was signed.
+        assert_eq!(data_bytes(&lines), data_bytes(body));
+        assert_eq!(crlf_lines(&lines), lines);
     }
 
     #[test]

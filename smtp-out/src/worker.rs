@@ -16,15 +16,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mserv_client::{RouteError, StoreState};
+use mserv_client::{HostedDomains, RouteError, StoreState};
 use runtime::faults::Faults;
 use runtime::shutdown::Shutdown;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use xfs::{ops, CallError, Delivery, Flags, Lease, Outcome, QueueEntry, Target, XfsError};
 
+use crate::dkim::Signer;
 use crate::metrics;
 use crate::remote::{Remote, Verdict};
+use crate::wire;
 use crate::SmtpOutConfig;
 
 /// Longest a store call (a lease, a report, a local delivery) may take.
@@ -37,6 +39,10 @@ pub struct Worker {
     pub cfg: SmtpOutConfig,
     name: String,
     router: mserv_client::Router,
+    /// The hosted domains with their keys.
+    domains: HostedDomains,
+    /// Each domain's signer, made from its active key (a new active key makes a new one).
+    signers: Mutex<HashMap<String, Arc<Signer>>>,
     xfs: xfs::Client,
     remote: Remote,
     faults: Arc<Faults>,
@@ -50,11 +56,14 @@ impl Worker {
         cfg: SmtpOutConfig,
         name: String,
         router: mserv_client::Router,
+        domains: HostedDomains,
         xfs: xfs::Client,
         remote: Remote,
         faults: Arc<Faults>,
     ) -> Worker {
         Worker {
+            domains,
+            signers: Mutex::new(HashMap::new()),
             total: Arc::new(Semaphore::new(cfg.max_concurrent)),
             per_domain: Mutex::new(HashMap::new()),
             cfg,
@@ -159,7 +168,19 @@ impl Worker {
     async fn deliver(&self, store: &str, batch: Vec<Lease>) {
         let first = &batch[0].entry;
         let domain = domain_of(&first.rcpt);
-        let local = self.cfg.local_domains.contains(&domain);
+        let local = match self.domains.contains(&domain).await {
+            Ok(local) => local,
+            Err(e) => {
+                // Not knowing which domains are ours, nothing is sent: a local recipient
+                // must never go out over SMTP.
+                let why = format!("4.3.0 the hosted domains are unknown: {e}");
+                for lease in &batch {
+                    let outcome = self.outcome(&lease.entry, Verdict::Deferred(why.clone()));
+                    self.report(store, lease, outcome).await;
+                }
+                return;
+            }
+        };
         let verdicts: Vec<Verdict> = if let Err(e) = self.faults.inject("smtp-out.send").await {
             vec![Verdict::Deferred(format!("4.3.0 {e}")); batch.len()]
         } else if local {
@@ -171,10 +192,8 @@ impl Worker {
         } else {
             let place = self.domain_place(&domain).acquire_owned().await;
             let rcpts: Vec<String> = batch.iter().map(|l| l.entry.rcpt.clone()).collect();
-            let v = self
-                .remote
-                .send(&domain, &first.from, &rcpts, &batch[0].body)
-                .await;
+            let body = self.signed(&first.from, &batch[0].body).await;
+            let v = self.remote.send(&domain, &first.from, &rcpts, &body).await;
             drop(place);
             v
         };
@@ -190,6 +209,61 @@ impl Worker {
             tracing::info!(user = %lease.entry.user, id = lease.entry.id, rcpt = %lease.entry.rcpt,
                 outcome = label, reply = ?outcome_reply(&outcome), "delivery attempt");
             self.report(store, lease, outcome).await;
+        }
+    }
+
+    /// `body` as it leaves: CRLF line endings, and signed with the active key of the sender's
+    /// domain when it has one. A message that cannot be signed goes unsigned (and is logged):
+    /// a missing signature costs less than mail that never leaves.
+    async fn signed(&self, from: &str, body: &[u8]) -> Vec<u8> {
+        let lines = wire::crlf_lines(body);
+        let Some(signer) = self.signer(&domain_of(from)).await else {
+            metrics::DKIM.with_label_values(&["unsigned"]).inc();
+            return lines;
+        };
+        match signer.sign(&lines) {
+            Ok(signed) => {
+                metrics::DKIM.with_label_values(&["signed"]).inc();
+                signed
+            }
+            Err(e) => {
+                metrics::DKIM.with_label_values(&["failed"]).inc();
+                tracing::error!(error = %e, "DKIM signing failed; sending unsigned");
+                lines
+            }
+        }
+    }
+
+    /// The signer of `domain`'s active key, if it is hosted and has one.
+    async fn signer(&self, domain: &str) -> Option<Arc<Signer>> {
+        if domain.is_empty() {
+            return None;
+        }
+        let d = match self.domains.get(domain).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, %domain, "no DKIM key: the hosted domains are unknown");
+                return None;
+            }
+        };
+        let key = d.active_key()?;
+        let mut signers = self.signers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = signers.get(&d.name) {
+            if s.selector == key.selector {
+                return Some(s.clone());
+            }
+        }
+        match Signer::new(&d.name, key) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                signers.insert(d.name.clone(), s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the DKIM key cannot sign");
+                None
+            }
         }
     }
 

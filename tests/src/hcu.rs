@@ -89,6 +89,7 @@ impl Default for HcuOpts {
                 resolvers: vec![free_addr()],
                 dns_timeout_ms: 500,
                 poll_ms: 50,
+                domain_refresh_secs: 1,
                 retry_first_secs: 1,
                 retry_max_secs: 2,
                 connect_timeout_secs: 5,
@@ -120,7 +121,6 @@ impl HcuOpts {
         let cfg = self.smtp_out.clone()?;
         Some(crate::config_text(&SmtpOutConfig {
             mserv: mserv.to_vec(),
-            local_domains: self.domains.clone(),
             internal_tls: crate::support::pki::internal_tls(dir, xfs::Role::SmtpOut, "out-1"),
             admin: crate::admin_config(admin),
             ..cfg
@@ -138,7 +138,6 @@ impl HcuOpts {
         crate::config_text(&SmtpInConfig {
             hostname: self.hostname.clone(),
             listen,
-            domains: self.domains.clone(),
             mserv: mserv.to_vec(),
             max_message_bytes: self.max_message_bytes as usize,
             max_recipients: self.max_recipients as usize,
@@ -148,6 +147,8 @@ impl HcuOpts {
             max_sessions: self.max_sessions as usize,
             max_sessions_per_client: self.max_sessions_per_client as usize,
             deliver_timeout_secs: self.deliver_timeout_secs,
+            // Domains added during a test are seen within a second.
+            store_refresh_secs: 1,
             tls: self.smtp_tls.clone(),
             internal_tls: crate::support::pki::internal_tls(dir, xfs::Role::SmtpIn, "smtp-in"),
             admin: crate::admin_config(admin),
@@ -209,6 +210,12 @@ impl LocalHcu {
                 .with_context(|| format!("registering store-{i}"))?;
             pools.push(Arc::new(s.pool()));
             stores.push(s);
+        }
+        for d in &opts.domains {
+            client
+                .add_domain(d, None)
+                .await
+                .with_context(|| format!("hosting {d}"))?;
         }
         let mut hcu = LocalHcu {
             mserv,

@@ -371,6 +371,14 @@ fn index_ops() -> Vec<IndexOp> {
         segments: vec![0],
         state: StoreState::Active,
     };
+    let key = mserv_client::DkimKey {
+        selector: "s9".into(),
+        algorithm: mserv_client::DkimAlgorithm::Ed25519,
+        private_der: vec![],
+        public_b64: String::new(),
+        state: mserv_client::KeyState::Pending,
+        created_ms: 0,
+    };
     let mut ops = vec![
         IndexOp::Ping,
         IndexOp::Lookup {
@@ -378,6 +386,8 @@ fn index_ops() -> Vec<IndexOp> {
         },
         IndexOp::ListStores,
         IndexOp::ListClusters,
+        IndexOp::ListDomains,
+        IndexOp::DomainKeys,
         IndexOp::Stats,
         IndexOp::ListStoreUsers {
             store: "store-9".into(),
@@ -413,6 +423,21 @@ fn index_ops() -> Vec<IndexOp> {
             },
             Command::DeleteUser {
                 user: "x@example.test".into(),
+            },
+            Command::AddDomain {
+                name: "nine.example".into(),
+                key: None,
+            },
+            Command::AddDkimKey {
+                domain: "nine.example".into(),
+                key: key.clone(),
+            },
+            Command::ActivateDkimKey {
+                domain: "nine.example".into(),
+                selector: "s9".into(),
+            },
+            Command::DeleteDomain {
+                name: "nine.example".into(),
             },
         ] {
             ops.push(IndexOp::Write { cmd, forwarded });

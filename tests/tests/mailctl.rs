@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use megamail_tests::free_addr;
+use megamail_tests::support::dns::{DnsServer, Zone};
 use megamail_tests::support::eventually;
 use megamail_tests::support::mail::smtplib;
 use megamail_tests::support::metrics::scrape;
@@ -201,6 +202,166 @@ async fn up_runs_every_role_and_a_new_user_gets_mail_through_smtp_and_the_api() 
             .status
             .success()
     );
+
+    domains_are_hosted_and_keys_rotated_without_a_restart(&up).await;
+}
+
+/// The answer smtp-in gives `RCPT TO:<rcpt>`, through Python's smtplib.
+fn rcpt_code(smtp: SocketAddr, rcpt: &str) -> u16 {
+    smtplib(
+        smtp,
+        &format!("s.ehlo()\ns.mail('a@remote.test')\nprint(s.rcpt('{rcpt}')[0])\ns.quit()\n"),
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// `mailctl domain` and `mailctl dkim` change what the running roles do: smtp-in takes mail for
+/// a newly hosted domain (and stops when it goes), a key is activated only once DNS serves it.
+async fn domains_are_hosted_and_keys_rotated_without_a_restart(up: &Up) {
+    let e = up.endpoints();
+    let smtp = addr(&e["smtp"]);
+    assert_eq!(rcpt_code(smtp, "dave@newdom.test"), 550);
+    let added: Value = serde_json::from_str(&ok(&mailctl(
+        &up.data,
+        &[
+            "--json",
+            "domain",
+            "add",
+            "NewDom.test",
+            "--selector",
+            "first",
+        ],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(added["domain"], "newdom.test", "{added}");
+    assert_eq!(added["dkim"]["state"], "active", "{added}");
+    assert!(
+        added["dkim"]["txt"]
+            .as_str()
+            .unwrap()
+            .starts_with("v=DKIM1; k=rsa; p="),
+        "{added}"
+    );
+    let again = mailctl(&up.data, &["domain", "add", "newdom.test"], None);
+    assert!(!again.status.success());
+    ok(&mailctl(
+        &up.data,
+        &["user", "add", "dave@newdom.test"],
+        Some("pw\n"),
+    ));
+    // smtp-in learns of the domain from the index, without a restart.
+    let code = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            match rcpt_code(smtp, "dave@newdom.test") {
+                250 => Ok(250),
+                c => Err(c),
+            }
+        },
+    )
+    .await;
+    assert_eq!(code, Ok(250));
+
+    // A rotation: the new key waits until DNS serves it.
+    let rotated: Value = serde_json::from_str(&ok(&mailctl(
+        &up.data,
+        &[
+            "--json",
+            "dkim",
+            "rotate",
+            "newdom.test",
+            "--algorithm",
+            "ed25519",
+            "--selector",
+            "second",
+        ],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(rotated["pending"]["state"], "pending", "{rotated}");
+    let name = rotated["pending"]["name"].as_str().unwrap().to_string();
+    assert_eq!(name, "second._domainkey.newdom.test");
+    let txt = rotated["pending"]["txt"].as_str().unwrap().to_string();
+    assert!(txt.starts_with("v=DKIM1; k=ed25519; p="), "{txt}");
+    let empty = DnsServer::start(vec![Zone::new("newdom.test")]).await;
+    let unpublished = mailctl(
+        &up.data,
+        &[
+            "dkim",
+            "activate",
+            "newdom.test",
+            "--resolver",
+            &empty.addr.to_string(),
+        ],
+        None,
+    );
+    assert!(!unpublished.status.success());
+    let why = String::from_utf8_lossy(&unpublished.stderr);
+    assert!(why.contains("does not serve the new key"), "{why}");
+    empty.stop().await;
+    let dns = DnsServer::start(vec![Zone::new("newdom.test").txt(&name, &txt)]).await;
+    ok(&mailctl(
+        &up.data,
+        &[
+            "dkim",
+            "activate",
+            "newdom.test",
+            "--resolver",
+            &dns.addr.to_string(),
+        ],
+        None,
+    ));
+    dns.stop().await;
+    let list: Vec<Value> =
+        serde_json::from_str(&ok(&mailctl(&up.data, &["--json", "domain", "list"], None))).unwrap();
+    let d = list.iter().find(|d| d["domain"] == "newdom.test").unwrap();
+    let states: Vec<(&str, &str)> = d["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["selector"].as_str().unwrap(),
+                k["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(states.contains(&("first", "retired")), "{d}");
+    assert!(states.contains(&("second", "active")), "{d}");
+    // Nothing to activate now.
+    assert!(!mailctl(
+        &up.data,
+        &["dkim", "activate", "newdom.test", "--force"],
+        None
+    )
+    .status
+    .success());
+
+    // A domain with users stays; without them it goes, and smtp-in refuses its mail again.
+    let busy = mailctl(&up.data, &["domain", "del", "newdom.test"], None);
+    assert!(!busy.status.success());
+    ok(&mailctl(
+        &up.data,
+        &["user", "del", "dave@newdom.test"],
+        None,
+    ));
+    ok(&mailctl(&up.data, &["domain", "del", "newdom.test"], None));
+    let code = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            match rcpt_code(smtp, "dave@newdom.test") {
+                550 => Ok(550),
+                c => Err(c),
+            }
+        },
+    )
+    .await;
+    assert_eq!(code, Ok(550));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

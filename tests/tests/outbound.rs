@@ -3,7 +3,8 @@
 //! DNS server on loopback (MX and A records of test domains pointing at 127.0.0.2, 127.0.0.3,
 //! ...), and delivers over SMTP to scripted receivers there, or into local mailboxes; refusals,
 //! null MX and expiry come back as RFC 3464 reports in the sender's Inbox, which Python's
-//! `email` package reads as `multipart/report`.
+//! `email` package reads as `multipart/report`. What leaves is DKIM-signed for the sender's
+//! domain, and Debian's `python3-dkim` verifies each signature against the same DNS server.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -21,12 +22,14 @@ const BOB: &str = "bob@megamail.test";
 
 /// The scripted receivers: `remote.example` at 127.0.0.2, `other.example` at 127.0.0.3, and
 /// `hang.example` at 127.0.0.4, which accepts connections and never answers. All on one port,
-/// the worker's `mx-port`.
+/// the worker's `mx-port`. `megamail.test` signs with an RSA key (`keys[0]`, active); an
+/// Ed25519 key (`keys[1]`) is published in DNS but not yet in the index.
 struct World {
     remote: Receiver,
     other: Receiver,
     _hang: Receiver,
-    _dns: DnsServer,
+    dns: DnsServer,
+    keys: [mserv_client::DkimKey; 2],
     hcu: LocalHcu,
     fd: FrontDoor,
     alice: String,
@@ -47,7 +50,14 @@ async fn world_with(tune: impl FnOnce(&mut role_config::SmtpOutConfig)) -> World
     let hang = Receiver::hanging(SocketAddr::from(([127, 0, 0, 4], port)))
         .await
         .unwrap();
+    let keys = [
+        smtp_out::dkim::generate(mserv_client::DkimAlgorithm::Rsa2048, "rsa1").unwrap(),
+        smtp_out::dkim::generate(mserv_client::DkimAlgorithm::Ed25519, "ed1").unwrap(),
+    ];
     let dns = DnsServer::start(vec![
+        Zone::new("megamail.test")
+            .txt(&keys[0].dns_name("megamail.test"), &keys[0].txt_record())
+            .txt(&keys[1].dns_name("megamail.test"), &keys[1].txt_record()),
         Zone::new("remote.example")
             .mx("remote.example", 10, "mx.remote.example")
             .a("mx.remote.example", Ipv4Addr::new(127, 0, 0, 2)),
@@ -70,6 +80,14 @@ async fn world_with(tune: impl FnOnce(&mut role_config::SmtpOutConfig)) -> World
     out.command_timeout_secs = 2;
     tune(out);
     let hcu = LocalHcu::start(opts).await.unwrap();
+    hcu.client
+        .add_dkim_key("megamail.test", keys[0].clone())
+        .await
+        .unwrap();
+    hcu.client
+        .activate_dkim_key("megamail.test", "rsa1")
+        .await
+        .unwrap();
     hcu.add_users(&[ALICE, BOB]).await.unwrap();
     let fd = FrontDoor::start(&hcu).await.unwrap();
     let alice = fd.token(&hcu, ALICE).await.unwrap();
@@ -77,7 +95,8 @@ async fn world_with(tune: impl FnOnce(&mut role_config::SmtpOutConfig)) -> World
         remote,
         other,
         _hang: hang,
-        _dns: dns,
+        dns,
+        keys,
         hcu,
         fd,
         alice,
@@ -170,6 +189,60 @@ print(",".join(types), per_rcpt["Final-Recipient"], per_rcpt["Action"], per_rcpt
     text.trim().to_string()
 }
 
+/// What Debian's `python3-dkim` says of `message`'s signature, each key looked up at the test's
+/// DNS server: `True d=<domain> s=<selector> a=<algorithm>`, or `False ...`.
+fn python_dkim(message: &[u8], dns: SocketAddr) -> String {
+    let script = r#"
+import sys, dkim, dns.resolver
+r = dns.resolver.Resolver(configure=False)
+r.nameservers = [sys.argv[1]]
+r.port = int(sys.argv[2])
+def txt(name, timeout=5):
+    name = name.decode() if isinstance(name, bytes) else name
+    try:
+        answer = r.resolve(name, "TXT", lifetime=timeout)
+    except Exception:
+        return None
+    for rr in answer:
+        return b"".join(rr.strings)
+msg = sys.stdin.buffer.read()
+d = dkim.DKIM(msg)
+ok = d.verify(dnsfunc=txt)
+sig = d.signature_fields
+print(ok, "d=" + sig[b"d"].decode(), "s=" + sig[b"s"].decode(), "a=" + sig[b"a"].decode())
+"#;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script, &dns.ip().to_string(), &dns.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (Debian's, with python3-dkim)");
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = megamail_tests::support::succeeded(&out, "checking DKIM with python3-dkim");
+    text.trim().to_string()
+}
+
+/// `message` without its first header when that is a `DKIM-Signature:` (with its folded lines).
+fn unsigned(message: &[u8]) -> &[u8] {
+    assert!(
+        message.starts_with(b"DKIM-Signature: "),
+        "not signed: {}",
+        String::from_utf8_lossy(message)
+    );
+    let mut i = 0;
+    loop {
+        let end = i + message[i..].windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        if !matches!(message.get(end), Some(b' ' | b'\t')) {
+            return &message[end..];
+        }
+        i = end;
+    }
+}
+
 /// Whether every line ending in `wire` is CRLF.
 fn crlf_only(wire: &[u8]) -> bool {
     wire.iter()
@@ -244,7 +317,14 @@ async fn one_message_reaches_every_remote_domain_and_local_user_once_and_refusal
     );
     let mb = w.hcu.mailbox(ALICE).await.unwrap();
     let sent_copy = mb.body(sent["sent_copy"].as_u64().unwrap()).await.unwrap();
-    assert_eq!(remote[0].message, sent_copy);
+    assert_eq!(unsigned(&remote[0].message), sent_copy);
+    // Signed for alice's domain, and the signature verifies against DNS.
+    for got in [&remote[0], &w.other.received()[0]] {
+        assert_eq!(
+            python_dkim(&got.message, w.dns.addr),
+            "True d=megamail.test s=rsa1 a=rsa-sha256"
+        );
+    }
     // The Sent copy, read through the API, says where each recipient stands.
     let path = format!("/api/v1/messages/{}", sent["sent_copy"]);
     let r = w.fd.get(&w.alice, &path).await.unwrap();
@@ -415,8 +495,52 @@ async fn a_bare_line_feed_stored_in_a_message_leaves_as_crlf() {
         String::from_utf8_lossy(&got[0].wire)
     );
     assert_eq!(
-        got[0].message,
+        unsigned(&got[0].message),
         b"From: alice@megamail.test\r\nTo: w@remote.example\r\nSubject: lf\r\n\r\nline one\r\n.\r\nline two\r\n"
+    );
+    // What was signed is what arrived.
+    assert_eq!(
+        python_dkim(&got[0].message, w.dns.addr),
+        "True d=megamail.test s=rsa1 a=rsa-sha256"
+    );
+
+    // A rotation: the new key waits until it is activated, then signs everything.
+    w.hcu
+        .client
+        .add_dkim_key("megamail.test", w.keys[1].clone())
+        .await
+        .unwrap();
+    let sign_of = |subject: &'static str| {
+        let w = &w;
+        async move {
+            let rcpt = format!("{}@remote.example", subject);
+            w.send(&[rcpt.as_str()], subject).await;
+            w.wait_state(&rcpt, |s| matches!(s, QueueState::Delivered { .. }))
+                .await;
+            let got = w
+                .remote
+                .received()
+                .into_iter()
+                .find(|r| r.rcpts == [rcpt.clone()])
+                .unwrap();
+            python_dkim(&got.message, w.dns.addr)
+        }
+    };
+    // The worker reads the domains every second: past that, the pending key still does not sign.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sign_of("pending").await,
+        "True d=megamail.test s=rsa1 a=rsa-sha256"
+    );
+    w.hcu
+        .client
+        .activate_dkim_key("megamail.test", "ed1")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sign_of("active").await,
+        "True d=megamail.test s=ed1 a=ed25519-sha256"
     );
 }
 

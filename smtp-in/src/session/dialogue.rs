@@ -3,7 +3,7 @@
 //! delivered, so a test also sees the exact bytes each recipient got. Time is paused: timeouts
 //! are reached at once, and exactly.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,6 +70,10 @@ impl Fake {
 impl Mailboxes for Fake {
     type Route = ();
 
+    async fn domains(&self) -> Option<Arc<BTreeSet<String>>> {
+        Some(Arc::new(BTreeSet::from(["megamail.test".to_string()])))
+    }
+
     async fn check(&self, addr: &str, _trace: &str) -> Verdict<()> {
         self.checked.lock().unwrap().push(addr.to_string());
         let user = addr.to_lowercase();
@@ -110,7 +114,6 @@ impl Mailboxes for Fake {
 fn config() -> SmtpInConfig {
     SmtpInConfig {
         hostname: "mx.megamail.test".into(),
-        domains: vec!["megamail.test".into()],
         max_message_bytes: 10 * 1024 * 1024,
         ..Default::default()
     }

@@ -64,8 +64,14 @@ impl Zone {
         self.record(owner, RData::AAAA(AAAA(ip)))
     }
 
+    /// A TXT record; text past 255 bytes is split into several strings, as DNS needs.
     pub fn txt(self, owner: &str, text: &str) -> Zone {
-        self.record(owner, RData::TXT(TXT::new(vec![text.to_string()])))
+        let strings = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        self.record(owner, RData::TXT(TXT::new(strings)))
     }
 
     fn authority(self) -> InMemoryAuthority {
