@@ -257,11 +257,14 @@ pub enum QueueCmd {
     },
     /// One entry in full.
     Show { id: String },
-    /// Make an entry (or every pending entry of `--user`) due now.
+    /// Make an entry (or every pending entry of `--user`, or to `--domain`) due now.
     Retry {
         id: Option<String>,
         #[arg(long, conflicts_with = "id")]
         user: Option<String>,
+        /// Every pending entry to this domain, whoever sent it (say, once its server is back).
+        #[arg(long, conflicts_with_all = ["id", "user"])]
+        domain: Option<String>,
     },
     /// Give an entry up; with `--bounce` the sender gets a delivery status report.
     Delete {

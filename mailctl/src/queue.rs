@@ -86,14 +86,42 @@ pub async fn run(hcu: &Hcu, cmd: QueueCmd, json_out: bool) -> anyhow::Result<()>
             );
             print(json_out, row(&found), human);
         }
-        QueueCmd::Retry { id, user } => {
+        QueueCmd::Retry {
+            domain: Some(domain),
+            ..
+        } => {
+            let to = format!("@{}", domain.to_ascii_lowercase());
+            let mut n = 0;
+            for e in pending(hcu).await? {
+                if !e.rcpt.to_ascii_lowercase().ends_with(&to) {
+                    continue;
+                }
+                let (store, target) = target(hcu, &e.user).await?;
+                let call = ops::RetryQueue {
+                    target,
+                    id: Some(e.id),
+                };
+                match hcu.call(&store, call).await {
+                    Ok(made) => n += made,
+                    // Finished (or moved on) since the listing: nothing left to make due.
+                    Err(err) => tracing::debug!(entry = %format!("{}/{}", e.user, e.id),
+                        error = %err, "not made due"),
+                }
+            }
+            print(
+                json_out,
+                json!({"domain": domain, "made_due": n}),
+                format!("OK {n} entries to {domain} are due now"),
+            );
+        }
+        QueueCmd::Retry { id, user, .. } => {
             let (user, qid) = match (id, user) {
                 (Some(id), _) => {
                     let (u, q) = parse_id(&id)?;
                     (u, Some(q))
                 }
                 (None, Some(u)) => (u, None),
-                (None, None) => anyhow::bail!("name an entry (USER/ID) or --user"),
+                (None, None) => anyhow::bail!("name an entry (USER/ID), --user or --domain"),
             };
             let (store, target) = target(hcu, &user).await?;
             let n = hcu

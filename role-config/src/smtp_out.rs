@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use runtime::config::{
     conclude, require_at_least, require_nonzero, AdminConfig, FaultsConfig, LogConfig, Validate,
@@ -31,6 +32,9 @@ pub struct SmtpOutConfig {
     /// Fixed routes that bypass DNS: a domain → `host:port` list, tried in order (`"*"` for
     /// every domain: a smarthost).
     pub routes: BTreeMap<String, Vec<String>>,
+    /// A smarthost that takes every remote message (`[relay]`): the routes and DNS are not
+    /// used for remote mail when it is set.
+    pub relay: RelayConfig,
     /// How often each store is asked for due entries when the last lease found none.
     pub poll_ms: u64,
     /// Entries one lease takes at most, and how long a lease lasts: longer than the slowest
@@ -61,6 +65,48 @@ pub struct SmtpOutConfig {
     pub internal_tls: InternalTls,
 }
 
+/// A relay host ("smarthost") some operators send everything through. STARTTLS is required
+/// of it (a relay that does not offer it gets nothing, and the mail waits); with `user` set,
+/// the worker signs in with AUTH over that TLS.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RelayConfig {
+    /// `host:port` (587 or 25 usually); empty: no relay.
+    pub host: String,
+    /// The user name to sign in with; empty: no AUTH.
+    pub user: String,
+    /// A file holding the password (its first line), read at start; never in the config.
+    pub password_file: PathBuf,
+    /// PEM certificates the relay's certificate must chain to (its name checked too); empty:
+    /// the relay's certificate is not checked (encrypted, not authenticated).
+    pub ca_file: PathBuf,
+}
+
+impl RelayConfig {
+    /// Whether a relay is configured.
+    pub fn is_set(&self) -> bool {
+        !self.host.is_empty()
+    }
+
+    fn check(&self, errs: &mut Vec<String>) {
+        if self.is_set() && !is_host_port(&self.host) {
+            errs.push(format!("relay.host: `{}` is not host:port", self.host));
+        }
+        if !self.is_set() && (!self.user.is_empty() || !self.ca_file.as_os_str().is_empty()) {
+            errs.push("relay: user and ca-file need a host".into());
+        }
+        if !self.user.is_empty() && self.password_file.as_os_str().is_empty() {
+            errs.push("relay.password-file: needed with a user".into());
+        }
+    }
+}
+
+/// `host:port` with a host and a port number.
+fn is_host_port(h: &str) -> bool {
+    h.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
 impl Default for SmtpOutConfig {
     fn default() -> Self {
         SmtpOutConfig {
@@ -71,6 +117,7 @@ impl Default for SmtpOutConfig {
             dns_timeout_ms: 5000,
             mx_port: 25,
             routes: BTreeMap::new(),
+            relay: RelayConfig::default(),
             poll_ms: 500,
             lease_max: 100,
             lease_secs: 900,
@@ -104,7 +151,8 @@ impl Validate for SmtpOutConfig {
         if self.mserv.is_empty() {
             errs.push("mserv: at least one member index replica is needed".into());
         }
-        if self.resolvers.is_empty() && !self.routes.contains_key("*") {
+        self.relay.check(&mut errs);
+        if self.resolvers.is_empty() && !self.routes.contains_key("*") && !self.relay.is_set() {
             errs.push(
                 "resolvers: at least one DNS server is needed (or a `*` route to a smarthost)"
                     .into(),
@@ -115,10 +163,7 @@ impl Validate for SmtpOutConfig {
                 errs.push(format!("routes.{domain}: names no host"));
             }
             for h in hosts {
-                let port_ok = h
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-                if !port_ok {
+                if !is_host_port(h) {
                     errs.push(format!("routes.{domain}: `{h}` is not host:port"));
                 }
             }
@@ -195,5 +240,26 @@ mod tests {
             assert!(err.contains(name), "{name}: {err}");
         }
         assert!(runtime::config::parse::<SmtpOutConfig>("relay = true\n").is_err());
+        let err = runtime::config::parse::<SmtpOutConfig>(
+            "[relay]\nhost = \"smtp.example\"\nuser = \"u\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("relay.host") && err.contains("relay.password-file"),
+            "{err}"
+        );
+        // With a relay, no DNS server is needed.
+        let mut cfg: SmtpOutConfig =
+            runtime::config::parse(include_str!("../../deploy/smtp-out.example.toml")).unwrap();
+        cfg.resolvers.clear();
+        assert!(cfg.validate().is_err());
+        cfg.relay = RelayConfig {
+            host: "smtp.example:587".into(),
+            user: "u".into(),
+            password_file: "/etc/megamail/relay.pw".into(),
+            ca_file: PathBuf::new(),
+        };
+        cfg.validate().unwrap();
     }
 }

@@ -73,6 +73,13 @@ pub fn int_gauge(name: &str, help: &str) -> IntGauge {
     register(name, metric)
 }
 
+/// A labelled gauge. Panics on an invalid or already registered name.
+pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+    let metric = prometheus::IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(name, metric)
+}
+
 /// A counter. Panics on an invalid or already registered name.
 pub fn int_counter(name: &str, help: &str) -> IntCounter {
     let metric = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));

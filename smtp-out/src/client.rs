@@ -82,6 +82,7 @@ pub enum Stage {
     Helo,
     StartTls,
     TlsHandshake,
+    Auth,
     MailFrom,
     RcptTo,
     Data,
@@ -99,6 +100,7 @@ impl fmt::Display for Stage {
             Stage::Helo => "HELO",
             Stage::StartTls => "STARTTLS",
             Stage::TlsHandshake => "the TLS handshake",
+            Stage::Auth => "AUTH",
             Stage::MailFrom => "MAIL FROM",
             Stage::RcptTo => "RCPT TO",
             Stage::Data => "DATA",
@@ -400,6 +402,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Client<S> {
         };
         client.hello().await?;
         Ok(client)
+    }
+
+    /// Signs in to the server (RFC 4954) as `user` with `password`: AUTH PLAIN when offered,
+    /// else AUTH LOGIN. Call it only over TLS (the password goes as base64, readable to anyone
+    /// on the path); the caller, who knows whether the session is encrypted, checks that.
+    ///
+    /// A refusal is [`Error::Reply`] at [`Stage::Auth`]; a server that offers neither
+    /// mechanism, or answers out of the exchange, is [`Error::Protocol`]. The password never
+    /// appears in an error.
+    pub async fn auth(&mut self, user: &str, password: &str) -> Result<(), Error> {
+        use base64::Engine as _;
+        self.usable()?;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        let offered = |m: &str| self.extensions.auth.iter().any(|a| a == m);
+        let limit = self.timeouts.command;
+        let reply = if offered("PLAIN") {
+            let token = b64(format!("\0{user}\0{password}").as_bytes());
+            self.command(
+                format!("AUTH PLAIN {token}\r\n").as_bytes(),
+                limit,
+                Stage::Auth,
+            )
+            .await?
+        } else if offered("LOGIN") {
+            let mut reply = self.command(b"AUTH LOGIN\r\n", limit, Stage::Auth).await?;
+            for answer in [user, password] {
+                if reply.code != 334 {
+                    break;
+                }
+                let line = format!("{}\r\n", b64(answer.as_bytes()));
+                reply = self.command(line.as_bytes(), limit, Stage::Auth).await?;
+            }
+            reply
+        } else {
+            return Err(Error::Protocol {
+                stage: Stage::Auth,
+                detail: format!(
+                    "the server offers no mechanism this client has (PLAIN, LOGIN): {:?}",
+                    self.extensions.auth
+                ),
+            });
+        };
+        match reply.code {
+            235 => Ok(()),
+            // A challenge where a result was due: the exchange is out of step.
+            334 => {
+                let e = Error::Protocol {
+                    stage: Stage::Auth,
+                    detail: "the server asked for more than a user name and a password".into(),
+                };
+                Err(self.fail(e))
+            }
+            _ => Err(Error::Reply {
+                stage: Stage::Auth,
+                reply,
+            }),
+        }
     }
 
     /// Sends one message from `from` (empty for the null reverse-path of a bounce) to `rcpts`.

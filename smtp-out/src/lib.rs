@@ -59,7 +59,13 @@ pub async fn run_with(
         role.faults.call_faults(),
     ));
     let mut overrides = std::collections::HashMap::new();
-    for (domain, hosts) in &cfg.routes {
+    let routes = if cfg.relay.is_set() {
+        // Everything remote goes to the relay.
+        std::collections::BTreeMap::from([("*".to_string(), vec![cfg.relay.host.clone()])])
+    } else {
+        cfg.routes.clone()
+    };
+    for (domain, hosts) in &routes {
         let targets = hosts
             .iter()
             .map(|h| h.parse::<mx::Target>())
@@ -85,11 +91,17 @@ pub async fn run_with(
         data_block: command.min(Duration::from_secs(180)),
         data_end: command.max(Duration::from_secs(600)).min(command * 2),
     };
+    let relay = if cfg.relay.is_set() {
+        Some(remote::Relay::from_config(&cfg.relay)?)
+    } else {
+        None
+    };
     let remote = remote::Remote::new(
         resolver,
         cfg.hostname.clone(),
         timeouts,
         Duration::from_secs(cfg.connect_timeout_secs),
+        relay,
     )?;
     let drain = Duration::from_secs(cfg.drain_timeout_secs);
     role.health

@@ -1,6 +1,7 @@
 //! smtp-out's metrics, registered once in the process-wide registry.
 
-use std::sync::LazyLock;
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex};
 
 use prometheus::{IntCounter, IntCounterVec};
 use runtime::metrics::{counter_vec, int_counter};
@@ -41,6 +42,46 @@ pub static DKIM: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Deferrals by destination kind and reason, the class of the reply's enhanced status code
+/// (RFC 3463): see [`crate::worker::deferral_reason`].
+pub static DEFERRALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "smtp_out_deferrals_total",
+        "deferred attempts by destination (local, remote) and reason (dns, network, expired, \
+         mailbox, system, protocol, security, address, content, other)",
+        &["kind", "reason"],
+    )
+});
+
+/// Attempts by destination domain and outcome. At most [`MAX_DESTINATIONS`] domains get a
+/// series of their own (the first seen); the rest are counted under `domain="other"`.
+pub static DESTINATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "smtp_out_destination_attempts_total",
+        "delivery attempts by destination domain (the first 200 seen; the rest as \"other\") \
+         and outcome",
+        &["domain", "outcome"],
+    )
+});
+
+/// Destination domains with a series of their own.
+pub const MAX_DESTINATIONS: usize = 200;
+static NAMED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// Count one attempt to `domain` that ended in `outcome`.
+pub fn destination(domain: &str, outcome: &str) {
+    let label = {
+        let mut named = NAMED.lock().unwrap_or_else(|p| p.into_inner());
+        if named.contains(domain) || (named.len() < MAX_DESTINATIONS && named.insert(domain.into()))
+        {
+            domain
+        } else {
+            "other"
+        }
+    };
+    DESTINATIONS.with_label_values(&[label, outcome]).inc();
+}
+
 /// Make every series visible from the start.
 pub fn register() {
     for r in ["signed", "unsigned", "failed"] {
@@ -54,4 +95,6 @@ pub fn register() {
         }
     }
     LazyLock::force(&REPORTS_LOST);
+    LazyLock::force(&DEFERRALS);
+    LazyLock::force(&DESTINATIONS);
 }

@@ -1,6 +1,9 @@
 //! Delivery to the rest of the world: one message to the recipients it has at one domain, over
 //! SMTP to the domain's mail exchangers in preference order.
 //!
+//! With a relay (`[relay]`), every message goes to it instead, over TLS only, signed in with
+//! AUTH when a user is configured.
+//!
 //! STARTTLS is used whenever a server offers it. No policy (MTA-STS) is enforced yet, so the
 //! certificate is not checked (opportunistic TLS, RFC 7435), and a server whose TLS handshake
 //! fails is tried again on a new connection without TLS, as Postfix's `may` level does.
@@ -69,6 +72,53 @@ impl Session {
     }
 }
 
+/// The smarthost every remote message goes through (`[relay]`): TLS is required of it, and
+/// with a user the session signs in before its first message.
+pub struct Relay {
+    /// User name and password, when it asks for AUTH.
+    login: Option<(String, String)>,
+    /// Verifying when a CA file is configured.
+    tls: TlsConnector,
+}
+
+impl Relay {
+    pub fn from_config(cfg: &role_config::smtp_out::RelayConfig) -> anyhow::Result<Relay> {
+        use anyhow::Context as _;
+        use rustls_pki_types::pem::PemObject as _;
+        let login = if cfg.user.is_empty() {
+            None
+        } else {
+            let text = std::fs::read_to_string(&cfg.password_file)
+                .with_context(|| format!("relay.password-file {}", cfg.password_file.display()))?;
+            let password = text.lines().next().unwrap_or("").to_string();
+            if password.is_empty() {
+                anyhow::bail!(
+                    "relay.password-file {} is empty",
+                    cfg.password_file.display()
+                );
+            }
+            Some((cfg.user.clone(), password))
+        };
+        let tls = if cfg.ca_file.as_os_str().is_empty() {
+            client::opportunistic_connector()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(&cfg.ca_file)
+                .with_context(|| format!("relay.ca-file {}", cfg.ca_file.display()))?;
+            for cert in certs {
+                let cert =
+                    cert.with_context(|| format!("relay.ca-file {}", cfg.ca_file.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| anyhow::anyhow!("relay.ca-file: {e}"))?;
+            }
+            client::verifying_connector(roots)
+        }
+        .map_err(|e| anyhow::anyhow!("the relay's TLS client: {e}"))?;
+        Ok(Relay { login, tls })
+    }
+}
+
 /// Sends to remote domains; shared by every delivery task of a worker.
 pub struct Remote {
     resolver: Resolver,
@@ -76,6 +126,7 @@ pub struct Remote {
     timeouts: Timeouts,
     connect_timeout: Duration,
     tls: TlsConnector,
+    relay: Option<Relay>,
     idle: Mutex<HashMap<String, Vec<(Instant, Session)>>>,
 }
 
@@ -85,6 +136,7 @@ impl Remote {
         hello: String,
         timeouts: Timeouts,
         connect_timeout: Duration,
+        relay: Option<Relay>,
     ) -> anyhow::Result<Remote> {
         Ok(Remote {
             resolver,
@@ -93,6 +145,7 @@ impl Remote {
             connect_timeout,
             tls: client::opportunistic_connector()
                 .map_err(|e| anyhow::anyhow!("the TLS client: {e}"))?,
+            relay,
             idle: Mutex::new(HashMap::new()),
         })
     }
@@ -154,6 +207,9 @@ impl Remote {
     /// fails.
     async fn open(&self, host: &Host, addr: SocketAddr) -> Result<Session, String> {
         let plain = self.connect(addr).await?;
+        if let Some(relay) = &self.relay {
+            return self.open_relay(relay, host, addr, plain).await;
+        }
         if !plain.extensions().starttls {
             return Ok(Session::Plain(Box::new(plain)));
         }
@@ -167,6 +223,36 @@ impl Remote {
                 Ok(Session::Plain(Box::new(self.connect(addr).await?)))
             }
         }
+    }
+
+    /// A session with the relay: TLS or nothing, then AUTH when configured. Every failure is
+    /// temporary (a relay that refuses our password today is a configuration to fix, not a
+    /// reason to bounce the mail).
+    async fn open_relay(
+        &self,
+        relay: &Relay,
+        host: &Host,
+        addr: SocketAddr,
+        plain: Client<TcpStream>,
+    ) -> Result<Session, String> {
+        if !plain.extensions().starttls {
+            return Err(format!(
+                "4.7.10 the relay {addr} does not offer STARTTLS, which it must"
+            ));
+        }
+        let name = ServerName::try_from(host.name.clone())
+            .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
+        let mut tls = plain
+            .starttls(&relay.tls, name)
+            .await
+            .map_err(|e| format!("4.7.10 TLS with the relay {addr}: {e}"))?;
+        if let Some((user, password)) = &relay.login {
+            tls.auth(user, password).await.map_err(|e| {
+                tracing::warn!(%addr, %user, error = %e, "the relay refused to sign us in");
+                format!("4.7.0 signing in to the relay {addr} as {user}: {e}")
+            })?;
+        }
+        Ok(Session::Tls(Box::new(tls)))
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Client<TcpStream>, String> {

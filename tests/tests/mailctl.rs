@@ -145,6 +145,29 @@ async fn up_runs_every_role_and_a_new_user_gets_mail_through_smtp_and_the_api() 
         pending.contains(&id) && pending.contains("x@remote.test"),
         "{pending}"
     );
+    let retried: Value = serde_json::from_str(&ok(&mailctl(
+        &up.data,
+        &["--json", "queue", "retry", "--domain", "remote.test"],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(retried["made_due"], 1, "{retried}");
+    // Tried again at once (not five minutes later), and back in the queue.
+    let again = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let out = ok(&mailctl(&up.data, &["--json", "queue", "show", &id], None));
+            let e: Value = serde_json::from_str(&out).unwrap();
+            if e["attempts"].as_u64() >= Some(2) && e["state"] == "queued" {
+                Ok(e)
+            } else {
+                Err(e)
+            }
+        },
+    )
+    .await;
+    assert!(again.is_ok(), "{again:?}");
     let shown = ok(&mailctl(&up.data, &["queue", "show", &id], None));
     assert!(shown.contains("to        x@remote.test"), "{shown}");
     ok(&mailctl(

@@ -87,18 +87,37 @@ pub async fn run_with(
         Duration::from_secs(cfg.deleted_sweep_secs),
         shutdown.clone(),
     ));
+    let watch = tokio::spawn(watch_queue(store.clone(), shutdown.clone()));
     let conns = shutdown.child();
     server::serve(listener, ctx, cfg.max_connections, conns.clone()).await;
 
     role.drain(&conns, Duration::from_secs(cfg.drain_timeout_secs))
         .await;
     sweep.abort();
+    watch.abort();
     let flushing = store.clone();
     tokio::task::spawn_blocking(move || flushing.flush())
         .await
         .ok();
     drop(store);
     role.finish().await
+}
+
+/// How often the outbound queue is counted by age.
+pub const QUEUE_WATCH: Duration = Duration::from_secs(15);
+
+/// Count the outbound queue by age every [`QUEUE_WATCH`].
+async fn watch_queue(store: Arc<Store>, shutdown: Shutdown) {
+    loop {
+        let s = store.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || s.count_queue()).await {
+            tracing::warn!(error = %e, "counting the queue failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(QUEUE_WATCH) => {}
+            _ = shutdown.triggered() => return,
+        }
+    }
 }
 
 /// Purge accounts deleted longer than the retention ago: at start-up, then every `every`.

@@ -61,6 +61,25 @@ pub static QUEUE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Pending outbound entries by how long ago they were queued, counted every
+/// [`crate::QUEUE_WATCH`]: the sign of a destination that takes nothing, or workers that fell
+/// behind.
+pub static QUEUE_DEPTH: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    runtime::metrics::gauge_vec(
+        "ustore_queue_depth",
+        "pending outbound entries by age since queued (lt_5m, lt_1h, lt_1d, ge_1d)",
+        &["age"],
+    )
+});
+
+/// The age labels of [`QUEUE_DEPTH`] with each bucket's upper bound in ms.
+pub const QUEUE_AGES: [(&str, u64); 4] = [
+    ("lt_5m", 300_000),
+    ("lt_1h", 3_600_000),
+    ("lt_1d", 86_400_000),
+    ("ge_1d", u64::MAX),
+];
+
 pub static FRAME_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "ustore_frame_errors_total",

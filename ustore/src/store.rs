@@ -149,6 +149,26 @@ impl Store {
         purged
     }
 
+    /// Pending outbound entries of every segment by age bucket, into
+    /// [`crate::metrics::QUEUE_DEPTH`].
+    pub fn count_queue(&self) {
+        let now = crate::segment::now_ms();
+        let mut total = [0i64; 4];
+        for s in self.segments.values() {
+            match s.queue_ages(now) {
+                Ok(n) => total.iter_mut().zip(n).for_each(|(t, n)| *t += n),
+                Err(e) => {
+                    tracing::warn!(segment = s.id(), error = %e, "the queue could not be counted")
+                }
+            }
+        }
+        for ((label, _), n) in crate::metrics::QUEUE_AGES.iter().zip(total) {
+            crate::metrics::QUEUE_DEPTH
+                .with_label_values(&[label])
+                .set(n);
+        }
+    }
+
     /// Flush every segment's memtables (a clean shutdown leaves a short WAL to replay).
     pub fn flush(&self) {
         for s in self.segments.values() {

@@ -203,6 +203,8 @@ pub struct Extensions {
     pub starttls: bool,
     /// ENHANCEDSTATUSCODES (RFC 2034).
     pub enhanced_status_codes: bool,
+    /// AUTH (RFC 4954): the SASL mechanisms offered, upper case.
+    pub auth: Vec<String>,
 }
 
 impl Extensions {
@@ -221,6 +223,9 @@ impl Extensions {
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "STARTTLS" => ext.starttls = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
+                "AUTH" => ext
+                    .auth
+                    .extend(words.by_ref().map(|m| m.to_ascii_uppercase())),
                 "SIZE" => match words.next().map(str::parse::<u64>) {
                     None => ext.size = Some(0),
                     Some(Ok(n)) => ext.size = Some(n),
@@ -445,6 +450,7 @@ mod tests {
                 smtputf8: true,
                 starttls: true,
                 enhanced_status_codes: true,
+                auth: vec!["PLAIN".into(), "LOGIN".into()],
             }
         );
         assert_eq!(ext.size_limit(), Some(35882577));

@@ -1124,3 +1124,89 @@ async fn starttls_refuses_injected_replies() {
     );
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn auth_plain_sends_the_credentials_in_one_line() {
+    let (io, mut p) = pair();
+    let server = serve(async move {
+        p.open("250-mx.test\n250-AUTH LOGIN plain\n250 PIPELINING")
+            .await;
+        // base64("\0relay-user\0s3cret")
+        p.expect("AUTH PLAIN AHJlbGF5LXVzZXIAczNjcmV0").await;
+        p.say("235 2.7.0 Authentication successful").await;
+        p.quit().await;
+    });
+    let mut c = connect(io).await;
+    assert_eq!(c.extensions().auth, ["LOGIN", "PLAIN"]);
+    c.auth("relay-user", "s3cret").await.unwrap();
+    c.quit().await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn auth_login_answers_each_challenge() {
+    let (io, mut p) = pair();
+    let server = serve(async move {
+        p.open("250-mx.test\n250 AUTH LOGIN").await;
+        p.expect("AUTH LOGIN").await;
+        p.say("334 VXNlcm5hbWU6").await;
+        p.expect("cmVsYXktdXNlcg==").await;
+        p.say("334 UGFzc3dvcmQ6").await;
+        p.expect("czNjcmV0").await;
+        p.say("235 2.7.0 ok").await;
+        p.quit().await;
+    });
+    let mut c = connect(io).await;
+    c.auth("relay-user", "s3cret").await.unwrap();
+    c.quit().await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_sign_in_says_so_without_the_password() {
+    let (io, mut p) = pair();
+    let server = serve(async move {
+        p.open("250-mx.test\n250 AUTH PLAIN").await;
+        p.line().await;
+        p.say("535 5.7.8 Authentication credentials invalid").await;
+        p.quit().await;
+    });
+    let mut c = connect(io).await;
+    let e = c.auth("relay-user", "s3cret").await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Reply {
+                stage: Stage::Auth,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!e.to_string().contains("s3cret") && !format!("{e:?}").contains("czNjcmV0"));
+    c.quit().await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn without_a_known_mechanism_nothing_is_sent() {
+    let (io, mut p) = pair();
+    let server = serve(async move {
+        p.open("250-mx.test\n250 AUTH CRAM-MD5 XOAUTH2").await;
+        p.quit().await;
+    });
+    let mut c = connect(io).await;
+    let e = c.auth("relay-user", "s3cret").await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Protocol {
+                stage: Stage::Auth,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    c.quit().await.unwrap();
+    server.await.unwrap();
+}

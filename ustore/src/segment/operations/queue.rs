@@ -343,6 +343,24 @@ impl Segment {
         Ok(Reply::Queue(out))
     }
 
+    /// Pending entries by age bucket ([`crate::metrics::QUEUE_AGES`]) at `now`.
+    pub fn queue_ages(&self, now: u64) -> Result<[i64; 4], XfsError> {
+        let mut out = [0i64; 4];
+        for kv in self.scan(CF_QUEUE, Vec::new(), vec![0xff], false) {
+            let (_, v) = kv?;
+            let Ok(rec) = keys::decode::<QueueRec>(&v, CF_QUEUE) else {
+                continue;
+            };
+            let age = now.saturating_sub(rec.queued_ms);
+            let i = crate::metrics::QUEUE_AGES
+                .iter()
+                .position(|(_, bound)| age < *bound)
+                .unwrap_or(3);
+            out[i] += 1;
+        }
+        Ok(out)
+    }
+
     /// Every pending entry of the segment in (user, id) order after `after`.
     pub fn list_queue(
         &self,

@@ -419,3 +419,20 @@ fn a_moved_mailbox_takes_its_queue_and_the_new_store_leases_it() {
     assert_eq!(l[0].body, mail(1).body);
     assert_eq!(report(&dst, &l[0], delivered()), Ok(Reply::Done));
 }
+
+#[test]
+fn pending_entries_are_counted_by_age() {
+    let f = Fixture::new();
+    f.create(ALICE);
+    let (_, ids, _) = submit(&f, 1, &REMOTE);
+    let now = crate::segment::now_ms();
+    assert_eq!(f.seg().queue_ages(now).unwrap(), [3, 0, 0, 0]);
+    // Seen two hours and two days later.
+    assert_eq!(f.seg().queue_ages(now + 7_200_000).unwrap(), [0, 0, 3, 0]);
+    assert_eq!(f.seg().queue_ages(now + 172_800_000).unwrap(), [0, 0, 0, 3]);
+    // A finished entry is no longer pending.
+    let l = lease(&f, "w", 1, 60_000);
+    assert!(ids.contains(&l[0].entry.id));
+    report(&f, &l[0], delivered()).unwrap();
+    assert_eq!(f.seg().queue_ages(now).unwrap(), [2, 0, 0, 0]);
+}
