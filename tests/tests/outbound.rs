@@ -13,6 +13,7 @@ use megamail_tests::frontdoor::{wait_inbox, FrontDoor};
 use megamail_tests::hcu::{HcuOpts, LocalHcu};
 use megamail_tests::support::dns::{DnsServer, Zone};
 use megamail_tests::support::eventually;
+use megamail_tests::support::postfix::{self, Postfix};
 use megamail_tests::support::receiver::Receiver;
 use serde_json::{json, Value};
 use xfs::{QueueEntry, QueueState};
@@ -460,6 +461,32 @@ async fn one_message_reaches_every_remote_domain_and_local_user_once_and_refusal
             .any(|r| r.contains("rfc822; stuck@hang.example | failed | 4.4.7")),
         "{reports:?}"
     );
+
+    // What an operator sees of all that: deferrals by reason, attempts by destination.
+    let admin = w.hcu.smtp_out.as_ref().unwrap().admin;
+    let m = megamail_tests::support::metrics::scrape(admin)
+        .await
+        .unwrap();
+    let at = |name: &str| megamail_tests::support::metrics::sample(&m, name).unwrap_or(0.0);
+    assert_eq!(
+        at("smtp_out_deferrals_total{kind=\"remote\",reason=\"security\"}"),
+        1.0,
+        "the greylisting 451 4.7.1: {m}"
+    );
+    assert!(
+        at("smtp_out_deferrals_total{kind=\"remote\",reason=\"network\"}") >= 1.0,
+        "the hanging receiver: {m}"
+    );
+    assert!(
+        at("smtp_out_destination_attempts_total{domain=\"remote.example\",outcome=\"delivered\"}")
+            >= 3.0,
+        "{m}"
+    );
+    assert_eq!(
+        at("smtp_out_destination_attempts_total{domain=\"nullmx.example\",outcome=\"failed\"}"),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -596,4 +623,235 @@ async fn a_worker_or_a_store_killed_mid_send_loses_nothing() {
     // Nothing is lost. A duplicate is possible only for a message whose final reply came in
     // just before the kill (its report died with the worker); the count is printed.
     assert_eq!(per_rcpt.len(), 21, "{per_rcpt:?}");
+}
+
+/// The most common receiver on the Internet, for real: a private Postfix on 127.0.0.5 with a
+/// test certificate. The worker uses its STARTTLS, both recipients of one message get it in
+/// one transaction, and what Postfix stores is the message as sent: CRLF-only on the wire
+/// (a bare LF stored in the mailbox, and a lone dot after one, end nothing early), and its
+/// signature verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_receives_signed_mail_over_starttls() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = postfix::test_certificate(certs.path(), "mx.postfix.example");
+    let pf = tokio::task::spawn_blocking(move || {
+        Postfix::start(Ipv4Addr::new(127, 0, 0, 5), Some((&cert, &key)))
+    })
+    .await
+    .unwrap();
+    let signing = smtp_out::dkim::generate(mserv_client::DkimAlgorithm::Rsa2048, "pf1").unwrap();
+    let dns = DnsServer::start(vec![
+        Zone::new("megamail.test").txt(&signing.dns_name("megamail.test"), &signing.txt_record()),
+        Zone::new("postfix.example")
+            .mx("postfix.example", 10, "mx.postfix.example")
+            .a("mx.postfix.example", Ipv4Addr::new(127, 0, 0, 5)),
+    ])
+    .await;
+    let mut opts = HcuOpts::one_store();
+    let out = opts.smtp_out.as_mut().unwrap();
+    out.resolvers = vec![dns.addr];
+    out.mx_port = pf.addr.port();
+    let hcu = LocalHcu::start(opts).await.unwrap();
+    hcu.client
+        .add_dkim_key("megamail.test", signing.clone())
+        .await
+        .unwrap();
+    hcu.client
+        .activate_dkim_key("megamail.test", "pf1")
+        .await
+        .unwrap();
+    hcu.add_users(&[ALICE]).await.unwrap();
+    // Wait for the worker to read the key (it reads the domains every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let body = "From: alice@megamail.test\nTo: one@postfix.example, two@postfix.example\n\
+                Subject: =?UTF-8?B?0J/RgNC40LLQtdGC?=\nMessage-ID: <pf@megamail.test>\n\n\
+                line one\n.\nline two\r\n..dots\n";
+    let mb = hcu.mailbox(ALICE).await.unwrap();
+    let target = mb.target.clone();
+    mb.run(xfs::ops::Submit {
+        target,
+        submission: xfs::Submission {
+            sent: megamail_tests::support::mail::delivery("pf", "pf", body.as_bytes().to_vec()),
+            from: ALICE.into(),
+            rcpts: vec!["one@postfix.example".into(), "two@postfix.example".into()],
+        },
+    })
+    .await
+    .unwrap();
+    let got = tokio::task::spawn_blocking(move || {
+        let got = pf.wait_messages(2, Duration::from_secs(60));
+        let log = pf.log();
+        pf.stop();
+        (got, log)
+    })
+    .await
+    .unwrap();
+    let (got, log) = got;
+    // One transaction for both recipients, over TLS.
+    assert_eq!(
+        log.matches("Anonymous TLS connection established").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches(" from=<alice@megamail.test>").count(),
+        1,
+        "{log}"
+    );
+    let mut delivered_to = vec![];
+    for m in &got {
+        let text = String::from_utf8_lossy(m);
+        assert!(postfix::received_over_tls(m), "{text}");
+        let to = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Delivered-To: "))
+            .unwrap();
+        delivered_to.push(to.to_string());
+        // What we sent begins at our signature; Postfix's own headers come before it, and the
+        // Maildir stores LF line ends.
+        let at = text.find("DKIM-Signature: ").expect("signed");
+        let sent = text[at..].replace('\n', "\r\n");
+        assert!(
+            sent.ends_with("\r\n\r\nline one\r\n.\r\nline two\r\n..dots\r\n"),
+            "{sent:?}"
+        );
+        assert_eq!(
+            python_dkim(sent.as_bytes(), dns.addr),
+            "True d=megamail.test s=pf1 a=rsa-sha256"
+        );
+    }
+    delivered_to.sort();
+    assert_eq!(delivered_to, ["one@postfix.example", "two@postfix.example"]);
+    dns.stop().await;
+}
+
+/// A relay host that wants AUTH, for real: a private Postfix that relays only for a client
+/// signed in over STARTTLS. Every remote message goes through it, its certificate checked
+/// against the CA file; with a wrong password the mail waits (deferred, never bounced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_host_takes_everything_once_signed_in_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = postfix::test_certificate(dir.path(), "127.0.0.6");
+    let (c, k) = (cert.clone(), key.clone());
+    let pf = tokio::task::spawn_blocking(move || {
+        Postfix::start_relay(
+            Ipv4Addr::new(127, 0, 0, 6),
+            (&c, &k),
+            "relay-user",
+            "s3cret",
+        )
+    })
+    .await
+    .unwrap();
+    let relay_with = |password: &str| {
+        let file = dir.path().join(format!("password-{password}"));
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        role_config::smtp_out::RelayConfig {
+            host: pf.addr.to_string(),
+            user: "relay-user".into(),
+            password_file: file,
+            ca_file: cert.clone(),
+        }
+    };
+    let start = |relay| async move {
+        let mut opts = HcuOpts::one_store();
+        let out = opts.smtp_out.as_mut().unwrap();
+        out.relay = relay;
+        out.resolvers = vec![];
+        let hcu = LocalHcu::start(opts).await.unwrap();
+        hcu.add_users(&[ALICE]).await.unwrap();
+        hcu
+    };
+    // A wrong password: tried, deferred with the reason, nothing bounced.
+    let wrong = start(relay_with("not-it")).await;
+    submit_to(&wrong, "someone@far-away.example").await;
+    let e = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let e = first_entry(&wrong).await;
+            if e.attempts >= 1 && e.state == QueueState::Queued {
+                Ok(e)
+            } else {
+                Err(e)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let reply = e.last_reply.unwrap();
+    assert!(
+        reply.starts_with("4.7.0 signing in to the relay"),
+        "{reply}"
+    );
+    assert!(reply.contains("535"), "{reply}");
+    assert!(!reply.contains("not-it"), "{reply}");
+    drop(wrong);
+
+    // The right one: delivered through the relay, over TLS, signed in.
+    let right = start(relay_with("s3cret")).await;
+    submit_to(&right, "someone@far-away.example").await;
+    let e = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let e = first_entry(&right).await;
+            if matches!(e.state, QueueState::Delivered { .. }) {
+                Ok(e)
+            } else {
+                Err(e)
+            }
+        },
+    )
+    .await;
+    assert!(e.is_ok(), "{e:?}");
+    let (got, log) = tokio::task::spawn_blocking(move || {
+        let got = pf.wait_messages(1, Duration::from_secs(30));
+        let log = pf.log();
+        pf.stop();
+        (got, log)
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        postfix::received_over_tls(&got[0]),
+        "{}",
+        String::from_utf8_lossy(&got[0])
+    );
+    assert!(log.contains("sasl_username=relay-user"), "{log}");
+}
+
+/// One message from alice to `rcpt`, submitted at her store.
+async fn submit_to(hcu: &LocalHcu, rcpt: &str) {
+    let body =
+        format!("From: alice@megamail.test\r\nTo: {rcpt}\r\nSubject: via the relay\r\n\r\nhi\r\n");
+    let mb = hcu.mailbox(ALICE).await.unwrap();
+    let target = mb.target.clone();
+    mb.run(xfs::ops::Submit {
+        target,
+        submission: xfs::Submission {
+            sent: megamail_tests::support::mail::delivery(rcpt, "relay", body.into_bytes()),
+            from: ALICE.into(),
+            rcpts: vec![rcpt.into()],
+        },
+    })
+    .await
+    .unwrap();
+}
+
+/// Alice's first queue entry.
+async fn first_entry(hcu: &LocalHcu) -> QueueEntry {
+    let mb = hcu.mailbox(ALICE).await.unwrap();
+    let target = mb.target.clone();
+    let q = mb
+        .run(xfs::ops::MailboxQueue {
+            target,
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    q.into_iter().next().expect("a queue entry")
 }

@@ -22,6 +22,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod pki;
 pub mod poll;
+pub mod postfix;
 pub mod receiver;
 
 pub use command::{run_ok, succeeded};
