@@ -45,6 +45,9 @@ pub struct SmtpOutConfig {
     /// Deliveries in progress at once, in total and to one destination domain.
     pub max_concurrent: usize,
     pub max_per_domain: usize,
+    /// Transactions to one destination domain per minute, at most (0: no limit), in bursts of
+    /// a tenth of that: for receivers that throttle senders who go faster.
+    pub max_per_domain_per_minute: u32,
     /// The retry schedule after a temporary failure (RFC 5321 §4.5.4.1, as Postfix does it):
     /// the first retry after `retry-first-secs`, each later wait doubled up to
     /// `retry-max-secs`; given up `lifetime-secs` after submission, and the sender warned once
@@ -123,6 +126,7 @@ impl Default for SmtpOutConfig {
             lease_secs: 900,
             max_concurrent: 200,
             max_per_domain: 20,
+            max_per_domain_per_minute: 0,
             retry_first_secs: 300,
             retry_max_secs: 4000,
             lifetime_secs: 5 * 86_400,

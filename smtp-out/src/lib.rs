@@ -8,6 +8,7 @@ pub mod client;
 pub mod dkim;
 pub mod metrics;
 pub mod mx;
+pub mod rate;
 pub mod remote;
 pub mod wire;
 pub mod worker;

@@ -49,6 +49,8 @@ pub struct Worker {
     /// Deliveries in progress, in total and per destination domain.
     total: Arc<Semaphore>,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Transactions per minute per destination domain.
+    rates: crate::rate::Limits,
 }
 
 impl Worker {
@@ -66,6 +68,7 @@ impl Worker {
             signers: Mutex::new(HashMap::new()),
             total: Arc::new(Semaphore::new(cfg.max_concurrent)),
             per_domain: Mutex::new(HashMap::new()),
+            rates: crate::rate::Limits::new(cfg.max_per_domain_per_minute),
             cfg,
             name,
             router,
@@ -191,6 +194,7 @@ impl Worker {
             out
         } else {
             let place = self.domain_place(&domain).acquire_owned().await;
+            self.rates.take(&domain).await;
             let rcpts: Vec<String> = batch.iter().map(|l| l.entry.rcpt.clone()).collect();
             let body = self.signed(&first.from, &batch[0].body).await;
             let v = self.remote.send(&domain, &first.from, &rcpts, &body).await;
