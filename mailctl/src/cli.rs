@@ -58,7 +58,12 @@ pub enum Cmd {
     /// Every process: up, healthy, overloaded, raft role, load, version.
     Status,
     /// A synthetic end-to-end transaction (SMTP in, seen through a front door), timed.
-    Probe,
+    Probe {
+        /// Also send a message from the probe account to this address (a test receiver the
+        /// operator runs, or a local user) and wait until the outbound workers deliver it.
+        #[arg(long)]
+        send_to: Option<String>,
+    },
     /// Move mailboxes between stores online: one user (`--user U --to STORE[:SEGMENT]`) or a
     /// whole store (`--from STORE --all`). A rerun continues what a crash or Ctrl-C left.
     Migrate(MigrateArgs),

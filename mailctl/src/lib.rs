@@ -48,7 +48,7 @@ async fn admin_command(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dkim(cmd) => domains::dkim(&hcu, cmd, j).await,
         Cmd::Queue(cmd) => queue::run(&hcu, cmd, j).await,
         Cmd::Status => status::run(&hcu, j).await,
-        Cmd::Probe => probe::run(&hcu, j).await,
+        Cmd::Probe { send_to } => probe::run(&hcu, send_to.as_deref(), j).await,
         Cmd::Migrate(args) => migrate::run(&hcu, &cli.data, args, j).await,
         Cmd::Backup { store, to } => backup::run(&hcu, store.as_deref(), &to, j).await,
         Cmd::Restore {

@@ -15,6 +15,8 @@ use runtime::http_client as http;
 
 /// How long the message may take to show through the front door.
 const SEEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the outbound message may take to be delivered.
+const SENT_TIMEOUT: Duration = Duration::from_secs(60);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The probe account's password, kept in `DATA/secrets/probe-password` (made on first use; the
@@ -72,10 +74,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Run `mailctl probe`: the transaction once, its timings printed; `Err` names the failed step.
-pub async fn run(hcu: &Hcu, json_out: bool) -> anyhow::Result<()> {
-    match transaction(hcu).await {
+pub async fn run(hcu: &Hcu, send_to: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+    match transaction_with(hcu, send_to).await {
         Ok(v) => {
-            let human = format!(
+            let mut human = format!(
                 "probe OK via {}: smtp {} ms, sign-in {} ms, seen {} ms after sending, read {} ms; total {} ms",
                 v["front_door"].as_str().unwrap_or(""),
                 v["smtp_ms"],
@@ -84,6 +86,13 @@ pub async fn run(hcu: &Hcu, json_out: bool) -> anyhow::Result<()> {
                 v["read_ms"],
                 v["total_ms"]
             );
+            if let Some(to) = send_to {
+                human.push_str(&format!(
+                    "\nsent to {to}: delivered {} ms after sending ({})",
+                    v["delivered_ms"],
+                    v["delivery_reply"].as_str().unwrap_or("")
+                ));
+            }
             print(json_out, v, human);
             Ok(())
         }
@@ -98,6 +107,12 @@ pub async fn run(hcu: &Hcu, json_out: bool) -> anyhow::Result<()> {
 
 /// Run the probe once; the timings in milliseconds as JSON, or the step that failed.
 pub async fn transaction(hcu: &Hcu) -> anyhow::Result<Value> {
+    transaction_with(hcu, None).await
+}
+
+/// [`transaction`], and with `send_to` a message out through the outbound workers, timed
+/// from the API's send to the queue's `delivered`.
+pub async fn transaction_with(hcu: &Hcu, send_to: Option<&str>) -> anyhow::Result<Value> {
     let e = &hcu.endpoints;
     let smtp = e.smtp.context("this HCU has no smtp-in")?;
     let login_url = e
@@ -224,7 +239,7 @@ pub async fn transaction(hcu: &Hcu) -> anyhow::Result<Value> {
             }
         }
     }
-    Ok(json!({
+    let mut out = json!({
         "ok": true,
         "user": user,
         "front_door": door,
@@ -234,7 +249,81 @@ pub async fn transaction(hcu: &Hcu) -> anyhow::Result<Value> {
         "read_ms": ms(read_ms),
         "total_ms": ms(total_ms),
         "cleanup": cleanup,
-    }))
+    });
+    if let Some(to) = send_to {
+        let (delivered, reply) = send_out(door_addr, &base, &auth, to, &tag).await?;
+        out["delivered_ms"] = json!(ms(delivered));
+        out["delivery_reply"] = json!(reply);
+    }
+    Ok(out)
+}
+
+/// Send a message to `to` through the front door's API and wait for its delivery state to be
+/// `delivered`: how long that took, and the receiving server's last reply.
+async fn send_out(
+    door: std::net::SocketAddr,
+    base: &str,
+    auth: &str,
+    to: &str,
+    tag: &str,
+) -> anyhow::Result<(Duration, String)> {
+    let headers = [
+        ("Authorization", auth),
+        ("Content-Type", "application/json"),
+    ];
+    let body = json!({"to": [to], "subject": format!("{tag} out"), "text": format!("{tag}\n")});
+    let t = Instant::now();
+    let a = http::request(
+        door,
+        "POST",
+        &format!("{base}/api/v1/send"),
+        &headers,
+        body.to_string().as_bytes(),
+        HTTP_TIMEOUT,
+    )
+    .await
+    .context("step send")?;
+    if a.status != 200 {
+        bail!(
+            "step send: answered {}: {}",
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    let copy = a.json()?["sent_copy"]
+        .as_u64()
+        .context("step send: no sent copy in the answer")?;
+    loop {
+        let a = http::request(
+            door,
+            "GET",
+            &format!("{base}/api/v1/messages/{copy}?mark_seen=false"),
+            &headers[..1],
+            b"",
+            HTTP_TIMEOUT,
+        )
+        .await
+        .context("step delivered")?;
+        let v = a.json()?;
+        let d = &v["delivery"][0];
+        match d["state"].as_str() {
+            Some("delivered") => {
+                return Ok((
+                    t.elapsed(),
+                    d["last_reply"].as_str().unwrap_or("").to_string(),
+                ))
+            }
+            Some("failed") => bail!(
+                "step delivered: {to} failed: {}",
+                d["last_reply"].as_str().unwrap_or("")
+            ),
+            _ if t.elapsed() > SENT_TIMEOUT => bail!(
+                "step delivered: not delivered within {SENT_TIMEOUT:?} ({})",
+                d["state"].as_str().unwrap_or("state unknown")
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 #[cfg(test)]

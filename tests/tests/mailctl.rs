@@ -200,6 +200,20 @@ async fn up_runs_every_role_and_a_new_user_gets_mail_through_smtp_and_the_api() 
     .await;
     assert!(inbox.is_ok(), "{inbox:?}");
 
+    // The probe also sends out when told where: here to a local user, through the workers.
+    let probe: Value = serde_json::from_str(&ok(&mailctl(
+        &up.data,
+        &["--json", "probe", "--send-to", "carol@megamail.test"],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(probe["ok"], true, "{probe}");
+    assert!(probe["delivered_ms"].as_f64().is_some(), "{probe}");
+    assert!(
+        probe["delivery_reply"].as_str().unwrap().starts_with("250"),
+        "{probe}"
+    );
+
     // Stores: list, drain (new users avoid it), add refuses a store that does not answer.
     ok(&mailctl(&up.data, &["store", "drain", "store-1"], None));
     let list = ok(&mailctl(&up.data, &["store", "list"], None));
